@@ -1,0 +1,65 @@
+// llmc — command line entry point. Subcommands come from the table in cli/command.h.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+
+#include "cli/command.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "core/threads.h"
+
+namespace llmc::cli {
+
+std::vector<Command>& command_table() {
+  static std::vector<Command> t;
+  return t;
+}
+
+int register_command(std::string name, std::string help, SetupFn setup, int order) {
+  command_table().push_back({std::move(name), std::move(help), std::move(setup), order});
+  return 0;
+}
+
+}  // namespace llmc::cli
+
+int main(int argc, char** argv) {
+  using namespace llmc;
+  CLI::App app{"llmc — compress large language models after training (quantize, convert, "
+               "calibrate, evaluate, inspect, generate)"};
+  app.set_version_flag("--version", std::string("llmc ") + LLMC_VERSION);
+  app.require_subcommand(1);
+  int threads = 0;
+  bool quiet_flag = false;
+  app.add_option("--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("-q,--quiet", quiet_flag, "print only warnings, errors and final results");
+  app.fallthrough();
+
+  auto& table = cli::command_table();
+  std::sort(table.begin(), table.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
+  std::vector<std::pair<CLI::App*, cli::RunFn>> subs;
+  for (auto& c : table) {
+    CLI::App* sub = app.add_subcommand(c.name, c.help);
+    subs.emplace_back(sub, c.setup(*sub));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  set_quiet(quiet_flag);
+  if (threads > 0) set_num_threads(threads);
+  install_signal_cleanup();
+  try {
+    for (auto& [sub, run] : subs) {
+      if (sub->parsed()) return run();
+    }
+  } catch (const llmc::Error& e) {
+    std::fprintf(stderr, "llmc: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llmc: error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

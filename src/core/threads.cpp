@@ -1,0 +1,153 @@
+#include "core/threads.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace llmc {
+namespace {
+
+thread_local bool tl_in_parallel = false;
+
+class Pool {
+ public:
+  explicit Pool(int n) { resize(n); }
+  ~Pool() { stop(); }
+
+  int size() const { return int(workers_.size()) + 1; }
+
+  void resize(int n) {
+    stop();
+    stopping_ = false;
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this] { loop(); });
+  }
+
+  void run(size_t nchunks, const std::function<void(size_t)>& chunk) {
+    std::unique_lock<std::mutex> lk(run_mu_);  // one parallel region at a time
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      job_ = &chunk;
+      nchunks_ = nchunks;
+      next_.store(0);
+      done_ = 0;
+      error_ = nullptr;
+      ++generation_;
+    }
+    cv_.notify_all();
+    work();
+    std::unique_lock<std::mutex> g(mu_);
+    done_cv_.wait(g, [&] { return done_ == nchunks_; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void stop() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  void work() {
+    tl_in_parallel = true;
+    for (;;) {
+      const size_t i = next_.fetch_add(1);
+      if (i >= nchunks_) break;
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      std::lock_guard<std::mutex> g(mu_);
+      if (++done_ == nchunks_) done_cv_.notify_all();
+    }
+    tl_in_parallel = false;
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
+        if (stopping_) return;
+        seen = generation_;
+      }
+      work();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(size_t)>* job_ = nullptr;
+  size_t nchunks_ = 0, done_ = 0;
+  std::atomic<size_t> next_{0};
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
+
+int default_threads() {
+  if (const char* e = std::getenv("LLMC_THREADS")) {
+    const int n = std::atoi(e);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+int g_threads = 0;
+Pool* g_pool = nullptr;
+std::mutex g_pool_mu;
+
+Pool& pool() {
+  std::lock_guard<std::mutex> g(g_pool_mu);
+  if (!g_pool) {
+    if (g_threads <= 0) g_threads = default_threads();
+    g_pool = new Pool(g_threads);  // intentionally leaked: lives for the process
+  }
+  return *g_pool;
+}
+
+}  // namespace
+
+int num_threads() {
+  std::lock_guard<std::mutex> g(g_pool_mu);
+  if (g_threads <= 0) g_threads = default_threads();
+  return g_threads;
+}
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> g(g_pool_mu);
+  g_threads = n > 0 ? n : default_threads();
+  if (g_pool) g_pool->resize(g_threads);
+}
+
+void parallel_for(size_t begin, size_t end, size_t grain,
+                  const std::function<void(size_t, size_t)>& fn) {
+  if (end <= begin) return;
+  grain = std::max<size_t>(grain, 1);
+  const size_t n = end - begin;
+  const int nt = num_threads();
+  if (tl_in_parallel || nt == 1 || n <= grain) { fn(begin, end); return; }
+  // Aim for a few chunks per thread for balance, never below grain.
+  size_t chunk = std::max(grain, (n + size_t(nt) * 4 - 1) / (size_t(nt) * 4));
+  const size_t nchunks = (n + chunk - 1) / chunk;
+  std::function<void(size_t)> job = [&](size_t i) {
+    const size_t lo = begin + i * chunk;
+    fn(lo, std::min(end, lo + chunk));
+  };
+  pool().run(nchunks, job);
+}
+
+}  // namespace llmc
