@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs dependencies, builds llmc with coverage instrumentation, runs every test and prints
+# line coverage of src/. Usage: bash scripts/test.sh   (the README's test command)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+BUILD=${LLMC_TEST_BUILD:-build-test}
+JOBS=$(nproc)
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLMC_COVERAGE=ON -DLLMC_BENCH=OFF
+cmake --build "$BUILD" -j"$JOBS"
+find "$BUILD" -name '*.gcda' -delete
+bash scripts/interop-deps.sh || echo "interop: independent Parquet tools unavailable; those tests will skip"
+ctest --test-dir "$BUILD" --output-on-failure -j"$JOBS"
+echo "== line coverage of src/ =="
+gcovr -r . --filter 'src/' --object-directory "$BUILD" --gcov-ignore-parse-errors --print-summary \
+  -o "$BUILD/coverage.txt" | tail -n 3

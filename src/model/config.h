@@ -1,0 +1,35 @@
+// model/config.h — the parts of a HF config.json the engine needs, from v4 style
+// (torch_dtype, rope_theta, rope_scaling) or v5 style (dtype, rope_parameters).
+// from_json throws llmc::Error naming `origin` and the missing/invalid field; an unsupported
+// architecture lists the supported ones (the table in model/arch.h).
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace llmc {
+
+struct RopeConfig {
+  double theta = 10000.0;
+  std::string type = "default";  // "default" | "llama3" | "linear"
+  double factor = 1.0;           // llama3 / linear
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int original_max_position = 8192;                      // llama3
+};
+
+struct ModelConfig {
+  std::string architecture;  // e.g. "Qwen3ForCausalLM"
+  std::string model_type;    // e.g. "qwen3"
+  int vocab_size = 0, hidden_size = 0, intermediate_size = 0, num_layers = 0;
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int max_position_embeddings = 0;
+  double rms_norm_eps = 1e-6;
+  RopeConfig rope;
+  bool tie_word_embeddings = false;
+  bool qkv_bias = false;  // Qwen2 (and attention_bias: true)
+  bool qk_norm = false;   // Qwen3
+  std::string dtype;      // "bfloat16" ... as stored
+
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& origin);
+};
+
+}  // namespace llmc

@@ -1,0 +1,49 @@
+// model/linear.h — the engine's only view of a linear layer's weights.
+//
+// The engine knows nothing of quantization: it calls Linear::forward. Dense weights are
+// DenseLinear (fp32, [out, in] row-major, sgemm); quantized storage (packed int4, fp8 with
+// simulated activation quantization, ...) is provided by loader/ as other Linear subclasses.
+// Contract: forward computes y[rows, out] = x[rows, in] · Wᵀ (+ bias), fp32, may use threads.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace llmc {
+
+enum class LinearSlot : int { Q = 0, K, V, O, Gate, Up, Down };
+inline constexpr int kNumLinearSlots = 7;
+// "self_attn.q_proj", ..., "mlp.down_proj" — the HF module name inside a decoder layer.
+const char* linear_slot_name(LinearSlot s);
+
+class Linear {
+ public:
+  virtual ~Linear() = default;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  virtual void forward(const float* x, int64_t rows, float* y) const = 0;
+  virtual uint64_t bytes_held() const = 0;  // memory this layer keeps resident
+};
+
+class DenseLinear : public Linear {
+ public:
+  DenseLinear(std::vector<float> weight, int64_t out, int64_t in, std::vector<float> bias = {});
+  int64_t in_features() const override { return in_; }
+  int64_t out_features() const override { return out_; }
+  void forward(const float* x, int64_t rows, float* y) const override;
+  uint64_t bytes_held() const override { return (w_.size() + b_.size()) * sizeof(float); }
+  const std::vector<float>& weight() const { return w_; }
+  std::vector<float>& weight() { return w_; }
+  const std::vector<float>& bias() const { return b_; }
+
+ private:
+  std::vector<float> w_, b_;
+  int64_t out_, in_;
+};
+
+// y[rows, n] = x[rows, k] · w[n, k]ᵀ via OpenBLAS sgemm (row-major).
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
+
+}  // namespace llmc

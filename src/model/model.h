@@ -1,0 +1,65 @@
+// model/model.h — decoder-only transformer engine (Llama / Qwen2 / Qwen3), fp32 compute.
+//
+// Block-wise API for calibration: embed() -> run_block(i) for each layer -> final_norm() +
+// lm_head(). Hidden states are [batch*seq, hidden] row-major; every sequence in a batch has
+// the same length and starts at position 0 (full causal attention, no padding).
+// A LinearHook observes each linear layer's input as the block runs (q/k/v share one input,
+// gate/up share one input; the hook is called once per linear). Block weights can be
+// replaced between calls (set_block) so quantized block i feeds block i+1, and released
+// (release_block) so peak memory stays about one block.
+#pragma once
+#include <array>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "model/config.h"
+#include "model/linear.h"
+
+namespace llmc {
+
+struct BlockWeights {
+  std::array<std::shared_ptr<Linear>, kNumLinearSlots> linear;  // indexed by LinearSlot
+  std::vector<float> input_norm, post_norm;                     // [hidden]
+  std::vector<float> q_norm, k_norm;                            // [head_dim] (Qwen3 only)
+  Linear& at(LinearSlot s) const { return *linear[int(s)]; }
+};
+
+using LinearHook =
+    std::function<void(int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols)>;
+
+// Builds a Linear for the module "<prefix>" (e.g. "model.layers.0.self_attn.q_proj") from a
+// checkpoint. The default makes a DenseLinear from "<prefix>.weight" (+ ".bias").
+class LinearFactory {
+ public:
+  virtual ~LinearFactory() = default;
+  virtual std::shared_ptr<Linear> make(const TensorReader& tensors, const std::string& prefix,
+                                       int64_t out, int64_t in) const;
+};
+
+class Model {
+ public:
+  // Reads config.json and the embeddings/final norm/lm_head; decoder blocks are read from the
+  // checkpoint lazily on first use. The checkpoint must outlive the model.
+  static std::unique_ptr<Model> load(const Checkpoint& ckpt,
+                                     std::shared_ptr<const LinearFactory> factory = nullptr);
+  virtual ~Model() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual void embed(const int32_t* ids, int64_t rows, float* hidden) const = 0;
+  virtual void run_block(int layer, float* hidden, int batch, int seq,
+                         const LinearHook* hook = nullptr) = 0;
+  virtual void final_norm(float* hidden, int64_t rows) const = 0;
+  virtual void lm_head(const float* hidden, int64_t rows, float* logits) const = 0;
+  // Full forward: ids [batch*seq] -> logits [batch*seq, vocab].
+  virtual std::vector<float> forward(const std::vector<int32_t>& ids, int batch, int seq) = 0;
+
+  virtual BlockWeights& block(int layer) = 0;            // loads it if needed
+  virtual void set_block(int layer, BlockWeights w) = 0;  // replaces it
+  virtual void release_block(int layer) = 0;              // drops it (reloaded on next use)
+  virtual uint64_t bytes_held() const = 0;
+};
+
+}  // namespace llmc

@@ -1,0 +1,22 @@
+// Shared helpers for the test executables.
+#pragma once
+#include <filesystem>
+#include <string>
+
+namespace llmc::test {
+
+// Repository root (compile-time LLMC_SOURCE_DIR).
+std::filesystem::path repo_root();
+// Fixture models bundled in the repo: repo_root()/models/<name>.
+std::filesystem::path model_dir(const std::string& name);
+// tests/data/<rel>.
+std::filesystem::path data_path(const std::string& rel);
+// ../shared/<rel> next to the repo, or empty when absent (tests then GTEST_SKIP with a message).
+std::filesystem::path shared_path(const std::string& rel);
+// A fresh empty temporary directory, removed at process exit.
+std::filesystem::path temp_dir(const std::string& tag);
+// Runs the llmc CLI with the given argument string through /bin/sh; returns the exit status
+// and captures stdout+stderr into *output.
+int run_cli(const std::string& args, std::string* output);
+
+}  // namespace llmc::test
