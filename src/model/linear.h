@@ -44,6 +44,20 @@ class DenseLinear : public Linear {
 };
 
 // y[rows, n] = x[rows, k] · w[n, k]ᵀ via OpenBLAS sgemm (row-major).
+//
+// Threading: llmc runs OpenBLAS single-threaded (set on first use of gemm_xwt/gemm_stats) and
+// splits large products into tiles over the core/threads.h pool itself, so BLAS threads never
+// compete with pool threads; called from inside parallel_for it runs serially on that thread.
+// Prefer gemm_xwt to calling cblas directly when the product is large.
 void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
+
+// Process-wide counters of gemm_xwt calls (for benchmarks): calls, floating-point operations
+// (2·rows·k·n) and wall seconds spent inside gemm_xwt (summed over concurrent callers).
+struct GemmStats {
+  uint64_t calls = 0;
+  double flops = 0, seconds = 0;
+};
+GemmStats gemm_stats();
+void reset_gemm_stats();
 
 }  // namespace llmc

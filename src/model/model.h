@@ -7,6 +7,12 @@
 // gate/up share one input; the hook is called once per linear). Block weights can be
 // replaced between calls (set_block) so quantized block i feeds block i+1, and released
 // (release_block) so peak memory stays about one block.
+//
+// Errors: empty input, a token id outside [0, vocab_size), or a sequence longer than
+// max_position_embeddings throw llmc::Error; so do missing tensors, tensors of the wrong shape
+// and non-finite weights (naming the tensor and the checkpoint file).
+// Incremental decoding (generate) uses a KVCache: forward_cached() runs only the new positions
+// and appends their keys/values.
 #pragma once
 #include <array>
 #include <functional>
@@ -39,6 +45,15 @@ class LinearFactory {
                                        int64_t out, int64_t in) const;
 };
 
+// Keys and values of the positions already run, for incremental decoding. Made by
+// Model::new_cache(); forward_cached() appends to it. Every sequence in the batch has the same
+// length (`length`), like forward().
+struct KVCache {
+  int batch = 0, capacity = 0, length = 0;  // capacity: positions it can hold
+  int64_t kv_dim = 0;                       // num_kv_heads * head_dim
+  std::vector<std::vector<float>> k, v;     // per layer: [batch, capacity, kv_dim]
+};
+
 class Model {
  public:
   // Reads config.json and the embeddings/final norm/lm_head; decoder blocks are read from the
@@ -56,10 +71,25 @@ class Model {
   // Full forward: ids [batch*seq] -> logits [batch*seq, vocab].
   virtual std::vector<float> forward(const std::vector<int32_t>& ids, int batch, int seq) = 0;
 
+  // Cache for `batch` sequences of up to `capacity` positions (<= max_position_embeddings).
+  virtual KVCache new_cache(int batch, int capacity) const = 0;
+  // Runs ids [batch*seq] at positions cache.length .. cache.length+seq-1 of each sequence,
+  // appends their keys/values to the cache and returns the logits of each sequence's last new
+  // position [batch, vocab] (all_positions: of every new position, [batch*seq, vocab]).
+  // Equal to forward() over the whole sequence up to fp32 rounding.
+  virtual std::vector<float> forward_cached(const std::vector<int32_t>& ids, int batch, int seq,
+                                            KVCache& cache, bool all_positions = false) = 0;
+
   virtual BlockWeights& block(int layer) = 0;            // loads it if needed
   virtual void set_block(int layer, BlockWeights w) = 0;  // replaces it
   virtual void release_block(int layer) = 0;              // drops it (reloaded on next use)
   virtual uint64_t bytes_held() const = 0;
 };
+
+// THE way the CLI (eval, generate, ...) builds a model for inference from a checkpoint, so that
+// every command opens the same kinds of checkpoints. Today: Model::load with DenseLinear; a
+// config with "quantization_config" is refused with a clear error until loader/ extends this
+// function (model/load_for_inference.cpp) to pass its own LinearFactory for quantized storage.
+std::unique_ptr<Model> load_model_for_inference(const Checkpoint& ckpt);
 
 }  // namespace llmc
