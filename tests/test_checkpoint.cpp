@@ -1,0 +1,338 @@
+// Checkpoints: HF directories (single / sharded), aux files, atomic writers, Parquet via the
+// shared writer API, and format round trips.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "formats/checkpoint.h"
+#include "formats/hf_dir.h"
+#include "formats/safetensors.h"
+#include "testing.h"
+
+namespace fs = std::filesystem;
+using namespace llmc;
+using nlohmann::json;
+
+namespace {
+
+// Copies every tensor of `c` into a new checkpoint at `out`.
+void copy_checkpoint(const Checkpoint& c, const fs::path& out, CheckpointFormat f, WriterOptions o = {}) {
+  auto w = make_checkpoint_writer(out, f, o);
+  for (const auto& ti : c.tensors->list()) {
+    TensorRef r = c.tensors->get(ti.name);
+    w->add_tensor(ti.name, ti.dtype, ti.shape, r.data, ti.nbytes);
+  }
+  w->commit(c.config, c.aux_files);
+}
+
+void expect_same_tensors(const Checkpoint& a, const Checkpoint& b) {
+  ASSERT_EQ(a.tensors->list().size(), b.tensors->list().size());
+  for (const auto& ti : a.tensors->list()) {
+    ASSERT_TRUE(b.tensors->has(ti.name)) << ti.name;
+    TensorRef ra = a.tensors->get(ti.name), rb = b.tensors->get(ti.name);
+    EXPECT_EQ(ra.info.dtype, rb.info.dtype) << ti.name;
+    EXPECT_EQ(ra.info.shape, rb.info.shape) << ti.name;
+    ASSERT_EQ(ra.info.nbytes, rb.info.nbytes) << ti.name;
+    EXPECT_EQ(0, std::memcmp(ra.data, rb.data, ra.info.nbytes)) << ti.name;
+  }
+}
+
+size_t count_entries(const fs::path& dir) {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST(Checkpoint, OpensQwen3Tiny) {
+  Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+  EXPECT_EQ(c.format, CheckpointFormat::HF);
+  EXPECT_EQ(c.config["model_type"], "qwen3");
+  EXPECT_TRUE(c.tensors->has("model.embed_tokens.weight"));
+  EXPECT_FALSE(c.tensors->has("lm_head.weight"));  // tied embeddings
+  TensorRef e = c.tensors->get("model.embed_tokens.weight");
+  EXPECT_EQ(e.info.dtype, DType::BF16);
+  EXPECT_EQ(e.info.shape, (Shape{8192, 128}));
+  EXPECT_EQ(e.info.nbytes, 8192u * 128 * 2);
+  EXPECT_EQ(c.aux_files.count("tokenizer.json"), 1u);
+  EXPECT_EQ(c.aux_files.count("generation_config.json"), 1u);
+  EXPECT_EQ(c.aux_files.count("config.json"), 0u);
+  EXPECT_EQ(c.aux_files.count("model.safetensors"), 0u);
+  EXPECT_EQ(c.aux_files.at("tokenizer.json"), read_text_file(test::model_dir("qwen3-tiny") / "tokenizer.json"));
+  uint64_t params = 0;
+  for (const auto& ti : c.tensors->list()) params += uint64_t(ti.numel());
+  EXPECT_EQ(params, 1836416u);  // shared/README.md
+}
+
+TEST(Checkpoint, OpensLlamaTinyWithLmHead) {
+  Checkpoint c = open_checkpoint(test::model_dir("llama-tiny"));
+  EXPECT_TRUE(c.tensors->has("lm_head.weight"));
+  uint64_t params = 0;
+  for (const auto& ti : c.tensors->list()) params += uint64_t(ti.numel());
+  EXPECT_EQ(params, 2884736u);
+}
+
+TEST(Checkpoint, FormatNames) {
+  EXPECT_EQ(parse_checkpoint_format("hf"), CheckpointFormat::HF);
+  EXPECT_EQ(parse_checkpoint_format("parquet"), CheckpointFormat::Parquet);
+  EXPECT_STREQ(checkpoint_format_name(CheckpointFormat::HF), "hf");
+  EXPECT_STREQ(checkpoint_format_name(CheckpointFormat::Parquet), "parquet");
+  EXPECT_THROW(parse_checkpoint_format("gguf"), Error);
+}
+
+TEST(Checkpoint, OpenErrorsNameThePath) {
+  const fs::path d = test::temp_dir("ckpt-err");
+  try {
+    open_checkpoint(d / "missing");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos);
+  }
+  EXPECT_THROW(open_checkpoint(d), Error);  // directory without config.json
+  write_text_file(d / "x.bin", "abc");
+  EXPECT_THROW(open_checkpoint(d / "x.bin"), Error);
+  // config.json but no weights
+  write_text_file(d / "config.json", "{}");
+  EXPECT_THROW(open_checkpoint(d), Error);
+  // bad config json
+  fs::copy_file(test::model_dir("qwen3-tiny") / "model.safetensors", d / "model.safetensors");
+  write_text_file(d / "config.json", "{\"a\": ");
+  try {
+    open_checkpoint(d);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+  }
+  write_text_file(d / "config.json", "[1]");
+  EXPECT_THROW(open_checkpoint(d), Error);
+}
+
+TEST(Checkpoint, HfRoundTripSingleFile) {
+  Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+  const fs::path out = test::temp_dir("ckpt-rt") / "out";
+  copy_checkpoint(c, out, CheckpointFormat::HF);
+  EXPECT_TRUE(fs::exists(out / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(out / kHfIndex));
+  Checkpoint d = open_checkpoint(out);
+  expect_same_tensors(c, d);
+  EXPECT_EQ(c.config, d.config);
+  EXPECT_EQ(c.aux_files, d.aux_files);
+  // Tensor files are byte-identical except for header formatting; tensor data region equal size.
+  EXPECT_EQ(read_text_file(out / "tokenizer.json"), read_text_file(test::model_dir("qwen3-tiny") / "tokenizer.json"));
+}
+
+TEST(Checkpoint, HfShardedRoundTrip) {
+  Checkpoint c = open_checkpoint(test::model_dir("llama-tiny"));
+  const fs::path out = test::temp_dir("ckpt-shard") / "out";
+  WriterOptions o;
+  o.max_shard_bytes = 1'000'000;
+  copy_checkpoint(c, out, CheckpointFormat::HF, o);
+  ASSERT_TRUE(fs::exists(out / kHfIndex));
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+  const json idx = json::parse(read_text_file(out / kHfIndex));
+  uint64_t total = 0;
+  for (const auto& ti : c.tensors->list()) total += ti.nbytes;
+  EXPECT_EQ(idx["metadata"]["total_size"].get<uint64_t>(), total);
+  std::set<std::string> files;
+  for (auto it = idx["weight_map"].begin(); it != idx["weight_map"].end(); ++it) files.insert(it.value());
+  ASSERT_GE(files.size(), 3u);
+  const size_t n = files.size();
+  char first[64];
+  std::snprintf(first, sizeof first, "model-00001-of-%05zu.safetensors", n);
+  EXPECT_EQ(*files.begin(), first);
+  for (const auto& f : files) {
+    // Each shard respects the limit unless it holds a single larger tensor.
+    SafetensorsFile sf(out / f);
+    uint64_t bytes = 0;
+    for (const auto& ti : sf.list()) bytes += ti.nbytes;
+    EXPECT_TRUE(bytes <= o.max_shard_bytes || sf.list().size() == 1) << f;
+  }
+  Checkpoint d = open_checkpoint(out);
+  expect_same_tensors(c, d);
+  // list() order: all tensors, shard by shard
+  EXPECT_EQ(d.tensors->list().size(), c.tensors->list().size());
+  EXPECT_EQ(d.aux_files, c.aux_files);
+  EXPECT_THROW(d.tensors->get("nope"), Error);
+  // Sharded -> single again.
+  const fs::path out2 = out.parent_path() / "out2";
+  copy_checkpoint(d, out2, CheckpointFormat::HF);
+  expect_same_tensors(c, open_checkpoint(out2));
+}
+
+TEST(Checkpoint, ShardedIndexValidation) {
+  Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+  const fs::path base = test::temp_dir("ckpt-idx");
+  WriterOptions o;
+  o.max_shard_bytes = 2'500'000;
+  copy_checkpoint(c, base / "m", CheckpointFormat::HF, o);
+  const fs::path idxp = base / "m" / kHfIndex;
+  const json idx = json::parse(read_text_file(idxp));
+  ASSERT_EQ(idx["weight_map"]["model.embed_tokens.weight"], "model-00001-of-00002.safetensors");
+  auto expect_bad = [&](const json& j, const std::string& needle) {
+    write_text_file(idxp, j.dump());
+    try {
+      open_checkpoint(base / "m");
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  json j = idx;
+  j["weight_map"]["model.embed_tokens.weight"] = "model-00002-of-00002.safetensors";
+  expect_bad(j, "model.embed_tokens.weight");  // mapped to the wrong shard
+  j = idx;
+  j["weight_map"]["model.embed_tokens.weight"] = "../evil.safetensors";
+  expect_bad(j, "plain file name");
+  j = idx;
+  j["weight_map"].erase("model.norm.weight");
+  expect_bad(j, "model.norm.weight");  // present in a shard, not mapped
+  j = idx;
+  j["weight_map"]["extra.weight"] = "model-00001-of-00002.safetensors";
+  expect_bad(j, "extra.weight");
+  j = idx;
+  j["weight_map"]["model.norm.weight"] = 3;
+  expect_bad(j, "model.norm.weight");
+  j = idx;
+  j["weight_map"]["x"] = "model-00009-of-00009.safetensors";
+  expect_bad(j, "model-00009-of-00009.safetensors");  // missing shard
+  expect_bad(json::object(), "weight_map");
+  expect_bad(json{{"weight_map", json::object()}}, "empty");
+  write_text_file(idxp, "{not json");
+  EXPECT_THROW(open_checkpoint(base / "m"), Error);
+  // Restored index works again; wrong total_size only warns.
+  j = idx;
+  j["metadata"]["total_size"] = 5;
+  write_text_file(idxp, j.dump());
+  expect_same_tensors(c, open_checkpoint(base / "m"));
+}
+
+TEST(Checkpoint, DuplicateTensorAcrossShards) {
+  const fs::path d = test::temp_dir("ckpt-dup");
+  write_text_file(d / "config.json", "{}");
+  std::vector<float> v(4, 1.0f);
+  TensorRef t;
+  t.info = {"a", DType::F32, {4}, 16};
+  t.data = reinterpret_cast<const uint8_t*>(v.data());
+  write_safetensors(d / "s1.safetensors", {t});
+  write_safetensors(d / "s2.safetensors", {t});
+  // An index that maps "a" to s1 only still finds it in s2 too -> unmapped tensor error.
+  write_text_file(d / kHfIndex, R"({"weight_map": {"a": "s1.safetensors"}})");
+  EXPECT_NO_THROW(open_checkpoint(d));
+  write_text_file(d / kHfIndex, R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}})");
+  EXPECT_THROW(open_checkpoint(d), Error);
+}
+
+TEST(Checkpoint, AuxFileSelection) {
+  const fs::path d = test::temp_dir("ckpt-aux");
+  write_text_file(d / "config.json", "{}");
+  write_text_file(d / "tokenizer.json", "tok");
+  write_text_file(d / "chat_template.jinja", std::string("a\0b", 3));
+  write_text_file(d / "pytorch_model.bin", "w");
+  write_text_file(d / "model.safetensors.index.json", "{}");
+  write_text_file(d / ".hidden", "h");
+  fs::create_directory(d / "sub");
+  auto aux = read_aux_files(d);
+  EXPECT_EQ(aux.size(), 2u);
+  EXPECT_EQ(aux["tokenizer.json"], "tok");
+  EXPECT_EQ(aux["chat_template.jinja"], std::string("a\0b", 3));
+  EXPECT_TRUE(is_weight_file_name("x.safetensors"));
+  EXPECT_FALSE(is_weight_file_name("tokenizer.json"));
+  EXPECT_THROW(check_plain_file_name("a/b", "t"), Error);
+  EXPECT_THROW(check_plain_file_name("..", "t"), Error);
+  EXPECT_THROW(check_plain_file_name("", "t"), Error);
+  EXPECT_NO_THROW(check_plain_file_name("tokenizer.json", "t"));
+}
+
+TEST(Checkpoint, UncommittedWriterLeavesNothing) {
+  const fs::path d = test::temp_dir("ckpt-atomic");
+  {
+    auto w = make_checkpoint_writer(d / "out", CheckpointFormat::HF);
+    float x = 1;
+    w->add_tensor("a", DType::F32, {1}, &x, 4);
+  }
+  EXPECT_EQ(count_entries(d), 0u);
+  // A failing add (size mismatch) then destruction: nothing left either.
+  {
+    auto w = make_checkpoint_writer(d / "out", CheckpointFormat::HF);
+    float x = 1;
+    EXPECT_THROW(w->add_tensor("a", DType::F32, {2}, &x, 4), Error);
+  }
+  EXPECT_EQ(count_entries(d), 0u);
+}
+
+TEST(Checkpoint, WriterRejectsBadAuxAndReuse) {
+  const fs::path d = test::temp_dir("ckpt-w");
+  {
+    auto w = make_checkpoint_writer(d / "o1", CheckpointFormat::HF);
+    EXPECT_THROW(w->commit(json::object(), {{"../x", "y"}}), Error);
+  }
+  {
+    auto w = make_checkpoint_writer(d / "o2", CheckpointFormat::HF);
+    EXPECT_THROW(w->commit(json::object(), {{"model.safetensors", "y"}}), Error);
+  }
+  EXPECT_EQ(count_entries(d), 0u);
+  {
+    auto w = make_checkpoint_writer(d / "o3", CheckpointFormat::HF);
+    float x = 2;
+    w->add_tensor("a", DType::F32, {1}, &x, 4);
+    EXPECT_THROW(w->add_tensor("a", DType::F32, {1}, &x, 4), Error);
+    w->commit(json{{"k", 1}}, {});
+    EXPECT_THROW(w->commit(json::object(), {}), Error);
+    EXPECT_THROW(w->add_tensor("b", DType::F32, {1}, &x, 4), Error);
+  }
+  Checkpoint c = open_checkpoint(d / "o3");
+  EXPECT_EQ(c.config["k"], 1);
+  EXPECT_EQ(c.tensors->get("a").to_f32()[0], 2.0f);
+  // Replacing an existing checkpoint directory works; replacing a non-model directory is refused.
+  {
+    auto w = make_checkpoint_writer(d / "o3", CheckpointFormat::HF);
+    w->commit(json{{"k", 2}}, {});
+  }
+  EXPECT_EQ(open_checkpoint(d / "o3").config["k"], 2);
+  EXPECT_EQ(open_checkpoint(d / "o3").tensors->list().size(), 0u);
+  fs::create_directory(d / "home");
+  write_text_file(d / "home" / "precious.txt", "x");
+  EXPECT_THROW(make_checkpoint_writer(d / "home", CheckpointFormat::HF), Error);
+  EXPECT_TRUE(fs::exists(d / "home" / "precious.txt"));
+  EXPECT_THROW(make_checkpoint_writer(d / "home" / "precious.txt", CheckpointFormat::HF), Error);
+  EXPECT_THROW(make_checkpoint_writer(d / "home", CheckpointFormat::Parquet), Error);
+  WriterOptions o;
+  o.max_shard_bytes = 0;
+  EXPECT_THROW(make_checkpoint_writer(d / "o4", CheckpointFormat::HF, o), Error);
+}
+
+TEST(Checkpoint, ParquetRoundTripIsLossless) {
+  for (const char* m : {"qwen3-tiny", "llama-tiny"}) {
+    Checkpoint c = open_checkpoint(test::model_dir(m));
+    const fs::path d = test::temp_dir("ckpt-pq");
+    WriterOptions o;
+    o.parquet_chunk_bytes = 1 << 20;  // forces multi-row tensors (embeddings are 2 MiB)
+    copy_checkpoint(c, d / "m.parquet", CheckpointFormat::Parquet, o);
+    Checkpoint p = open_checkpoint(d / "m.parquet");
+    EXPECT_EQ(p.format, CheckpointFormat::Parquet);
+    expect_same_tensors(c, p);
+    EXPECT_EQ(p.config, c.config);
+    EXPECT_EQ(p.aux_files, c.aux_files);
+    copy_checkpoint(p, d / "back", CheckpointFormat::HF);
+    Checkpoint h = open_checkpoint(d / "back");
+    expect_same_tensors(c, h);
+    EXPECT_EQ(h.aux_files, c.aux_files);
+    EXPECT_EQ(h.config, c.config);
+  }
+}
+
+TEST(Checkpoint, ParquetKeepsQuantizationConfig) {
+  const fs::path src = test::data_path("peers/angelslim-qwen3-tiny/int4_gptq");
+  Checkpoint c = open_checkpoint(src);
+  ASSERT_TRUE(c.config.contains("quantization_config"));
+  const fs::path d = test::temp_dir("ckpt-pq-q");
+  copy_checkpoint(c, d / "q.parquet", CheckpointFormat::Parquet);
+  Checkpoint p = open_checkpoint(d / "q.parquet");
+  EXPECT_EQ(p.config["quantization_config"], c.config["quantization_config"]);
+  expect_same_tensors(c, p);
+}
