@@ -99,6 +99,8 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t size, co
   if (n < 2) fail(origin, ": safetensors header of ", n, " bytes is too short");
 
   const char* text = reinterpret_cast<const char*>(bytes + 8);
+  // The JSON parser treats NUL as end of input; a header must not contain one.
+  if (std::memchr(text, 0, n) != nullptr) fail(origin, ": safetensors header is not valid JSON: it contains a NUL byte");
   std::set<std::string> keys;
   json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) -> bool {
     if (depth > kMaxHeaderDepth) fail(origin, ": safetensors header nested too deeply");
