@@ -1,0 +1,276 @@
+// quant/method.cpp — the method table, spec resolution and the BlockJob helpers.
+#include "quant/method.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "model/arch.h"
+#include "quant/method_simple.h"
+#include "quant/rtn.h"
+
+namespace llmc {
+
+namespace {
+
+std::vector<MethodInfo> build_table() {
+  std::vector<MethodInfo> t;
+  // ---- simple PTQ backend (weight-only, round to nearest) ----
+  {
+    MethodInfo m;
+    m.name = "int8";
+    m.default_bits = 8;
+    m.allowed_bits = {8};
+    m.default_group = -1;
+    m.group_configurable = true;
+    m.layouts = {"pack-quantized"};
+    m.description = "W8A16: int8 weights, per-channel symmetric (absmax/127), round to nearest";
+    m.factory = make_int_rtn_quantizer;
+    t.push_back(m);
+  }
+  {
+    MethodInfo m;
+    m.name = "int2";
+    m.default_bits = 2;
+    m.allowed_bits = {2};
+    m.default_group = 64;
+    m.group_configurable = true;
+    m.default_symmetric = false;
+    m.layouts = {"pack-quantized"};
+    m.description =
+        "W2A16: 2-bit weights, group 64 asymmetric, per-group MSE clip search, round to nearest";
+    m.factory = make_int_rtn_quantizer;
+    t.push_back(m);
+  }
+  {
+    MethodInfo m;
+    m.name = "fp16";
+    m.default_bits = 16;
+    m.allowed_bits = {16};
+    m.layouts = {};
+    m.dense_dtype = DType::F16;
+    m.description = "plain float16 checkpoint (every float tensor cast to fp16), no quantization";
+    m.factory = make_dense_quantizer;
+    t.push_back(m);
+  }
+  // ---- FP8 / INT8 with activation quantization (compressed-tensors) ----
+  {
+    MethodInfo m;
+    m.name = "fp8_static";
+    m.default_bits = 8;
+    m.allowed_bits = {8};
+    m.default_group = 0;
+    m.needs_calibration = true;
+    m.layouts = {"float-quantized"};
+    m.description =
+        "W8A8 FP8 e4m3: per-tensor weight scale, static per-tensor input scale chosen by an "
+        "output-error search over clipping ratios on calibration data";
+    m.factory = make_fp8_static_quantizer;
+    t.push_back(m);
+  }
+  {
+    MethodInfo m;
+    m.name = "fp8_dynamic";
+    m.default_bits = 8;
+    m.allowed_bits = {8};
+    m.default_group = -1;
+    m.layouts = {"float-quantized"};
+    m.description = "W8A8 FP8 e4m3: per-channel weight scale, dynamic per-token activations";
+    m.factory = make_fp8_dynamic_quantizer;
+    t.push_back(m);
+  }
+  {
+    MethodInfo m;
+    m.name = "int8_dynamic";
+    m.default_bits = 8;
+    m.allowed_bits = {8};
+    m.default_group = -1;
+    m.layouts = {"int-quantized"};
+    m.description =
+        "W8A8 int8: per-channel symmetric weights (absmax/127), dynamic per-token symmetric "
+        "int8 activations";
+    m.factory = make_int8_dynamic_quantizer;
+    t.push_back(m);
+  }
+  // ---- GPTQ / AWQ (helper F): add rows here, factories declared in quant/gptq.h, awq.h ----
+  return t;
+}
+
+}  // namespace
+
+const std::vector<MethodInfo>& method_table() {
+  static const std::vector<MethodInfo> t = build_table();
+  return t;
+}
+
+std::string method_names() {
+  std::string s;
+  for (const auto& m : method_table()) s += (s.empty() ? "" : ", ") + m.name;
+  return s;
+}
+
+const MethodInfo& find_method(const std::string& name) {
+  for (const auto& m : method_table())
+    if (m.name == name) return m;
+  fail("unknown quantization method '", name, "' (known: ", method_names(), ")");
+}
+
+QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
+  QuantSpec s;
+  s.method = m.name;
+  s.bits = o.bits.value_or(m.default_bits);
+  if (std::find(m.allowed_bits.begin(), m.allowed_bits.end(), s.bits) == m.allowed_bits.end()) {
+    std::string allowed;
+    for (int b : m.allowed_bits) allowed += (allowed.empty() ? "" : ", ") + std::to_string(b);
+    fail("method ", m.name, " does not support --bits ", s.bits, " (supported: ", allowed, ")");
+  }
+  s.group = m.default_group;
+  if (o.group) {
+    if (!m.group_configurable && *o.group != m.default_group)
+      fail("method ", m.name, " has a fixed granularity; --group-size is not accepted");
+    if (*o.group == 0 || *o.group < -1)
+      fail("--group-size must be a positive group size or -1 (per channel), got ", *o.group);
+    s.group = *o.group;
+  }
+  s.symmetric = m.default_symmetric;
+  if (o.symmetric) {
+    if (!m.symmetry_configurable && *o.symmetric != m.default_symmetric)
+      fail("method ", m.name, " is always ", m.default_symmetric ? "symmetric" : "asymmetric",
+           "; --", *o.symmetric ? "sym" : "asym", " is not accepted");
+    s.symmetric = *o.symmetric;
+  }
+  if (o.layout.empty()) {
+    s.layout = m.layouts.empty() ? std::string() : m.layouts.front();
+  } else {
+    if (std::find(m.layouts.begin(), m.layouts.end(), o.layout) == m.layouts.end()) {
+      std::string known;
+      for (const auto& l : m.layouts) known += (known.empty() ? "" : ", ") + l;
+      fail("method ", m.name, " cannot write layout '", o.layout, "' (",
+           known.empty() ? std::string("it writes a plain dense checkpoint") : "supported: " + known,
+           ")");
+    }
+    s.layout = o.layout;
+  }
+  s.seed = o.seed;
+  if (o.damp) {
+    if (!(*o.damp >= 0.0 && *o.damp < 10.0)) fail("--damp must be in [0, 10), got ", *o.damp);
+    s.damp = *o.damp;
+  }
+  if (o.act_order) s.act_order = *o.act_order;
+  if (o.true_sequential) s.true_sequential = *o.true_sequential;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// BlockJob
+
+BlockJob::BlockJob(Model& m, int l, const QuantSpec& s, BlockWeights& w)
+    : model(m), layer(l), spec(s), weights(w), ignored([](LinearSlot) { return false; }) {}
+
+std::string BlockJob::module_name(LinearSlot s) const {
+  const ArchSpec& a = arch_for(model.config().architecture, "model");
+  return std::string(a.layer_prefix) + std::to_string(layer) + "." + linear_slot_name(s);
+}
+
+DenseLinear& BlockJob::dense(LinearSlot s) const {
+  auto* d = dynamic_cast<DenseLinear*>(weights.linear[int(s)].get());
+  if (!d) fail(module_name(s), ": expected a dense (unquantized) weight");
+  return *d;
+}
+
+void BlockJob::check_finite(LinearSlot s) const {
+  const DenseLinear& d = dense(s);
+  llmc::check_finite(d.weight().data(), int64_t(d.weight().size()), module_name(s) + ".weight");
+}
+
+namespace {
+// Thrown by for_each_input's hook to end a block run early; never escapes BlockJob.
+struct StopRun {};
+}  // namespace
+
+void BlockJob::run(const LinearHook* hook, std::vector<float>* out, const float* x, int first,
+                   int count) {
+  if (!x) x = inputs;
+  if (count < 0) count = n_samples - first;
+  LLMC_CHECK(x != nullptr && seq > 0 && first >= 0 && count >= 0, "block run without inputs");
+  const int64_t h = hidden();
+  const int64_t per = int64_t(seq) * h;
+  if (out) out->assign(size_t(count) * per, 0.0f);
+  const int b = std::max(1, batch);
+  std::vector<float> buf;
+  for (int s0 = 0; s0 < count; s0 += b) {
+    const int n = std::min(b, count - s0);
+    const float* src = x + size_t(first + s0) * per;
+    buf.assign(src, src + size_t(n) * per);
+    model.run_block(layer, buf.data(), n, seq, hook);
+    if (out) std::copy(buf.begin(), buf.end(), out->begin() + size_t(s0) * per);
+  }
+}
+
+void BlockJob::for_each_input(
+    LinearSlot slot, const std::function<void(const float*, int64_t, int64_t)>& fn) {
+  LLMC_CHECK(inputs != nullptr && seq > 0, "for_each_input without calibration inputs");
+  const int64_t per = int64_t(seq) * hidden();
+  const int b = std::max(1, batch);
+  std::vector<float> buf;
+  LinearHook hook = [&](int, LinearSlot s, const float* x, int64_t rows, int64_t cols) {
+    if (s != slot) return;
+    fn(x, rows, cols);
+    throw StopRun{};
+  };
+  for (int s0 = 0; s0 < n_samples; s0 += b) {
+    const int n = std::min(b, n_samples - s0);
+    const float* src = inputs + size_t(s0) * per;
+    buf.assign(src, src + size_t(n) * per);
+    try {
+      model.run_block(layer, buf.data(), n, seq, &hook);
+    } catch (const StopRun&) {
+    }
+  }
+}
+
+void BlockJob::commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep) {
+  LLMC_CHECK(!ignored(s), "method quantized an ignored slot ", module_name(s));
+  const Linear& cur = *weights.linear[int(s)];
+  if (qw.out != cur.out_features() || qw.in != cur.in_features())
+    fail(module_name(s), ": quantized weight is [", qw.out, ", ", qw.in, "] but the layer is [",
+         cur.out_features(), ", ", cur.in_features(), "]");
+  if (qw.bias.empty()) {
+    if (auto* d = dynamic_cast<const DenseLinear*>(&cur)) qw.bias = d->bias();
+  }
+  weights.linear[int(s)] = std::make_shared<SimQuantLinear>(qw);
+  quantized[int(s)] = std::move(qw);
+  report[int(s)] = std::move(rep);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SimQuantLinear
+
+SimQuantLinear::SimQuantLinear(std::vector<float> w, int64_t out, int64_t in, ActQuant act,
+                               float input_scale, std::vector<float> bias)
+    : w_(std::move(w)), b_(std::move(bias)), out_(out), in_(in), act_(act),
+      input_scale_(input_scale) {
+  LLMC_CHECK(int64_t(w_.size()) == out * in, "SimQuantLinear weight size");
+  LLMC_CHECK(b_.empty() || int64_t(b_.size()) == out, "SimQuantLinear bias size");
+}
+
+SimQuantLinear::SimQuantLinear(const QuantizedWeight& qw)
+    : SimQuantLinear(qw.dequantize(), qw.out, qw.in, qw.act, qw.input_scale, qw.bias) {}
+
+void SimQuantLinear::forward(const float* x, int64_t rows, float* y) const {
+  const float* src = x;
+  std::vector<float> xq;
+  if (act_ != ActQuant::None) {
+    xq.assign(x, x + rows * in_);
+    quantize_activations(act_, input_scale_, xq.data(), rows, in_);
+    src = xq.data();
+  }
+  gemm_xwt(src, rows, in_, w_.data(), out_, y);
+  if (!b_.empty()) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t o = 0; o < out_; ++o) y[r * out_ + o] += b_[o];
+  }
+}
+
+}  // namespace llmc

@@ -1,0 +1,183 @@
+// quant/method.h — THE table of quantization methods, and the block-level interface that the
+// quantize pipeline (quant/pipeline.h) drives.
+//
+// The table
+//  * One row per method (MethodInfo): name, default bits / group / symmetry, whether it needs
+//    calibration data, the output layouts it can write (first = default; names from
+//    quant/layouts.h), a one-line description and a factory for its BlockQuantizer.
+//  * Rows live in ONE array in quant/method.cpp (explicit, not self-registering: libllmc is a
+//    static library and self-registering objects would be dropped by the linker). To add a
+//    method, declare its factory in its own header and add one row there.
+//  * find_method(name) matches the exact name; an unknown name throws llmc::Error listing every
+//    name. Nothing anywhere dispatches on substrings of method names.
+//
+// The block interface (how a method sees the model)
+//  * The pipeline opens the model, cuts calibration windows and then, for each decoder block i:
+//      1. builds a BlockJob whose `inputs` are block i's calibration inputs, i.e. the outputs of
+//         blocks < i computed WITH their quantized weights (activation quantization simulated);
+//         never any padding: every row is a real token;
+//      2. calls BlockQuantizer::quantize_block(job);
+//      3. writes every linear of the block: slots with job.quantized[s] set are encoded in
+//         spec.layout; the others are written dense from job.weights (in the checkpoint's dtype,
+//         or fp16 for methods whose `dense_dtype` says so). Norms are written from job.weights
+//         too, so a method may fold scales into them (AWQ) or into preceding dense linears;
+//      4. computes the block's outputs with the final weights (job.weights after quantize_block;
+//         quantized slots already replaced by simulated-quantization Linears by job.commit) to
+//         form block i+1's inputs, then releases the block.
+//  * A method must call job.commit(slot, qw, report) for every slot it quantizes and must not
+//    quantize slots for which job.ignored(slot) is true. commit() installs a Linear computing
+//    with the dequantized weight and the weight's activation quantization (qw.act), so later
+//    job.run() calls inside the same block (GPTQ true-sequential) see the quantized layer.
+//  * Methods with needs_calibration == false get n_samples == 0 and inputs == nullptr; they must
+//    not call run()/for_each_input().
+//  * Hooked activations are float32 rows [rows, in_features]; rows = samples_in_batch * seq.
+//    The same input row is seen once per slot asked for (q/k/v share an input; gate/up share one).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "model/linear.h"
+#include "model/model.h"
+#include "quant/qweight.h"
+
+namespace llmc {
+
+// Fully resolved options of one quantization run (defaults from the table + user overrides).
+struct QuantSpec {
+  std::string method;        // table name, e.g. "fp8_static"
+  int bits = 8;
+  int64_t group = -1;        // >0 group size along in; -1 per-channel; 0 per-tensor
+  bool symmetric = true;
+  std::string layout;        // output layout name (quant/layouts.h)
+  uint64_t seed = 0;
+  // GPTQ / AWQ knobs; ignored by methods that do not use them.
+  double damp = 0.01;            // GPTQ damping, fraction of mean(diag H)
+  bool act_order = false;        // GPTQ act-order
+  bool true_sequential = true;   // GPTQ: q/k/v -> o -> gate/up -> down
+  // Calibration shape (filled by the pipeline; 0 for methods that need none).
+  int num_samples = 0, seq_len = 0;
+  nlohmann::json extra = nlohmann::json::object();  // method-specific extras
+};
+
+// What the user asked for; unset fields take the method's default.
+struct QuantOverrides {
+  std::optional<int> bits;
+  std::optional<int64_t> group;
+  std::optional<bool> symmetric;
+  std::string layout;  // "" = method default
+  uint64_t seed = 0;
+  std::optional<double> damp;
+  std::optional<bool> act_order;
+  std::optional<bool> true_sequential;
+};
+
+struct BlockJob;
+
+class BlockQuantizer {
+ public:
+  virtual ~BlockQuantizer() = default;
+  // Quantizes the non-ignored linears of one decoder block (see the contract above).
+  virtual void quantize_block(BlockJob& job) = 0;
+  // Called once after the last block; may add a method summary (goes into the report file).
+  virtual void finish(nlohmann::json& summary) {}
+};
+
+using QuantizerFactory = std::function<std::unique_ptr<BlockQuantizer>(const QuantSpec&)>;
+
+struct MethodInfo {
+  std::string name;                  // exact CLI name, e.g. "int8_dynamic"
+  int default_bits = 8;
+  std::vector<int> allowed_bits;     // --bits accepted values (contains default_bits)
+  int64_t default_group = -1;        // >0 group; -1 per-channel; 0 per-tensor
+  bool group_configurable = false;   // --group-size accepted
+  bool default_symmetric = true;
+  bool symmetry_configurable = false;  // --sym/--asym accepted
+  bool needs_calibration = false;
+  std::vector<std::string> layouts;  // output layouts, first = default; empty = dense output
+  std::optional<DType> dense_dtype;  // dtype of every float tensor written dense (fp16 method);
+                                     // nullopt = keep each tensor's checkpoint dtype
+  std::string description;
+  QuantizerFactory factory;
+};
+
+// The whole table, in display order.
+const std::vector<MethodInfo>& method_table();
+// Exact-name lookup; throws llmc::Error "unknown method 'x' (known: a, b, ...)".
+const MethodInfo& find_method(const std::string& name);
+// Comma-separated list of every method name (for help texts and errors).
+std::string method_names();
+// Merges defaults and overrides; throws llmc::Error for an option the method does not accept
+// (bits outside allowed_bits, group/symmetry on a method that fixes them, unknown layout).
+QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o);
+
+// One decoder block handed to a BlockQuantizer. Built by the pipeline (and by tests).
+struct BlockJob {
+  Model& model;
+  int layer = 0;
+  const QuantSpec& spec;
+  BlockWeights& weights;            // == model.block(layer); mutable (scale folding, swaps)
+  const float* inputs = nullptr;    // [n_samples * seq, hidden], or nullptr (no calibration)
+  int n_samples = 0, seq = 0;
+  int batch = 8;                    // samples per block run inside run()/for_each_input()
+  std::function<bool(LinearSlot)> ignored;  // true: leave this slot unquantized
+
+  // Results, filled through commit().
+  std::array<std::optional<QuantizedWeight>, kNumLinearSlots> quantized;
+  std::array<nlohmann::json, kNumLinearSlots> report;  // per-linear JSON (error, damping, ...)
+
+  BlockJob(Model& m, int layer, const QuantSpec& s, BlockWeights& w);
+
+  const ModelConfig& config() const { return model.config(); }
+  int64_t hidden() const { return model.config().hidden_size; }
+  int64_t rows() const { return int64_t(n_samples) * seq; }
+  // "model.layers.<layer>.self_attn.q_proj" (the HF module name, without ".weight").
+  std::string module_name(LinearSlot s) const;
+  // The slot's dense weight; throws if the slot is no longer a DenseLinear.
+  DenseLinear& dense(LinearSlot s) const;
+  // Throws llmc::Error naming "<module>.weight" if any element is NaN/Inf.
+  void check_finite(LinearSlot s) const;
+
+  // Runs the block over samples [first, first + count) of `x` (default: `inputs`, all samples)
+  // in batches of `batch` samples, calling `hook` (may be null) for every linear. If `out` is
+  // given it receives the block outputs [count * seq, hidden]. The block weights used are
+  // whatever job.weights holds at call time.
+  void run(const LinearHook* hook, std::vector<float>* out = nullptr, const float* x = nullptr,
+           int first = 0, int count = -1);
+  // Streams the inputs of `slot` over all calibration samples to fn(x, rows, cols). Stops each
+  // batch's block run right after `slot`'s input is seen (cheap for early slots).
+  void for_each_input(LinearSlot slot,
+                      const std::function<void(const float* x, int64_t rows, int64_t cols)>& fn);
+  // Records slot's quantized weight and report, and replaces the slot's Linear by one that
+  // computes with qw.dequantize() and simulates qw.act on its inputs.
+  void commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep = nlohmann::json::object());
+};
+
+// A Linear that computes with a dequantized weight and fake-quantizes its inputs as `act`
+// prescribes (quantize_activations in quant/qweight.h). Used for the next block's inputs and
+// inside error searches.
+class SimQuantLinear : public Linear {
+ public:
+  SimQuantLinear(std::vector<float> w, int64_t out, int64_t in, ActQuant act, float input_scale,
+                 std::vector<float> bias = {});
+  explicit SimQuantLinear(const QuantizedWeight& qw);
+  int64_t in_features() const override { return in_; }
+  int64_t out_features() const override { return out_; }
+  void forward(const float* x, int64_t rows, float* y) const override;
+  uint64_t bytes_held() const override { return (w_.size() + b_.size()) * sizeof(float); }
+  const std::vector<float>& weight() const { return w_; }
+
+ private:
+  std::vector<float> w_, b_;
+  int64_t out_, in_;
+  ActQuant act_;
+  float input_scale_;
+};
+
+}  // namespace llmc
