@@ -1,0 +1,95 @@
+#include "formats/convert.h"
+
+#include <chrono>
+#include <vector>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "formats/inspect.h"
+
+namespace llmc {
+
+namespace {
+
+struct TargetName {
+  const char* cli;
+  std::optional<DType> dtype;
+};
+const TargetName kTargets[] = {
+    {"keep", std::nullopt}, {"bf16", DType::BF16}, {"fp16", DType::F16}, {"fp32", DType::F32}};
+
+bool convertible(DType t) {
+  return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16;
+}
+
+}  // namespace
+
+const char* torch_dtype_name(DType t) {
+  switch (t) {
+    case DType::BF16: return "bfloat16";
+    case DType::F16: return "float16";
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    default: return dtype_name(t);
+  }
+}
+
+std::optional<DType> parse_target_dtype(const std::string& s) {
+  for (const auto& t : kTargets)
+    if (s == t.cli) return t.dtype;
+  fail("unknown --dtype '", s, "' (expected keep, bf16, fp16 or fp32)");
+}
+
+ConvertStats convert_checkpoint(const Checkpoint& in, const std::filesystem::path& out, const ConvertOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  ConvertStats st;
+  uint64_t total = 0;
+  for (const auto& ti : in.tensors->list()) total += ti.nbytes;
+  auto w = make_checkpoint_writer(out, opts.format, opts.writer);
+  std::unique_ptr<Progress> prog;
+  if (opts.progress) prog = std::make_unique<Progress>("convert", (total + (1 << 20) - 1) >> 20, "MiB");
+  std::vector<uint8_t> buf;
+  uint64_t done = 0, shown = 0;
+  for (const auto& ti : in.tensors->list()) {
+    TensorRef r = in.tensors->get(ti.name);
+    const DType src = r.info.dtype;
+    if (opts.target_dtype && *opts.target_dtype != src && convertible(src) && !is_quant_metadata_tensor(ti.name)) {
+      const DType dst = *opts.target_dtype;
+      const uint64_t n = uint64_t(r.info.numel());
+      buf.resize(size_t(n * dtype_size(dst)));
+      convert(src, r.data, dst, buf.data(), size_t(n));
+      w->add_tensor(ti.name, dst, r.info.shape, buf.data(), buf.size());
+      st.bytes_out += buf.size();
+      ++st.converted;
+    } else {
+      w->add_tensor(ti.name, src, r.info.shape, r.data, r.info.nbytes);
+      st.bytes_out += r.info.nbytes;
+    }
+    st.bytes_in += r.info.nbytes;
+    ++st.tensors;
+    done += r.info.nbytes;
+    if (prog && (done >> 20) > shown) {
+      prog->step((done >> 20) - shown);
+      shown = done >> 20;
+    }
+  }
+  if (buf.capacity()) std::vector<uint8_t>().swap(buf);
+  nlohmann::json config = in.config;
+  if (opts.target_dtype && config.is_object()) {
+    const char* name = torch_dtype_name(*opts.target_dtype);
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.contains(key)) {
+        config[key] = name;
+        set = true;
+      }
+    }
+    if (!set) config["torch_dtype"] = name;
+  }
+  w->commit(config, in.aux_files);
+  if (prog) prog->finish();
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace llmc
