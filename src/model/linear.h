@@ -45,7 +45,7 @@ class DenseLinear : public Linear {
 
 // y[rows, n] = x[rows, k] · w[n, k]ᵀ via OpenBLAS sgemm (row-major).
 //
-// Threading: llmc runs OpenBLAS single-threaded (set on first use of gemm_xwt/gemm_stats) and
+// Threading: llmc runs OpenBLAS single-threaded (set on first use of gemm_xwt) and
 // splits large products into tiles over the core/threads.h pool itself, so BLAS threads never
 // compete with pool threads; called from inside parallel_for it runs serially on that thread.
 // Prefer gemm_xwt to calling cblas directly when the product is large.

@@ -54,6 +54,11 @@ struct KVCache {
   std::vector<std::vector<float>> k, v;     // per layer: [batch, capacity, kv_dim]
 };
 
+// Reads tensor `name` as fp32, checking it exists, is a float type, has shape `expect` and holds
+// only finite values; errors name the tensor and reader.origin().
+std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string& name,
+                                   const Shape& expect);
+
 class Model {
  public:
   // Reads config.json and the embeddings/final norm/lm_head; decoder blocks are read from the
