@@ -1,0 +1,326 @@
+#include "tokenizer/bpe.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <queue>
+
+#include "core/error.h"
+#include "tokenizer/unicode.h"
+
+namespace llmc::tok {
+
+namespace {
+
+std::atomic<uint64_t> g_serial{1};
+
+inline uint64_t hash_bytes(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t n = s.size();
+  uint64_t h = 0x243F6A8885A308D3ull ^ (uint64_t(n) * 0xC2B2AE3D27D4EB4Full);
+  while (n >= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  if (n) {
+    uint64_t w = 0;
+    std::memcpy(&w, p, n);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  h *= 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 31;
+  return h | 1;  // 0 marks an empty slot
+}
+
+// Per-thread cache of word -> ids for one Bpe (identified by its serial number).
+class WordCache {
+ public:
+  static constexpr size_t kSlots = size_t(1) << 17;
+  static constexpr size_t kMaxEntries = kSlots / 2;
+  static constexpr size_t kMaxWordLen = 128;
+  static constexpr size_t kMaxKeyBytes = size_t(8) << 20;
+
+  uint64_t owner = 0;
+  uint64_t last_use = 0;
+
+  const int32_t* find(uint64_t h, std::string_view w, size_t* n) const {
+    if (table_.empty()) return nullptr;
+    size_t i = size_t(h >> 20) & (kSlots - 1);
+    for (;;) {
+      const Entry& e = table_[i];
+      if (e.hash == 0) return nullptr;
+      if (e.hash == h && e.key_len == w.size() &&
+          std::memcmp(keys_.data() + e.key_off, w.data(), w.size()) == 0) {
+        *n = e.val_len;
+        return vals_.data() + e.val_off;
+      }
+      i = (i + 1) & (kSlots - 1);
+    }
+  }
+  void insert(uint64_t h, std::string_view w, const int32_t* ids, size_t n) {
+    if (w.size() > kMaxWordLen || n > 0xFFFF) return;
+    if (table_.empty()) table_.assign(kSlots, Entry{});
+    if (count_ >= kMaxEntries || keys_.size() + w.size() > kMaxKeyBytes) clear();
+    size_t i = size_t(h >> 20) & (kSlots - 1);
+    while (table_[i].hash != 0) i = (i + 1) & (kSlots - 1);
+    table_[i] = Entry{h, uint32_t(keys_.size()), uint32_t(vals_.size()), uint16_t(w.size()),
+                      uint16_t(n)};
+    keys_.append(w);
+    vals_.insert(vals_.end(), ids, ids + n);
+    ++count_;
+  }
+  void clear() {
+    std::fill(table_.begin(), table_.end(), Entry{});
+    keys_.clear();
+    vals_.clear();
+    count_ = 0;
+  }
+
+ private:
+  struct Entry {
+    uint64_t hash;
+    uint32_t key_off, val_off;
+    uint16_t key_len, val_len;
+  };
+  std::vector<Entry> table_;
+  std::string keys_;
+  std::vector<int32_t> vals_;
+  size_t count_ = 0;
+};
+
+// A few caches per thread so that alternating between tokenizers does not thrash.
+WordCache& thread_cache(uint64_t owner) {
+  static constexpr int kCaches = 4;
+  thread_local WordCache caches[kCaches];
+  thread_local uint64_t clock = 0;
+  thread_local WordCache* last = nullptr;
+  if (last && last->owner == owner) return *last;
+  ++clock;
+  WordCache* victim = &caches[0];
+  for (auto& c : caches) {
+    if (c.owner == owner) {
+      c.last_use = clock;
+      return *(last = &c);
+    }
+    if (c.last_use < victim->last_use) victim = &c;
+  }
+  victim->clear();
+  victim->owner = owner;
+  victim->last_use = clock;
+  return *(last = victim);
+}
+
+}  // namespace
+
+Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
+         const std::vector<std::pair<std::string, std::string>>& merges, Options opt,
+         const std::string& origin)
+    : opt_(opt), serial_(g_serial.fetch_add(1)) {
+  int32_t max_id = -1;
+  for (auto& [tok, id] : vocab) {
+    if (id < 0) fail(origin, ": model.vocab: negative id ", id, " for token '", tok, "'");
+    max_id = std::max(max_id, id);
+  }
+  if (max_id > (int32_t(1) << 30)) fail(origin, ": model.vocab: id ", max_id, " is too large");
+  id_to_tok_.assign(size_t(max_id + 1), std::string());
+  id_present_.assign(size_t(max_id + 1), 0);
+  for (auto& [tok, id] : vocab) {
+    id_to_tok_[size_t(id)] = tok;
+    id_present_[size_t(id)] = 1;
+  }
+  for (auto& [tok, id] : vocab) vocab_.emplace(tok, id);
+
+  const auto& b2u = byte_to_unicode();
+  for (int b = 0; b < 256; ++b) {
+    std::string ch;
+    utf8_append(b2u[b], ch);
+    const int32_t id = token_to_id(ch);
+    byte_id_[b] = id;
+  }
+
+  size_t cap = 16;
+  while (cap < merges.size() * 2 + 2) cap <<= 1;
+  merges_.assign(cap, MergeSlot{0, 0, 0});
+  mask_ = cap - 1;
+  shift_ = 64;
+  for (size_t c = cap; c > 1; c >>= 1) --shift_;
+  num_merges_ = merges.size();
+  for (size_t r = 0; r < merges.size(); ++r) {
+    const auto& [a, b] = merges[r];
+    const int32_t ia = token_to_id(a), ib = token_to_id(b);
+    const int32_t in = token_to_id(a + b);
+    if (ia < 0 || ib < 0 || in < 0) {
+      fail(origin, ": model.merges[", r, "] (\"", a, "\", \"", b, "\"): ",
+           ia < 0 ? "'" + a + "'" : ib < 0 ? "'" + b + "'" : "'" + a + b + "'",
+           " is not in the vocabulary");
+    }
+    const uint64_t k = pair_key(ia, ib);
+    size_t i = size_t((k * 0x9E3779B97F4A7C15ull) >> shift_);
+    while (merges_[i].key != 0 && merges_[i].key != k) i = (i + 1) & mask_;
+    merges_[i] = MergeSlot{k, int32_t(r), in};  // a repeated pair keeps its last rank
+  }
+}
+
+int32_t Bpe::token_to_id(std::string_view tok) const {
+  auto it = vocab_.find(tok);
+  return it == vocab_.end() ? -1 : it->second;
+}
+
+const std::string* Bpe::id_to_token(int32_t id) const {
+  if (id < 0 || size_t(id) >= id_to_tok_.size() || !id_present_[size_t(id)]) return nullptr;
+  return &id_to_tok_[size_t(id)];
+}
+
+void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& syms) const {
+  syms.clear();
+  bool prev_unk = false;
+  for (unsigned char c : word) {
+    const int32_t id = byte_id_[c];
+    if (id >= 0) {
+      syms.push_back(id);
+      prev_unk = false;
+    } else if (opt_.unk_id >= 0) {
+      if (!(opt_.fuse_unk && prev_unk)) syms.push_back(opt_.unk_id);
+      prev_unk = true;
+    }
+  }
+}
+
+void Bpe::merge_scan(std::vector<int32_t>& syms) const {
+  constexpr int32_t kNone = INT32_MAX;
+  size_t n = syms.size();
+  if (n < 2) return;
+  // rank[i] / next[i]: merge of the pair (syms[i], syms[i+1]).
+  int32_t rank_buf[128], next_buf[128];
+  std::vector<int32_t> rank_vec, next_vec;
+  int32_t* rank = rank_buf;
+  int32_t* nid = next_buf;
+  if (n > 128) {
+    rank_vec.resize(n);
+    next_vec.resize(n);
+    rank = rank_vec.data();
+    nid = next_vec.data();
+  }
+  auto look = [&](size_t i) {
+    const MergeSlot* m = find_merge(syms[i], syms[i + 1]);
+    rank[i] = m ? m->rank : kNone;
+    nid[i] = m ? m->new_id : -1;
+  };
+  for (size_t i = 0; i + 1 < n; ++i) look(i);
+  for (;;) {
+    int32_t best = kNone;
+    size_t bi = 0;
+    for (size_t i = 0; i + 1 < n; ++i) {
+      if (rank[i] < best) {
+        best = rank[i];
+        bi = i;
+      }
+    }
+    if (best == kNone) break;
+    syms[bi] = nid[bi];
+    // Remove symbol bi+1 (and the pair entry bi+1).
+    for (size_t j = bi + 1; j + 1 < n; ++j) syms[j] = syms[j + 1];
+    for (size_t j = bi + 1; j + 2 < n; ++j) {
+      rank[j] = rank[j + 1];
+      nid[j] = nid[j + 1];
+    }
+    --n;
+    if (bi + 1 < n) look(bi);
+    else rank[bi] = kNone;
+    if (bi > 0) look(bi - 1);
+  }
+  syms.resize(n);
+}
+
+void Bpe::merge_heap(std::vector<int32_t>& syms) const {
+  const size_t n = syms.size();
+  if (n < 2) return;
+  std::vector<int32_t> prev(n), next(n);
+  std::vector<uint8_t> alive(n, 1);
+  for (size_t i = 0; i < n; ++i) {
+    prev[i] = int32_t(i) - 1;
+    next[i] = i + 1 < n ? int32_t(i + 1) : -1;
+  }
+  struct Cand {
+    int32_t rank, pos, left, right;
+    bool operator>(const Cand& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
+  };
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> q;
+  auto push = [&](int32_t pos) {
+    const int32_t nx = next[size_t(pos)];
+    if (nx < 0) return;
+    if (const MergeSlot* m = find_merge(syms[size_t(pos)], syms[size_t(nx)]))
+      q.push(Cand{m->rank, pos, syms[size_t(pos)], syms[size_t(nx)]});
+  };
+  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i));
+  while (!q.empty()) {
+    const Cand c = q.top();
+    q.pop();
+    const size_t p = size_t(c.pos);
+    if (!alive[p] || next[p] < 0) continue;
+    const size_t nx = size_t(next[p]);
+    if (syms[p] != c.left || syms[nx] != c.right) continue;  // stale entry
+    const MergeSlot* m = find_merge(c.left, c.right);
+    syms[p] = m->new_id;
+    alive[nx] = 0;
+    next[p] = next[nx];
+    if (next[nx] >= 0) prev[size_t(next[nx])] = int32_t(p);
+    if (prev[p] >= 0) push(prev[p]);
+    push(int32_t(p));
+  }
+  size_t k = 0;
+  for (int32_t i = 0; i >= 0; i = next[size_t(i)]) syms[k++] = syms[size_t(i)];
+  syms.resize(k);
+}
+
+void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out, Algo algo) const {
+  if (word.empty()) return;
+  if (opt_.ignore_merges) {
+    std::string mapped;
+    const auto& b2u = byte_to_unicode();
+    for (unsigned char c : word) utf8_append(b2u[c], mapped);
+    const int32_t id = token_to_id(mapped);
+    if (id >= 0) {
+      out.push_back(id);
+      return;
+    }
+  }
+  thread_local std::vector<int32_t> syms;
+  initial_symbols(word, syms);
+  if (algo == Algo::Auto) algo = syms.size() <= 96 ? Algo::Scan : Algo::Heap;
+  if (algo == Algo::Scan) merge_scan(syms);
+  else merge_heap(syms);
+  out.insert(out.end(), syms.begin(), syms.end());
+}
+
+void Bpe::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.size() == 1 && !opt_.ignore_merges) {
+    const int32_t id = byte_id_[static_cast<unsigned char>(word[0])];
+    if (id >= 0) out.push_back(id);
+    else if (opt_.unk_id >= 0) out.push_back(opt_.unk_id);
+    return;
+  }
+  if (word.size() > WordCache::kMaxWordLen) {
+    merge_word(word, out, Algo::Auto);
+    return;
+  }
+  WordCache& cache = thread_cache(serial_);
+  const uint64_t h = hash_bytes(word);
+  size_t n;
+  if (const int32_t* ids = cache.find(h, word, &n)) {
+    out.insert(out.end(), ids, ids + n);
+    return;
+  }
+  const size_t before = out.size();
+  merge_word(word, out, Algo::Auto);
+  cache.insert(h, word, out.data() + before, out.size() - before);
+}
+
+}  // namespace llmc::tok
