@@ -3,8 +3,24 @@
 //   name: BYTE_ARRAY (UTF8), dtype: BYTE_ARRAY (UTF8), shape: LIST<INT64>, chunk: INT32,
 //   data: BYTE_ARRAY (raw little-endian bytes)
 // File key-value metadata carries "llmc.format_version", "config.json", "quantization_config"
-// and "file:<name>" for every auxiliary file. Codecs: UNCOMPRESSED and ZSTD; PLAIN encoding
-// (plus RLE/bit-packed definition/repetition levels as the spec requires).
+// and "file:<name>" for every auxiliary file (set by formats/checkpoint; this layer stores any
+// map given to set_kv()). Codecs: UNCOMPRESSED and ZSTD; PLAIN encoding (plus RLE/bit-packed
+// definition/repetition levels as the spec requires).
+//
+// Contracts:
+//  * Writer: streams; a tensor larger than chunk_bytes (1 byte .. 1 GiB) is split over
+//    consecutive rows chunk = 0, 1, 2, ...; an empty tensor is one row with empty data; dtype is
+//    written in the safetensors spelling ("BF16"). A row group is flushed once its data reaches
+//    the row group size (default 64 MiB), so memory stays bounded by one row group plus one
+//    chunk. Duplicate names, shape x dtype != nbytes, add()/set_kv() after finish() throw.
+//    The writer writes to `path` directly; atomic replacement is the caller's job.
+//  * Reader: reads the footer and the small columns (name, dtype, shape, chunk) at open;
+//    get(name) reads only that tensor's data pages (page headers are walked, earlier pages are
+//    skipped unread). It reads files of other writers too: REQUIRED or OPTIONAL columns, 3-level
+//    (or legacy 2-level) lists, data page v1 and v2, PLAIN and dictionary encodings, codecs
+//    UNCOMPRESSED/SNAPPY/GZIP/ZSTD, any row-group split. Every inconsistency (chunks missing,
+//    repeated or out of order, bytes != shape x dtype size, unknown dtype, null values, bad
+//    offsets, corrupt Thrift or pages) throws llmc::Error naming the file and tensor.
 #pragma once
 #include <filesystem>
 #include <map>
@@ -29,6 +45,7 @@ class ParquetTensorWriter : public TensorWriter {
   ParquetTensorWriter(const std::filesystem::path& path, uint64_t chunk_bytes, bool zstd);
   ~ParquetTensorWriter() override;
   void set_kv(const std::map<std::string, std::string>& kv);  // before finish()
+  void set_row_group_bytes(uint64_t bytes);  // data bytes per row group (default 64 MiB)
   void add(const std::string& name, DType dtype, const Shape& shape, const void* data,
            uint64_t nbytes) override;
   void finish() override;

@@ -1,0 +1,262 @@
+#include "formats/parquet_encoding.h"
+
+#include <zlib.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "formats/parquet_meta.h"
+
+namespace llmc::parquet {
+
+// ---------------- RLE / bit-packed hybrid ----------------
+
+namespace {
+void put_varint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(char(uint8_t(v) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(char(v));
+}
+
+size_t run_length(const uint32_t* v, size_t i, size_t n) {
+  size_t j = i + 1;
+  while (j < n && v[j] == v[i]) ++j;
+  return j - i;
+}
+}  // namespace
+
+void rle_encode(const uint32_t* values, size_t n, int bw, std::string* out) {
+  const size_t value_bytes = size_t(bw + 7) / 8;
+  size_t i = 0;
+  while (i < n) {
+    const size_t run = run_length(values, i, n);
+    if (run >= 8 || bw == 0) {
+      put_varint(uint64_t(run) << 1, out);  // LSB 0: RLE run
+      for (size_t b = 0; b < value_bytes; ++b) out->push_back(char(uint8_t(values[i] >> (8 * b))));
+      i += run;
+      continue;
+    }
+    // Bit-packed groups of 8 until a long run starts at a group boundary (or the end).
+    const size_t start = i;
+    size_t groups = 0;
+    while (i < n) {
+      if (groups > 0 && run_length(values, i, n) >= 8) break;
+      i += 8;
+      ++groups;
+    }
+    put_varint(uint64_t(groups) << 1 | 1, out);  // LSB 1: bit-packed run
+    std::vector<uint8_t> packed(groups * size_t(bw), 0);
+    for (size_t k = 0; k < groups * 8; ++k) {
+      const uint32_t v = start + k < n ? values[start + k] : 0;
+      for (int b = 0; b < bw; ++b) {
+        const size_t bit = k * size_t(bw) + size_t(b);
+        if ((v >> b) & 1u) packed[bit / 8] |= uint8_t(1u << (bit % 8));
+      }
+    }
+    out->append(reinterpret_cast<const char*>(packed.data()), packed.size());
+  }
+}
+
+RleDecoder::RleDecoder(const uint8_t* data, size_t size, int bit_width, const std::string* context)
+    : p_(data), end_(data + size), bw_(bit_width), ctx_(context) {
+  if (bw_ < 0 || bw_ > 32) error("invalid RLE bit width " + std::to_string(bw_));
+}
+
+void RleDecoder::error(const std::string& what) const { fail(*ctx_, ": ", what); }
+
+bool RleDecoder::next_run() {
+  uint64_t h = 0;
+  int shift = 0;
+  for (;;) {
+    if (p_ >= end_) return false;
+    const uint8_t b = *p_++;
+    if (shift >= 63 && (b & 0x7e)) error("RLE run header overflows");
+    h |= uint64_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+    shift += 7;
+    if (shift > 63) error("RLE run header too long");
+  }
+  if (!(h & 1)) {  // LSB 0: RLE run; LSB 1: bit-packed run
+    rle_ = true;
+    left_ = h >> 1;
+    const size_t nb = size_t(bw_ + 7) / 8;
+    if (size_t(end_ - p_) < nb) error("truncated RLE run value");
+    uint32_t v = 0;
+    for (size_t b = 0; b < nb; ++b) v |= uint32_t(p_[b]) << (8 * b);
+    p_ += nb;
+    if (bw_ < 32 && (v >> bw_)) error("RLE value does not fit its bit width");
+    rle_value_ = v;
+  } else {
+    rle_ = false;
+    const uint64_t groups = h >> 1;
+    if (groups > (uint64_t(1) << 40)) error("bit-packed run too long");
+    left_ = groups * 8;
+    // A writer may end the last run early; only values actually present may be read.
+    const uint64_t want = groups * uint64_t(bw_);
+    packed_bytes_ = size_t(std::min<uint64_t>(want, uint64_t(end_ - p_)));
+    packed_ = p_;
+    p_ += packed_bytes_;
+    packed_index_ = 0;
+  }
+  return true;
+}
+
+void RleDecoder::get(uint32_t* out, size_t n) {
+  size_t k = 0;
+  while (k < n) {
+    if (left_ == 0) {
+      if (!next_run()) error("RLE/bit-packed data ends before all values were read");
+      continue;
+    }
+    const size_t take = size_t(std::min<uint64_t>(left_, n - k));
+    if (rle_) {
+      std::fill(out + k, out + k + take, rle_value_);
+    } else {
+      for (size_t j = 0; j < take; ++j) {
+        const uint64_t bit0 = (packed_index_ + j) * uint64_t(bw_);
+        if ((bit0 + uint64_t(bw_) + 7) / 8 > packed_bytes_) error("truncated bit-packed run");
+        uint32_t v = 0;
+        for (int b = 0; b < bw_; ++b) {
+          const uint64_t bit = bit0 + uint64_t(b);
+          v |= uint32_t((packed_[bit / 8] >> (bit % 8)) & 1u) << b;
+        }
+        out[k + j] = v;
+      }
+      packed_index_ += take;
+    }
+    left_ -= take;
+    k += take;
+  }
+}
+
+// ---------------- codecs ----------------
+
+void snappy_decompress(const uint8_t* src, size_t n, uint8_t* out, size_t out_size,
+                       const std::string& ctx) {
+  const uint8_t* p = src;
+  const uint8_t* end = src + n;
+  // Preamble: uncompressed length as a varint.
+  uint64_t len = 0;
+  for (int shift = 0;; shift += 7) {
+    if (p >= end || shift > 35) fail(ctx, ": corrupt SNAPPY page (bad length)");
+    const uint8_t b = *p++;
+    len |= uint64_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+  }
+  if (len != out_size)
+    fail(ctx, ": SNAPPY page holds ", len, " bytes, page header says ", out_size);
+  size_t o = 0;
+  while (p < end) {
+    const uint8_t tag = *p++;
+    const int kind = tag & 3;
+    if (kind == 0) {  // literal
+      uint64_t l = tag >> 2;
+      if (l >= 60) {
+        const int nb = int(l) - 59;
+        if (end - p < nb) fail(ctx, ": corrupt SNAPPY page (truncated literal length)");
+        l = 0;
+        for (int i = 0; i < nb; ++i) l |= uint64_t(p[i]) << (8 * i);
+        p += nb;
+      }
+      l += 1;
+      if (l > uint64_t(end - p) || l > out_size - o) fail(ctx, ": corrupt SNAPPY page (literal overruns)");
+      std::memcpy(out + o, p, size_t(l));
+      p += l;
+      o += size_t(l);
+      continue;
+    }
+    size_t l, off;
+    if (kind == 1) {
+      if (end - p < 1) fail(ctx, ": corrupt SNAPPY page (truncated copy)");
+      l = 4 + ((tag >> 2) & 7);
+      off = (size_t(tag >> 5) << 8) | p[0];
+      p += 1;
+    } else if (kind == 2) {
+      if (end - p < 2) fail(ctx, ": corrupt SNAPPY page (truncated copy)");
+      l = 1 + (tag >> 2);
+      off = size_t(p[0]) | size_t(p[1]) << 8;
+      p += 2;
+    } else {
+      if (end - p < 4) fail(ctx, ": corrupt SNAPPY page (truncated copy)");
+      l = 1 + (tag >> 2);
+      off = size_t(p[0]) | size_t(p[1]) << 8 | size_t(p[2]) << 16 | size_t(p[3]) << 24;
+      p += 4;
+    }
+    if (off == 0 || off > o || l > out_size - o) fail(ctx, ": corrupt SNAPPY page (bad copy)");
+    for (size_t i = 0; i < l; ++i) out[o + i] = out[o + i - off];  // may overlap forward
+    o += l;
+  }
+  if (o != out_size) fail(ctx, ": SNAPPY page ends after ", o, " of ", out_size, " bytes");
+}
+
+namespace {
+void gzip_decompress(const uint8_t* src, size_t n, uint8_t* out, size_t out_size,
+                     const std::string& ctx) {
+  // Page sizes are int32 in Parquet, so one call covers the whole page.
+  if (n > (1ull << 31) || out_size > (1ull << 31)) fail(ctx, ": GZIP page too large");
+  z_stream zs{};
+  if (inflateInit2(&zs, 15 + 32) != Z_OK) fail(ctx, ": cannot initialise zlib");
+  zs.next_in = const_cast<Bytef*>(src);
+  zs.avail_in = uInt(n);
+  zs.next_out = out;
+  zs.avail_out = uInt(out_size);
+  int rc;
+  for (;;) {
+    rc = inflate(&zs, Z_FINISH);
+    if (rc == Z_OK) continue;
+    // Concatenated gzip members: go on with the next one.
+    if (rc == Z_STREAM_END && zs.avail_in > 0 && zs.avail_out > 0 && inflateReset(&zs) == Z_OK)
+      continue;
+    break;
+  }
+  const size_t done = out_size - zs.avail_out;
+  const std::string msg = zs.msg ? zs.msg : "truncated or oversized";
+  inflateEnd(&zs);
+  if (rc != Z_STREAM_END) fail(ctx, ": corrupt GZIP page (", msg, ")");
+  if (done != out_size) fail(ctx, ": GZIP page holds ", done, " bytes, page header says ", out_size);
+}
+}  // namespace
+
+void decompress(int32_t codec, const uint8_t* src, size_t n, uint8_t* out, size_t out_size,
+                const std::string& ctx) {
+  switch (Codec(codec)) {
+    case Codec::UNCOMPRESSED:
+      if (n != out_size)
+        fail(ctx, ": uncompressed page size mismatch (", n, " vs ", out_size, " bytes)");
+      if (n) std::memcpy(out, src, n);
+      return;
+    case Codec::ZSTD: {
+      const size_t r = ZSTD_decompress(out, out_size, src, n);
+      if (ZSTD_isError(r)) fail(ctx, ": corrupt ZSTD page (", ZSTD_getErrorName(r), ")");
+      if (r != out_size) fail(ctx, ": ZSTD page holds ", r, " bytes, page header says ", out_size);
+      return;
+    }
+    case Codec::SNAPPY: snappy_decompress(src, n, out, out_size, ctx); return;
+    case Codec::GZIP: gzip_decompress(src, n, out, out_size, ctx); return;
+    default: break;
+  }
+  fail(ctx, ": unsupported compression codec ", codec_name(codec), " (", codec,
+       "); llmc reads UNCOMPRESSED, SNAPPY, GZIP and ZSTD");
+}
+
+std::string zstd_compress(const uint8_t* src, size_t n, int level) {
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  if (!cctx) fail("cannot create a ZSTD compression context");
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 0);
+  if (n >= (4u << 20) && num_threads() > 1)
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_nbWorkers, num_threads());  // no-op without MT support
+  std::string out(ZSTD_compressBound(n), '\0');
+  const size_t r = ZSTD_compress2(cctx, out.data(), out.size(), src, n);
+  ZSTD_freeCCtx(cctx);
+  if (ZSTD_isError(r)) fail("ZSTD compression failed: ", ZSTD_getErrorName(r));
+  out.resize(r);
+  return out;
+}
+
+}  // namespace llmc::parquet
