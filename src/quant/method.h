@@ -87,6 +87,9 @@ class BlockQuantizer {
   virtual void quantize_block(BlockJob& job) = 0;
   // Called once after the last block; may add a method summary (goes into the report file).
   virtual void finish(nlohmann::json& summary) {}
+  // Fields merged into the layout's quantization_config (QuantConfigSpec::extra), e.g. GPTQ's
+  // damp_percent / desc_act / true_sequential. Called after finish().
+  virtual nlohmann::json config_extra() const { return nlohmann::json::object(); }
 };
 
 using QuantizerFactory = std::function<std::unique_ptr<BlockQuantizer>(const QuantSpec&)>;

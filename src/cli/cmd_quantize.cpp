@@ -1,0 +1,163 @@
+// cli/cmd_quantize.cpp — `llmc quantize`: options -> QuantizeOptions -> quantize_model().
+// Also accepts the AI-OS spelling (--backend ptq --quant-type T, --backend angelslim
+// --angelslim-method M), mapped onto the one method table (quant/method.h) by the table below.
+#include <cstdio>
+#include <iostream>
+
+#include "cli/command.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "quant/pipeline.h"
+
+namespace llmc::cli {
+namespace {
+
+// AI-OS backends: which option names the method and which values it accepts. The value is the
+// method's name in the table.
+struct Backend {
+  const char* name;
+  const char* option;
+  std::vector<std::string> values;
+};
+const std::vector<Backend>& backends() {
+  static const std::vector<Backend> t = {
+      {"ptq", "--quant-type", {"int8", "int2", "fp16"}},
+      {"angelslim", "--angelslim-method",
+       {"fp8_static", "fp8_dynamic", "int8_dynamic", "int4_gptq", "int4_awq"}},
+  };
+  return t;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+struct Args {
+  std::string input, output, method, backend, quant_type, angelslim_method;
+  std::string calibration, format, layout, eval_data, shard_size;
+  int num_samples = 128, seq_len = 256, batch = 8, eval_seq = 256;
+  int64_t eval_tokens = 16384;
+  std::vector<std::string> ignore;
+  int bits = 0;
+  int64_t group = 0;
+  bool sym = false, asym = false, act_order = false, no_true_sequential = false;
+  bool no_eval = false, json = false;
+  double damp = -1;
+  uint64_t seed = 0;
+};
+
+// Resolves --method / --backend spellings to one table name.
+std::string resolve_method(const Args& a) {
+  std::string from_backend;
+  if (!a.backend.empty()) {
+    const Backend* b = nullptr;
+    std::vector<std::string> names;
+    for (const auto& x : backends()) {
+      names.push_back(x.name);
+      if (a.backend == x.name) b = &x;
+    }
+    if (!b) fail("--backend '", a.backend, "' is unknown (known: ", join(names), ")");
+    const std::string& v = std::string(b->option) == "--quant-type" ? a.quant_type
+                                                                    : a.angelslim_method;
+    if (v.empty()) fail("--backend ", b->name, " needs ", b->option, " (one of ", join(b->values), ")");
+    if (std::find(b->values.begin(), b->values.end(), v) == b->values.end())
+      fail(b->option, " '", v, "' is not a ", b->name, " method (known: ", join(b->values), ")");
+    const std::string& other = std::string(b->option) == "--quant-type" ? a.angelslim_method
+                                                                        : a.quant_type;
+    if (!other.empty())
+      fail(std::string(b->option) == "--quant-type" ? "--angelslim-method" : "--quant-type",
+           " does not go with --backend ", b->name);
+    from_backend = v;
+  } else if (!a.quant_type.empty() || !a.angelslim_method.empty()) {
+    fail(!a.quant_type.empty() ? "--quant-type needs --backend ptq"
+                               : "--angelslim-method needs --backend angelslim");
+  }
+  if (!a.method.empty() && !from_backend.empty() && a.method != from_backend)
+    fail("--method ", a.method, " contradicts --backend ", a.backend, " (", from_backend, ")");
+  const std::string m = a.method.empty() ? from_backend : a.method;
+  if (m.empty()) fail("no method given: use --method (", method_names(), ") or --backend");
+  return m;
+}
+
+RunFn setup(CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  app.add_option("--input,-i", a->input, "input model: HF directory or .parquet file")->required();
+  app.add_option("--output,-o", a->output, "output: directory (hf) or .parquet file")->required();
+  app.add_option("--method,-m", a->method, "quantization method: " + method_names());
+  app.add_option("--backend", a->backend, "AI-OS spelling: ptq | angelslim");
+  app.add_option("--quant-type", a->quant_type, "AI-OS: with --backend ptq: int8 | int2 | fp16");
+  app.add_option("--angelslim-method", a->angelslim_method,
+                 "AI-OS: with --backend angelslim: fp8_static | fp8_dynamic | int8_dynamic | "
+                 "int4_gptq | int4_awq");
+  app.add_option("--calibration-data", a->calibration,
+                 ".jsonl / .txt calibration data (default: the bundled calibration text)");
+  app.add_option("--num-samples", a->num_samples, "calibration windows (default 128)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", a->seq_len, "tokens per calibration window (default 256)")
+      ->check(CLI::Range(2, 1 << 20));
+  app.add_option("--ignore", a->ignore,
+                 "regex of module names to leave unquantized (repeatable; lm_head always is)");
+  app.add_option("--format", a->format, "output container: hf | parquet (default: from --output)");
+  app.add_option("--layout", a->layout, "output layout (default: the method's first)");
+  app.add_option("--bits", a->bits, "weight bits (methods that allow a choice)");
+  app.add_option("--group-size", a->group, "group size along the input (-1 = per channel)");
+  app.add_flag("--sym", a->sym, "symmetric weights");
+  app.add_flag("--asym", a->asym, "asymmetric weights");
+  app.add_option("--damp", a->damp, "GPTQ damping (fraction of mean diag H, default 0.01)");
+  app.add_flag("--act-order", a->act_order, "GPTQ act-order");
+  app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ: one pass per block");
+  app.add_option("--seed", a->seed, "seed for the calibration windows (default 0)");
+  app.add_option("--batch", a->batch, "calibration samples per block run (default 8)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--shard-size", a->shard_size, "hf output: max safetensors shard size (5GB)");
+  app.add_flag("--no-eval", a->no_eval, "skip the quality check at the end");
+  app.add_option("--eval-data", a->eval_data,
+                 "held-out text for the quality check (default: the bundled sample)");
+  app.add_option("--eval-tokens", a->eval_tokens, "tokens for the quality check (default 16384)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--eval-seq-len", a->eval_seq, "window of the quality check (default 256)")
+      ->check(CLI::Range(2, 1 << 20));
+  app.add_flag("--json", a->json, "print the summary as JSON");
+  return [a]() {
+    QuantizeOptions o;
+    o.input = a->input;
+    o.output = a->output;
+    o.method = resolve_method(*a);
+    if (a->sym && a->asym) fail("--sym and --asym are mutually exclusive");
+    if (a->sym) o.overrides.symmetric = true;
+    if (a->asym) o.overrides.symmetric = false;
+    if (a->bits) o.overrides.bits = a->bits;
+    if (a->group) o.overrides.group = a->group;
+    o.overrides.layout = a->layout;
+    o.overrides.seed = a->seed;
+    if (a->damp >= 0) o.overrides.damp = a->damp;
+    if (a->act_order) o.overrides.act_order = true;
+    if (a->no_true_sequential) o.overrides.true_sequential = false;
+    o.calibration_data = a->calibration;
+    o.num_samples = a->num_samples;
+    o.seq_len = a->seq_len;
+    o.ignore = a->ignore;
+    if (!a->format.empty()) o.format = parse_checkpoint_format(a->format);
+    if (!a->shard_size.empty()) o.writer.max_shard_bytes = parse_size(a->shard_size);
+    o.batch = a->batch;
+    o.quality.enabled = !a->no_eval;
+    o.quality.data = a->eval_data;
+    o.quality.tokens = a->eval_tokens;
+    o.quality.seq_len = a->eval_seq;
+    const QuantizeResult r = quantize_model(o);
+    if (a->json) std::cout << summary_json(r).dump(2) << "\n";
+    else std::cout << format_summary(r);
+    return 0;
+  };
+}
+
+}  // namespace
+
+LLMC_REGISTER_COMMAND("quantize", "quantize a model (int8, int2, fp16, fp8_static, fp8_dynamic, "
+                      "int8_dynamic, ...) and report its quality",
+                      20, setup);
+
+}  // namespace llmc::cli

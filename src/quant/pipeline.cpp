@@ -1,0 +1,459 @@
+// quant/pipeline.cpp — the quantize pipeline (contract in quant/pipeline.h).
+#include "quant/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <regex>
+#include <set>
+
+#include "calib/calib_data.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/progress.h"
+#include "model/arch.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "quant/layouts.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmc {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kReportFile = "llmc_quant_report.json";
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// ---- --ignore ----------------------------------------------------------------------------
+
+class IgnoreRules {
+ public:
+  explicit IgnoreRules(const std::vector<std::string>& patterns) {
+    for (std::string p : patterns) {
+      if (p.rfind("re:", 0) == 0) p = p.substr(3);
+      if (p.empty()) fail("--ignore: empty pattern");
+      try {
+        rules_.emplace_back(p, std::regex(p, std::regex::ECMAScript));
+      } catch (const std::regex_error& e) {
+        fail("--ignore: invalid regular expression '", p, "': ", e.what());
+      }
+    }
+  }
+  bool match(const std::string& module) const {
+    for (const auto& [src, re] : rules_)
+      if (std::regex_search(module, re)) return true;
+    return false;
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::regex>> rules_;
+};
+
+// ---- output ------------------------------------------------------------------------------
+
+// Streams tensors into the checkpoint writer and keeps the size accounting.
+class OutputTensors {
+ public:
+  OutputTensors(CheckpointWriter& w, const TensorReader& in, std::optional<DType> dense_dtype)
+      : w_(w), in_(in), dense_dtype_(dense_dtype) {}
+
+  // Dtype a dense float tensor `name` is written in: the method's dense dtype, else the
+  // checkpoint's dtype of that tensor (float32 when it is new).
+  DType dense_dtype_for(const std::string& name) const {
+    if (dense_dtype_) return *dense_dtype_;
+    if (in_.has(name)) {
+      const DType t = in_.get(name).info.dtype;
+      if (dtype_traits(t).is_float) return t;
+    }
+    return DType::F32;
+  }
+
+  void add(const std::string& name, DType t, const Shape& shape, const void* data, uint64_t n) {
+    w_.add_tensor(name, t, shape, data, n);
+    written_.insert(name);
+    bytes_ += n;
+  }
+  void add_f32(const std::string& name, const std::vector<float>& v, const Shape& shape) {
+    const DType t = dense_dtype_for(name);
+    std::vector<uint8_t> buf(v.size() * dtype_size(t));
+    convert(DType::F32, v.data(), t, buf.data(), v.size());
+    add(name, t, shape, buf.data(), buf.size());
+  }
+  // Copies an input tensor (converted to the dense dtype for float tensors when one is set).
+  void copy(const std::string& name) {
+    const TensorRef r = in_.get(name);
+    if (dense_dtype_ && dtype_traits(r.info.dtype).is_float && r.info.dtype != *dense_dtype_) {
+      const DType t = *dense_dtype_;
+      std::vector<uint8_t> buf(size_t(r.info.numel()) * dtype_size(t));
+      convert(r.info.dtype, r.data, t, buf.data(), size_t(r.info.numel()));
+      add(name, t, r.info.shape, buf.data(), buf.size());
+    } else {
+      add(name, r.info.dtype, r.info.shape, r.data, r.info.nbytes);
+    }
+  }
+  bool written(const std::string& name) const { return written_.count(name) != 0; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  CheckpointWriter& w_;
+  const TensorReader& in_;
+  std::optional<DType> dense_dtype_;
+  std::set<std::string> written_;
+  uint64_t bytes_ = 0;
+};
+
+struct BlockWriteStats {
+  uint64_t qbytes = 0, qbf16 = 0;
+};
+
+// Writes every tensor of one decoder block from the job (quantized slots encoded in `layout`).
+BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchSpec& arch,
+                            const Layout* layout) {
+  BlockWriteStats st;
+  for (int s = 0; s < kNumLinearSlots; ++s) {
+    const LinearSlot slot = LinearSlot(s);
+    const std::string m = job.module_name(slot);
+    if (job.quantized[s]) {
+      LLMC_CHECK(layout != nullptr, "quantized weight without a layout");
+      const QuantizedWeight& qw = *job.quantized[s];
+      bool has_bias = false;
+      for (const EncodedTensor& t : layout->encode(m, qw)) {
+        out.add(t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size());
+        st.qbytes += t.bytes.size();
+        has_bias |= t.name == m + ".bias";
+      }
+      if (!has_bias && !qw.bias.empty()) {
+        out.add_f32(m + ".bias", qw.bias, {qw.out});
+      }
+      st.qbf16 += uint64_t(qw.out * qw.in) * 2;
+    } else {
+      const auto* d = dynamic_cast<const DenseLinear*>(job.weights.linear[s].get());
+      if (!d) fail(m, ": unquantized slot is not a dense layer");
+      out.add_f32(m + ".weight", d->weight(), {d->out_features(), d->in_features()});
+      if (!d->bias().empty()) out.add_f32(m + ".bias", d->bias(), {d->out_features()});
+    }
+  }
+  const std::string p = cat(arch.layer_prefix, job.layer, ".");
+  const int64_t H = job.hidden();
+  out.add_f32(p + arch.input_norm, job.weights.input_norm, {H});
+  out.add_f32(p + arch.post_norm, job.weights.post_norm, {H});
+  if (!job.weights.q_norm.empty())
+    out.add_f32(p + arch.q_norm, job.weights.q_norm, {int64_t(job.weights.q_norm.size())});
+  if (!job.weights.k_norm.empty())
+    out.add_f32(p + arch.k_norm, job.weights.k_norm, {int64_t(job.weights.k_norm.size())});
+  return st;
+}
+
+json output_config(const Checkpoint& ck, const MethodInfo& m, const Layout* layout,
+                   const QuantizedWeight* scheme, const std::vector<std::string>& ignore,
+                   const json& extra) {
+  json cfg = ck.config;
+  if (m.dense_dtype) {
+    const std::string name = *m.dense_dtype == DType::F16 ? "float16" : "float32";
+    for (const char* key : {"torch_dtype", "dtype"})
+      if (cfg.contains(key)) cfg[key] = name;
+    if (!cfg.contains("torch_dtype") && !cfg.contains("dtype")) cfg["torch_dtype"] = name;
+  }
+  if (layout && scheme) {
+    QuantConfigSpec spec;
+    spec.scheme = *scheme;
+    spec.ignore = ignore;
+    spec.extra = extra;
+    cfg["quantization_config"] = layout->quantization_config(spec);
+  }
+  return cfg;
+}
+
+uint64_t bf16_bytes_of(const TensorReader& r) {
+  uint64_t n = 0;
+  for (const auto& t : r.list()) n += uint64_t(t.numel()) * 2;
+  return n;
+}
+
+}  // namespace
+
+QuantizeResult quantize_model(const QuantizeOptions& opt) {
+  const double t0 = now_s();
+  QuantizeResult res;
+  const MethodInfo& method = find_method(opt.method);
+  QuantSpec spec = resolve_spec(method, opt.overrides);
+  const Layout* layout = spec.layout.empty() ? nullptr : &find_layout(spec.layout);
+
+  // 1. Input: mmap'ed, blocks loaded lazily.
+  std::error_code ec;
+  if (std::filesystem::exists(opt.output, ec) &&
+      std::filesystem::equivalent(opt.input, opt.output, ec))
+    fail("--output ", opt.output.string(), " is the input model; choose another path");
+  Checkpoint ck = open_checkpoint(opt.input);
+  if (ck.config.contains("quantization_config"))
+    fail(opt.input.string(), ": the model is already quantized (config.json has a "
+         "quantization_config); quantize the base model instead");
+  std::unique_ptr<Model> model = Model::load(ck);
+  const ModelConfig& cfg = model->config();
+  const ArchSpec& arch = arch_for(cfg.architecture, opt.input.string());
+  const IgnoreRules ignore_rules(opt.ignore);
+
+  // 2. Calibration windows -> embeddings = block 0's inputs.
+  std::vector<float> x, y;
+  if (method.needs_calibration) {
+    auto tok_it = ck.aux_files.find("tokenizer.json");
+    if (tok_it == ck.aux_files.end())
+      fail(opt.input.string(), ": no tokenizer.json (needed to tokenize calibration data for ",
+           method.name, ")");
+    const Tokenizer tok =
+        Tokenizer::from_json_text(tok_it->second, (opt.input / "tokenizer.json").string());
+    std::string origin;
+    const CalibWindows w = load_calibration_windows(opt.calibration_data, tok, opt.num_samples,
+                                                    opt.seq_len, spec.seed,
+                                                    cfg.max_position_embeddings, &origin);
+    log_info(cat("calibration: ", w.num_samples, " windows x ", w.seq_len, " tokens from ",
+                 origin, " (", w.tokens_available, " tokens available)"));
+    spec.num_samples = res.num_samples = w.num_samples;
+    spec.seq_len = res.seq_len = w.seq_len;
+    x.resize(w.ids.size() * size_t(cfg.hidden_size));
+    model->embed(w.ids.data(), int64_t(w.ids.size()), x.data());
+  }
+
+  // 3. Block by block: quantize, write, feed the next block.
+  const CheckpointFormat fmt = opt.format.value_or(
+      opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet : CheckpointFormat::HF);
+  std::unique_ptr<CheckpointWriter> writer = make_checkpoint_writer(opt.output, fmt, opt.writer);
+  OutputTensors out(*writer, *ck.tensors, method.dense_dtype);
+  std::unique_ptr<BlockQuantizer> quantizer = method.factory(spec);
+  std::vector<std::string> ignore_list = {"lm_head"};
+  std::optional<QuantizedWeight> scheme;
+  json layers = json::object();
+  Progress progress("quantize " + method.name, uint64_t(cfg.num_layers), "block");
+  for (int i = 0; i < cfg.num_layers; ++i) {
+    BlockJob job(*model, i, spec, model->block(i));
+    job.batch = std::max(1, opt.batch);
+    job.ignored = [&](LinearSlot s) { return !layout || ignore_rules.match(job.module_name(s)); };
+    if (method.needs_calibration) {
+      job.inputs = x.data();
+      job.n_samples = spec.num_samples;
+      job.seq = spec.seq_len;
+    }
+    quantizer->quantize_block(job);
+    const BlockWriteStats st = write_block(out, job, arch, layout);
+    res.qlinear_bytes += st.qbytes;
+    res.qlinear_bf16_bytes += st.qbf16;
+    for (int s = 0; s < kNumLinearSlots; ++s) {
+      const std::string m = job.module_name(LinearSlot(s));
+      if (job.quantized[s]) {
+        ++res.quantized_linears;
+        if (!scheme) {
+          scheme = *job.quantized[s];
+          scheme->q8.clear(), scheme->qu.clear(), scheme->scales.clear(), scheme->zeros.clear();
+        }
+        layers[m] = job.report[s];
+      } else if (layout) {
+        ++res.skipped_linears;
+        ignore_list.push_back(m);
+      }
+    }
+    if (method.needs_calibration && i + 1 < cfg.num_layers) {
+      job.run(nullptr, &y);
+      x.swap(y);
+    }
+    model->release_block(i);
+    progress.step(1, cat("block ", i + 1, "/", cfg.num_layers, " done"));
+  }
+  progress.finish();
+  // An ignore list of exactly what was skipped; nothing quantized at all is an error.
+  if (layout && !scheme)
+    fail("nothing to quantize: every linear layer matched --ignore");
+
+  // 4. Non-block tensors (embeddings, final norm, lm_head, anything else) unchanged.
+  for (const auto& t : ck.tensors->list())
+    if (!out.written(t.name)) out.copy(t.name);
+
+  // 5. Config, aux files (byte for byte), report; rename into place.
+  json summary = json::object();
+  quantizer->finish(summary);
+  res.report = {{"method", method.name},
+                {"layout", spec.layout},
+                {"bits", spec.bits},
+                {"group_size", spec.group},
+                {"symmetric", spec.symmetric},
+                {"calibration", {{"num_samples", res.num_samples}, {"seq_len", res.seq_len}}},
+                {"ignore", ignore_list},
+                {"layers", layers},
+                {"summary", summary}};
+  std::map<std::string, std::string> aux = ck.aux_files;
+  aux[kReportFile] = res.report.dump(2) + "\n";
+  writer->commit(output_config(ck, method, layout, scheme ? &*scheme : nullptr, ignore_list,
+                               quantizer->config_extra()),
+                 aux);
+  writer.reset();
+
+  res.output = opt.output;
+  res.method = method.name;
+  res.layout = spec.layout;
+  res.layers = cfg.num_layers;
+  res.out_bytes = out.bytes();
+  res.bf16_bytes = bf16_bytes_of(*ck.tensors);
+  res.quantize_seconds = now_s() - t0;
+  model.reset();
+
+  // 6. Quality check against the input.
+  if (opt.quality.enabled) res.quality = quality_check(opt.input, opt.output, opt.quality);
+  res.seconds = now_s() - t0;
+  res.peak_rss = peak_rss_bytes();
+  return res;
+}
+
+}  // namespace llmc
+
+// ---------------------------------------------------------------------------------------------
+// Quality check and summary
+
+namespace llmc {
+
+namespace {
+
+// log-softmax statistics of one logits row: max and log-sum-exp.
+double log_sum_exp(const float* z, int64_t n, float* maxv) {
+  float m = z[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, z[i]);
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(double(z[i]) - m);
+  *maxv = m;
+  return m + std::log(s);
+}
+
+}  // namespace
+
+QualityResult quality_check(const std::filesystem::path& base_path,
+                            const std::filesystem::path& quant_path, const QualityOptions& q) {
+  QualityResult r;
+  Checkpoint base_ck = open_checkpoint(base_path);
+  Checkpoint quant_ck = open_checkpoint(quant_path);
+  auto tok_it = base_ck.aux_files.find("tokenizer.json");
+  if (tok_it == base_ck.aux_files.end()) {
+    log_warn(base_path.string() + ": no tokenizer.json; skipping the quality check");
+    return r;
+  }
+  const Tokenizer tok = Tokenizer::from_json_text(tok_it->second, base_path.string());
+  const std::string text =
+      q.data.empty() ? std::string(default_eval_text()) : read_text_file(q.data);
+  const std::vector<int32_t> ids = tok.encode_parallel(text);
+  std::unique_ptr<Model> base = load_model_for_inference(base_ck);
+  std::unique_ptr<Model> quant = load_model_for_inference(quant_ck);
+  const int seq = std::min(q.seq_len, base->config().max_position_embeddings);
+  const int64_t windows = std::min<int64_t>(int64_t(ids.size()) / seq, q.tokens / seq);
+  if (windows < 1) {
+    log_warn(cat("quality check: the evaluation text has ", ids.size(), " tokens, fewer than one "
+                 "window of ", seq, "; skipped"));
+    return r;
+  }
+  const int64_t V = base->config().vocab_size;
+  double nll_b = 0, nll_q = 0, kl = 0;
+  int64_t n = 0, agree = 0;
+  const int bs = 4;
+  for (int64_t w0 = 0; w0 < windows; w0 += bs) {
+    const int b = int(std::min<int64_t>(bs, windows - w0));
+    std::vector<int32_t> chunk(ids.begin() + w0 * seq, ids.begin() + (w0 + b) * seq);
+    const std::vector<float> lb = base->forward(chunk, b, seq);
+    const std::vector<float> lq = quant->forward(chunk, b, seq);
+    for (int s = 0; s < b; ++s) {
+      for (int t = 0; t + 1 < seq; ++t) {
+        const size_t row = size_t(s) * seq + t;
+        const float* zb = lb.data() + row * V;
+        const float* zq = lq.data() + row * V;
+        const int32_t next = chunk[row + 1];
+        float mb, mq;
+        const double lseb = log_sum_exp(zb, V, &mb), lseq = log_sum_exp(zq, V, &mq);
+        nll_b += lseb - zb[next];
+        nll_q += lseq - zq[next];
+        double k = 0;
+        int64_t ab = 0, aq = 0;
+        for (int64_t v = 0; v < V; ++v) {
+          const double lpb = zb[v] - lseb, lpq = zq[v] - lseq;
+          k += std::exp(lpb) * (lpb - lpq);
+          if (zb[v] > zb[ab]) ab = v;
+          if (zq[v] > zq[aq]) aq = v;
+        }
+        kl += k;
+        agree += ab == aq;
+        ++n;
+      }
+    }
+  }
+  r.measured = true;
+  r.tokens = windows * seq;
+  r.ppl_base = std::exp(nll_b / double(n));
+  r.ppl_quant = std::exp(nll_q / double(n));
+  r.ppl_ratio = r.ppl_quant / r.ppl_base;
+  r.kl = kl / double(n);
+  r.top1 = double(agree) / double(n);
+  return r;
+}
+
+json summary_json(const QuantizeResult& r) {
+  json j = {{"output", r.output.string()},
+            {"method", r.method},
+            {"layout", r.layout},
+            {"layers", r.layers},
+            {"quantized_linears", r.quantized_linears},
+            {"skipped_linears", r.skipped_linears},
+            {"num_samples", r.num_samples},
+            {"seq_len", r.seq_len},
+            {"seconds", r.seconds},
+            {"quantize_seconds", r.quantize_seconds},
+            {"peak_rss_bytes", r.peak_rss},
+            {"output_bytes", r.out_bytes},
+            {"bf16_bytes", r.bf16_bytes},
+            {"quantized_linear_bytes", r.qlinear_bytes},
+            {"quantized_linear_bf16_bytes", r.qlinear_bf16_bytes}};
+  if (r.quality.measured)
+    j["quality"] = {{"tokens", r.quality.tokens},       {"ppl_base", r.quality.ppl_base},
+                    {"ppl_quant", r.quality.ppl_quant}, {"ppl_ratio", r.quality.ppl_ratio},
+                    {"kl", r.quality.kl},               {"top1", r.quality.top1}};
+  return j;
+}
+
+std::string format_summary(const QuantizeResult& r) {
+  char buf[256];
+  std::string s;
+  auto line = [&](const std::string& k, const std::string& v) {
+    std::snprintf(buf, sizeof buf, "  %-22s %s\n", k.c_str(), v.c_str());
+    s += buf;
+  };
+  auto pct = [](double a, double b) {
+    char t[64];
+    std::snprintf(t, sizeof t, "%.1f %%", b > 0 ? 100.0 * a / b : 0.0);
+    return std::string(t);
+  };
+  s += "quantized " + r.output.string() + "\n";
+  line("method", r.method + (r.layout.empty() ? "" : " (layout " + r.layout + ")"));
+  line("linears", cat(r.quantized_linears, " quantized, ", r.skipped_linears,
+                      " skipped (+ lm_head), ", r.layers, " blocks"));
+  if (r.num_samples > 0) line("calibration", cat(r.num_samples, " x ", r.seq_len, " tokens"));
+  std::snprintf(buf, sizeof buf, "%.2f s (quantize + write %.2f s)", r.seconds, r.quantize_seconds);
+  line("time", buf);
+  line("peak RSS", human_bytes(double(r.peak_rss)));
+  line("output size", human_bytes(double(r.out_bytes)) + " = " + pct(double(r.out_bytes), double(r.bf16_bytes)) +
+                          " of bf16 (" + human_bytes(double(r.bf16_bytes)) + ")");
+  if (r.qlinear_bf16_bytes > 0)
+    line("quantized linears", human_bytes(double(r.qlinear_bytes)) + " = " +
+                                  pct(double(r.qlinear_bytes), double(r.qlinear_bf16_bytes)) +
+                                  " of bf16 (" + human_bytes(double(r.qlinear_bf16_bytes)) + ")");
+  if (r.quality.measured) {
+    std::snprintf(buf, sizeof buf, "%.4f -> %.4f (ratio %.5f) on %lld held-out tokens",
+                  r.quality.ppl_base, r.quality.ppl_quant, r.quality.ppl_ratio,
+                  (long long)r.quality.tokens);
+    line("perplexity", buf);
+    std::snprintf(buf, sizeof buf, "KL %.6f nats/token, top-1 agreement %.2f %%", r.quality.kl,
+                  100.0 * r.quality.top1);
+    line("vs base", buf);
+  }
+  return s;
+}
+
+}  // namespace llmc

@@ -1,0 +1,92 @@
+// quant/pipeline.h — `llmc quantize` as a library call.
+//
+// quantize_model() (one short function in pipeline.cpp, read it top to bottom):
+//   open the checkpoint (mmap, blocks loaded lazily) -> tokenize calibration windows (methods
+//   with needs_calibration only) -> for each decoder block: build a BlockJob with the block's
+//   calibration inputs, run the method's BlockQuantizer, write the block's tensors (quantized
+//   slots encoded in the chosen layout, others dense), compute the block's outputs with the
+//   quantized weights (activation quantization simulated) as the next block's inputs, release
+//   the block -> copy the non-block tensors (embeddings, final norm, lm_head) unchanged ->
+//   write config.json with quantization_config (ignore = lm_head + every skipped linear),
+//   the input's auxiliary files byte for byte (tokenizer files, generation_config, ...) and
+//   llmc_quant_report.json -> rename into place -> quality check (optional).
+//
+// Contracts:
+//  * Output goes through make_checkpoint_writer (temp path + rename): an error or Ctrl-C
+//    leaves nothing under the output name. The output may not be the input.
+//  * Peak memory: about one block in fp32 + calibration activations (2 x samples x seq x
+//    hidden floats) + the embeddings.
+//  * An input that already has a quantization_config is refused (quantize a base model).
+//  * --ignore patterns are ECMAScript regexes searched in the module name
+//    ("model.layers.3.mlp.down_proj"); a leading "re:" (vLLM style) is accepted and dropped.
+//  * Non-block tensors keep their dtype and bytes, except that methods with a dense_dtype
+//    (fp16) convert every float tensor to it.
+//  * The quality check (eval.enabled) loads the written output through the loader and the
+//    input as reference, and compares perplexity, KL divergence and top-1 agreement on
+//    `eval.tokens` tokens of held-out text (default: the bundled data/heldout-sample.txt),
+//    cut into windows of `eval.seq_len`.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "quant/method.h"
+
+namespace llmc {
+
+struct QualityOptions {
+  bool enabled = true;
+  std::filesystem::path data;  // empty: bundled held-out sample
+  int64_t tokens = 16384;      // at most this many tokens (whole windows)
+  int seq_len = 256;
+};
+
+struct QuantizeOptions {
+  std::filesystem::path input, output;
+  std::string method;
+  QuantOverrides overrides;
+  std::filesystem::path calibration_data;  // empty: bundled data/calibration.txt
+  int num_samples = 128;
+  int seq_len = 256;
+  std::vector<std::string> ignore;         // regexes, in addition to lm_head
+  std::optional<CheckpointFormat> format;  // default: parquet if output ends in .parquet
+  WriterOptions writer;
+  int batch = 8;                           // calibration samples per block run
+  QualityOptions quality;
+};
+
+struct QualityResult {
+  bool measured = false;
+  int64_t tokens = 0;
+  double ppl_base = 0, ppl_quant = 0, ppl_ratio = 0, kl = 0, top1 = 0;
+};
+
+struct QuantizeResult {
+  std::filesystem::path output;
+  std::string method, layout;
+  int layers = 0, quantized_linears = 0, skipped_linears = 0;
+  int num_samples = 0, seq_len = 0;      // 0 when the method needs no calibration
+  double seconds = 0, quantize_seconds = 0;
+  uint64_t peak_rss = 0;
+  uint64_t out_bytes = 0, bf16_bytes = 0;              // whole model (tensor bytes)
+  uint64_t qlinear_bytes = 0, qlinear_bf16_bytes = 0;  // quantized linears only
+  QualityResult quality;
+  nlohmann::json report;                               // what llmc_quant_report.json holds
+};
+
+QuantizeResult quantize_model(const QuantizeOptions& opt);
+
+// The human-readable summary printed at the end of `llmc quantize`.
+std::string format_summary(const QuantizeResult& r);
+// Machine-readable form (llmc quantize --json, bench).
+nlohmann::json summary_json(const QuantizeResult& r);
+
+// Perplexity/KL/top-1 of `quant` against `base` on `text` (see QualityOptions).
+QualityResult quality_check(const std::filesystem::path& base, const std::filesystem::path& quant,
+                            const QualityOptions& q);
+
+}  // namespace llmc
