@@ -561,6 +561,7 @@ TEST(Layouts, RoundTripBitExact) {
     QuantizedWeight d2 = R.decode(r, "model.layers.0.mlp.up_proj", qc);
     EXPECT_EQ(d2.out, 64);
     EXPECT_EQ(d2.in, 96);
+    EXPECT_EQ(R.weight_shape(r, "model.layers.0.mlp.up_proj", qc), (Shape{64, 96}));
     EXPECT_TRUE(is_quantized_module(r, "model.layers.0.mlp.up_proj"));
     EXPECT_EQ(quantized_modules(r), std::vector<std::string>{"model.layers.0.mlp.up_proj"});
   }

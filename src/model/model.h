@@ -92,9 +92,8 @@ class Model {
 };
 
 // THE way the CLI (eval, generate, ...) builds a model for inference from a checkpoint, so that
-// every command opens the same kinds of checkpoints. Today: Model::load with DenseLinear; a
-// config with "quantization_config" is refused with a clear error until loader/ extends this
-// function (model/load_for_inference.cpp) to pass its own LinearFactory for quantized storage.
+// every command opens the same kinds of checkpoints: Model::load with DenseLinear, or for a
+// config with "quantization_config" with loader/'s QuantLinearFactory (loader/quant_linear.h).
 std::unique_ptr<Model> load_model_for_inference(const Checkpoint& ckpt);
 
 }  // namespace llmc

@@ -907,6 +907,39 @@ QuantizedWeight fp8_decode(const TensorReader& r, const std::string& prefix, int
   return w;
 }
 
+// ==========================================================================================
+// Logical shapes
+
+Shape two_d(const TensorReader& r, const TensorRef& t) {
+  if (t.info.shape.size() != 2)
+    fail(r.origin(), ": tensor ", t.info.name, " has shape ", shape_str(t.info.shape), ", expected 2-D");
+  return t.info.shape;
+}
+
+Shape plain_shape(const TensorReader& r, const std::string& prefix, const json&) {
+  return two_d(r, need(r, prefix + ".weight"));
+}
+
+Shape ct_shape(const TensorReader& r, const std::string& prefix, const json& qc) {
+  if (!r.has(prefix + ".weight_packed")) return plain_shape(r, prefix, qc);
+  TensorRef sh = need(r, prefix + ".weight_shape");
+  expect_dtype(r, sh, {DType::I64, DType::I32});
+  if (sh.info.numel() != 2) expect_shape(r, sh, {2});
+  return {int64_t(load_as_f32(sh.info.dtype, sh.data, 0)), int64_t(load_as_f32(sh.info.dtype, sh.data, 1))};
+}
+
+Shape gptq_shape(const TensorReader& r, const std::string& prefix, const json& qc) {
+  const Shape s = two_d(r, need(r, prefix + ".qweight"));
+  const int b = json_int(qc, "bits", 4, r.origin());
+  if (b <= 0) fail(r.origin(), ": gptq bits must be positive");
+  return {s[1], s[0] * 32 / b};
+}
+
+Shape awq_shape(const TensorReader& r, const std::string& prefix, const json&) {
+  const Shape s = two_d(r, need(r, prefix + ".qweight"));
+  return {s[1] * 8, s[0]};
+}
+
 std::string read_only_why(const QuantizedWeight&) { return "this layout is read-only"; }
 std::vector<EncodedTensor> no_encode(const std::string& prefix, const QuantizedWeight&) {
   fail(prefix, ": this layout is read-only");
@@ -920,28 +953,28 @@ std::vector<Layout> build_table() {
   return {
       {"pack-quantized", ct, "pack-quantized", true, DType::F32,
        "compressed-tensors: integer codes packed into int32 (weight-only, 2..8 bits)", ct_pack_why,
-       ct_pack_encode, ct_decode, ct_config},
+       ct_pack_encode, ct_decode, ct_config, ct_shape},
       {"int-quantized", ct, "int-quantized", true, DType::F32,
        "compressed-tensors: int8 weight [out, in] (W8A8 with int8 activations)", ct_int_why,
-       ct_plain_encode, ct_decode, ct_config},
+       ct_plain_encode, ct_decode, ct_config, ct_shape},
       {"float-quantized", ct, "float-quantized", true, DType::F32,
        "compressed-tensors: fp8 e4m3 weight [out, in] (+ static input_scale)", ct_float_why,
-       ct_plain_encode, ct_decode, ct_config},
+       ct_plain_encode, ct_decode, ct_config, ct_shape},
       {"naive-quantized", ct, "naive-quantized", false, DType::F32,
        "compressed-tensors naive: quantized dtype weight, unpacked (read only)", read_only_why,
-       no_encode, ct_decode, no_config},
+       no_encode, ct_decode, no_config, ct_shape},
       {"compressed-tensors", ct, "", true, DType::F32,
        "compressed-tensors, format chosen by scheme (float-/int-/pack-quantized)", ct_any_why,
-       ct_any_encode, ct_decode, ct_config},
+       ct_any_encode, ct_decode, ct_config, ct_shape},
       {"gptq", "gptq", "", true, DType::F16,
        "AutoGPTQ v1: qweight/qzeros(zero-1)/scales fp16/g_idx (symmetric 2/3/4/8-bit)", gptq_why,
-       gptq_encode, gptq_decode, gptq_config},
+       gptq_encode, gptq_decode, gptq_config, gptq_shape},
       {"awq", "awq", "", true, DType::F16,
        "AutoAWQ GEMM: 4-bit, interleaved nibbles, raw zeros, scales fp16", awq_why, awq_encode,
-       awq_decode, awq_config},
+       awq_decode, awq_config, awq_shape},
       {"fp8", "fp8", "", false, DType::F32,
        "vLLM fp8: e4m3 weight + weight_scale or 128x128 weight_scale_inv (read only)",
-       read_only_why, no_encode, fp8_decode, no_config},
+       read_only_why, no_encode, fp8_decode, no_config, plain_shape},
   };
 }
 
@@ -1011,6 +1044,10 @@ json Layout::quantization_config(const QuantConfigSpec& spec) const {
   json c = config_fn(*this, spec);
   for (const auto& [k, v] : spec.extra.items()) c[k] = v;
   return c;
+}
+
+Shape Layout::weight_shape(const TensorReader& r, const std::string& prefix, const json& qc) const {
+  return shape_fn(r, prefix, qc);
 }
 
 void round_scales(QuantizedWeight& w, DType t) {

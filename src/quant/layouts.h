@@ -75,6 +75,8 @@ struct Layout {
   QuantizedWeight (*decode_fn)(const TensorReader& r, const std::string& prefix, int64_t out,
                                int64_t in, const nlohmann::json& qconfig);
   nlohmann::json (*config_fn)(const Layout& self, const QuantConfigSpec& spec);
+  // [out, in] of a stored module from its tensors' shapes (no unpacking).
+  Shape (*shape_fn)(const TensorReader& r, const std::string& prefix, const nlohmann::json& qconfig);
 
   // Throws llmc::Error naming `module` when w is invalid or this layout cannot hold it.
   void check(const QuantizedWeight& w, const std::string& module) const;
@@ -83,6 +85,9 @@ struct Layout {
   QuantizedWeight decode(const TensorReader& r, const std::string& prefix,
                          const nlohmann::json& qconfig, int64_t out = -1, int64_t in = -1) const;
   nlohmann::json quantization_config(const QuantConfigSpec& spec) const;
+  // Logical weight shape [out, in] of a stored module (cheap; throws like decode()).
+  Shape weight_shape(const TensorReader& r, const std::string& prefix,
+                     const nlohmann::json& qconfig) const;
 };
 
 const std::vector<Layout>& layout_table();
