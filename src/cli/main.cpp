@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "backend/backend.h"
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -33,6 +34,11 @@ int main(int argc, char** argv) {
   bool quiet_flag = false;
   app.add_option("--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", quiet_flag, "print only warnings, errors and final results");
+  std::string device_opt;
+  app.add_option("--device", device_opt,
+                 "compute device for GEMMs, Hessians and dequantization: cpu, cuda or auto "
+                 "(default: $LLMC_DEVICE, else cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
   app.fallthrough();
 
   auto& table = cli::command_table();
@@ -51,6 +57,8 @@ int main(int argc, char** argv) {
   if (threads > 0) set_num_threads(threads);
   install_signal_cleanup();
   try {
+    if (device_opt.empty()) backend::init_device_from_env();
+    else backend::set_device(backend::parse_device(device_opt));
     for (auto& [sub, run] : subs) {
       if (sub->parsed()) return run();
     }

@@ -1,0 +1,59 @@
+// backend/cuda/cuda_backend.h — internal interface between backend.cpp (dispatch, CPU paths)
+// and the CUDA implementation (*.cu here, compiled only when LLMC_HAVE_CUDA). Not for callers
+// outside src/backend: use backend/backend.h.
+//
+// Every function in llmc::backend::cuda may throw llmc::Error ("CUDA error: ... in <call>") and
+// is serialized by one process-wide lock; all of them return with their host outputs written.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace llmc::backend {
+
+// ---- host helpers (backend.cpp; always compiled) ----
+// 64-bit fingerprint of a byte range (xxhash64-style rounds over 1 MiB chunks, multithreaded).
+// Any change of content changes it except with probability ~2^-64.
+uint64_t fingerprint(const void* p, size_t bytes, uint64_t seed = 0);
+// memcpy split across the thread pool (host <-> pinned staging copies).
+void parallel_memcpy(void* dst, const void* src, size_t bytes);
+// Bytes of one staging chunk (LLMC_CUDA_CHUNK_MB, default 8 MiB).
+size_t staging_chunk_bytes();
+
+namespace cuda {
+
+// Number of usable devices; when 0, *why says why (driver missing, no device, ...).
+int device_count(std::string* why);
+std::string device_info();
+
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              bool tf32);
+CacheStats cache_stats();
+void set_cache_budget(uint64_t bytes);
+void release();
+
+// Hessian accumulation. The state holds H (fp64) and an fp32 scratch on the device.
+struct XtxState;
+XtxState* xtx_create(int64_t cols);
+void xtx_destroy(XtxState* s) noexcept;
+void xtx_add(XtxState* s, const float* x, int64_t rows, double alpha);
+void xtx_reset(XtxState* s);
+void xtx_read(const XtxState* s, double* H);
+void syrk_accumulate(const float* x, int64_t rows, int64_t cols, float* H, float alpha);
+
+void dequantize(const QuantizedWeight& qw, float* out);
+void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
+void qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows, float* y, bool tf32);
+
+// Device-only timings for benchmarks (CUDA events around `reps` calls after a warm-up, inputs
+// already resident, random data): seconds per call.
+double time_sgemm_device(int64_t rows, int64_t k, int64_t n, bool tf32, int reps);
+double time_syrk_device(int64_t rows, int64_t cols, int reps);
+double time_dequant_device(const QuantizedWeight& qw, int reps);
+// Host -> device copy from pinned memory: seconds per copy of `bytes`.
+double time_h2d_pinned(size_t bytes, int reps);
+
+}  // namespace cuda
+}  // namespace llmc::backend
