@@ -3,8 +3,11 @@
 // trips bit-exact to QuantizedWeight::dequantize, config builders, and error paths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <random>
 
 #include "core/dtype.h"
@@ -12,6 +15,7 @@
 #include "quant/layouts.h"
 #include "quant/packing.h"
 #include "quant/qweight.h"
+#include "testing.h"
 
 using namespace llmc;
 using nlohmann::json;
@@ -878,4 +882,130 @@ TEST(Layouts, MemoryReader) {
   EXPECT_EQ(module_tensor_names(r, "a"), (std::vector<std::string>{"a.weight", "a.bias"}));
   EXPECT_FALSE(is_quantized_module(r, "a"));
   EXPECT_TRUE(quantized_modules(r).empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// docs/formats.md "Tensors written" table vs the encoders.
+
+namespace {
+
+struct DocRow {
+  std::string layout, tensor, dtype, shape, when;
+  int hits = 0;
+};
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == ' ' || s.back() == '`')) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '`')) ++i;
+  return s.substr(i);
+}
+
+std::vector<std::string> split(const std::string& s, char c) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (size_t e; (e = s.find(c, b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  out.push_back(s.substr(b));
+  return out;
+}
+
+std::vector<DocRow> doc_rows() {
+  std::ifstream f(test::repo_root() / "docs" / "formats.md");
+  std::vector<DocRow> rows;
+  std::string line;
+  bool in_section = false;
+  while (std::getline(f, line)) {
+    if (line.rfind("### ", 0) == 0) in_section = line.find("Tensors written") != std::string::npos;
+    if (!in_section || line.rfind("| ", 0) != 0) continue;
+    auto cells = split(line.substr(1, line.size() - 2), '|');
+    if (cells.size() != 5) continue;
+    DocRow r{trim(cells[0]), trim(cells[1]), trim(cells[2]), trim(cells[3]), trim(cells[4])};
+    if (r.tensor.rfind("m.", 0) != 0) continue;  // header / separator
+    rows.push_back(r);
+  }
+  return rows;
+}
+
+int64_t eval_dim(const std::string& e, const QuantizedWeight& w) {
+  const int64_t pf = 32 / w.bits, ng = w.n_groups();
+  const std::map<std::string, int64_t> v = {
+      {"out", w.out}, {"in", w.in}, {"1", 1}, {"2", 2}, {"ng", ng},
+      {"ceil(in/pf)", (w.in + pf - 1) / pf}, {"ceil(out/pf)", (w.out + pf - 1) / pf},
+      {"in*b/32", w.in * w.bits / 32}, {"out*b/32", w.out * w.bits / 32}, {"out/8", w.out / 8}};
+  auto it = v.find(e);
+  if (it == v.end()) throw std::runtime_error("docs: unknown shape expression '" + e + "'");
+  return it->second;
+}
+
+bool holds(const std::string& when, const QuantizedWeight& w) {
+  const bool stat = w.act == ActQuant::FP8StaticTensor || w.act == ActQuant::INT8StaticTensor;
+  const std::map<std::string, bool> k = {
+      {"always", true},        {"sym", w.symmetric},         {"asym", !w.symmetric},
+      {"tensor", w.group == 0}, {"channel", w.group == -1},  {"group", w.group > 0},
+      {"g_idx", !w.g_idx.empty()}, {"static", stat},          {"bias", !w.bias.empty()}};
+  for (const std::string& term : split(when, ',')) {
+    bool any = false;
+    for (const std::string& alt : split(trim(term), '/')) {
+      auto it = k.find(trim(alt));
+      if (it == k.end()) throw std::runtime_error("docs: unknown condition '" + alt + "'");
+      any = any || it->second;
+    }
+    if (!any) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST(Layouts, DocsTableMatchesEncoders) {
+  std::vector<DocRow> rows = doc_rows();
+  ASSERT_GE(rows.size(), 20u) << "docs/formats.md: 'Tensors written' table not found";
+  using A = ActQuant;
+  const QKind I = QKind::INT, F = QKind::FP8;
+  std::vector<Scheme> schemes;
+  for (int b : {2, 3, 4, 8})
+    for (bool bias : {false, true}) {
+      for (bool sym : {true, false}) {
+        schemes.push_back({"pack-quantized", I, b, sym, -1, A::None, false, bias});
+        schemes.push_back({"pack-quantized", I, b, sym, 32, A::None, !sym, bias});
+      }
+      schemes.push_back({"pack-quantized", I, b, true, 0, A::None, false, bias});
+      schemes.push_back({"gptq", I, b, true, -1, A::None, false, bias});
+      schemes.push_back({"gptq", I, b, true, 32, A::None, true, bias});
+    }
+  for (bool bias : {false, true}) {
+    for (int64_t g : {0, -1, 32}) {
+      for (A a : {A::None, A::INT8DynamicToken, A::INT8StaticTensor})
+        schemes.push_back({"int-quantized", I, 8, true, g, a, false, bias});
+      for (A a : {A::None, A::FP8StaticTensor, A::FP8DynamicToken, A::FP8DynamicTensor})
+        schemes.push_back({"float-quantized", F, 8, true, g, a, false, bias});
+    }
+    schemes.push_back({"awq", I, 4, true, 32, A::None, false, bias});
+    schemes.push_back({"awq", I, 4, false, 32, A::None, false, bias});
+  }
+  std::mt19937 rng(99);
+  for (const Scheme& s : schemes) {
+    const Layout& L = find_layout(s.layout);
+    QuantizedWeight w = random_weight(s, 64, 96, rng);
+    round_scales(w, L.scale_dtype);
+    SCOPED_TRACE(s.layout + " bits " + std::to_string(s.bits) + " group " + std::to_string(s.group) +
+                 (s.sym ? " sym" : " asym") + " act " + act_quant_name(s.act));
+    ASSERT_TRUE(L.can_hold(w)) << L.why_not(w);
+    std::vector<std::string> got, want;
+    for (const EncodedTensor& t : L.encode("m", w))
+      got.push_back(t.name + " " + dtype_traits(t.dtype).safetensors + " " + shape_str(t.shape));
+    for (DocRow& r : rows) {
+      if (r.layout != s.layout || !holds(r.when, w)) continue;
+      ++r.hits;
+      Shape shape;
+      for (const std::string& d : split(r.shape.substr(1, r.shape.size() - 2), ','))
+        shape.push_back(eval_dim(trim(d), w));
+      want.push_back(r.tensor + " " + r.dtype + " " + shape_str(shape));
+    }
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(got, want);
+  }
+  for (const DocRow& r : rows)
+    EXPECT_GT(r.hits, 0) << "docs row never exercised: " << r.layout << " " << r.tensor << " " << r.when;
 }
