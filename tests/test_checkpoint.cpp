@@ -9,7 +9,10 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/checkpoint.h"
+#include "formats/convert.h"
 #include "formats/hf_dir.h"
+#include "formats/inspect.h"
+#include "formats/parquet.h"
 #include "formats/safetensors.h"
 #include "testing.h"
 
@@ -335,4 +338,107 @@ TEST(Checkpoint, ParquetKeepsQuantizationConfig) {
   Checkpoint p = open_checkpoint(d / "q.parquet");
   EXPECT_EQ(p.config["quantization_config"], c.config["quantization_config"]);
   expect_same_tensors(c, p);
+}
+
+TEST(Checkpoint, ParquetMetadataMapping) {
+  const fs::path d = test::temp_dir("ckpt-pq-kv");
+  float x[2] = {1.5f, -2};
+  auto write = [&](const fs::path& p, const std::map<std::string, std::string>& kv) {
+    ParquetTensorWriter w(p, 1 << 20, false);
+    w.add("t", DType::F32, {2}, x, 8);
+    w.set_kv(kv);
+    w.finish();
+  };
+  write(d / "v2.parquet", {{"llmc.format_version", "2"}, {"config.json", "{}"}});
+  try {
+    open_checkpoint(d / "v2.parquet");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("format version '2'"), std::string::npos) << e.what();
+  }
+  // Foreign file: no llmc keys at all -> empty config, tensors still readable.
+  write(d / "foreign.parquet", {});
+  Checkpoint f = open_checkpoint(d / "foreign.parquet");
+  EXPECT_TRUE(f.config.is_object() && f.config.empty());
+  EXPECT_EQ(f.tensors->get("t").to_f32(), (std::vector<float>{1.5f, -2}));
+  // quantization_config key fills in a config without one; file: keys become aux files.
+  write(d / "q.parquet", {{"config.json", R"({"model_type":"qwen3"})"},
+                          {"quantization_config", R"({"bits":4})"},
+                          {"file:tokenizer.json", "tok"}});
+  Checkpoint q = open_checkpoint(d / "q.parquet");
+  EXPECT_EQ(q.config["quantization_config"]["bits"], 4);
+  EXPECT_EQ(q.aux_files.at("tokenizer.json"), "tok");
+  write(d / "bad.parquet", {{"config.json", "{}"}, {"file:../../etc/passwd", "x"}});
+  EXPECT_THROW(open_checkpoint(d / "bad.parquet"), Error);
+  write(d / "badcfg.parquet", {{"config.json", "{oops"}});
+  EXPECT_THROW(open_checkpoint(d / "badcfg.parquet"), Error);
+}
+
+TEST(Checkpoint, InspectLogicalParamsOfPackedWeights) {
+  const fs::path d = test::temp_dir("ckpt-inspect");
+  std::vector<int32_t> packed(8, 0x12345678);
+  int64_t wshape[2] = {4, 16};
+  uint16_t scale[4] = {0x3c00, 0x3c00, 0x3c00, 0x3c00};
+  uint16_t norm[16] = {};
+  auto make = [&](const fs::path& out, bool with_shape, const json& qc) {
+    auto w = make_checkpoint_writer(out, CheckpointFormat::HF);
+    w->add_tensor("m.weight_packed", DType::I32, {4, 2}, packed.data(), 32);
+    if (with_shape) w->add_tensor("m.weight_shape", DType::I64, {2}, wshape, 16);
+    w->add_tensor("m.weight_scale", DType::F16, {4, 1}, scale, 8);
+    w->add_tensor("g.qweight", DType::I32, {2, 4}, packed.data(), 32);
+    w->add_tensor("norm.weight", DType::BF16, {16}, norm, 32);
+    json cfg = {{"architectures", {"Qwen3ForCausalLM"}}, {"torch_dtype", "bfloat16"}, {"rope_theta", 10000.0}};
+    if (!qc.is_null()) cfg["quantization_config"] = qc;
+    w->commit(cfg, {});
+  };
+  make(d / "a", true, json::parse(R"({"quant_method":"compressed-tensors","config_groups":{"g0":{"weights":{"num_bits":4}}}})"));
+  json r = inspect_checkpoint(open_checkpoint(d / "a"));
+  // weight_packed: 4*16 from weight_shape; qweight: 8 words * 32/4; norm: 16; shape/scale: 0.
+  EXPECT_EQ(r["totals"]["logical_parameters"], 64 + 64 + 16);
+  EXPECT_EQ(r["footprint"]["bf16_bytes"], 2 * (64 + 64 + 16));
+  EXPECT_EQ(r["architecture"]["dtype"], "bfloat16");   // v4 spelling
+  EXPECT_EQ(r["architecture"]["rope_theta"], 10000.0);  // v4 spelling
+  const std::string text = format_inspect_text(r);
+  EXPECT_NE(text.find("m.weight_packed"), std::string::npos);
+  EXPECT_NE(text.find("compressed-tensors"), std::string::npos);
+  // Without weight_shape and with 8-bit: packed words count 32/8 values each.
+  make(d / "b", false, json{{"bits", 8}});
+  r = inspect_checkpoint(open_checkpoint(d / "b"));
+  EXPECT_EQ(r["totals"]["logical_parameters"], 8 * 4 + 8 * 4 + 16);
+  // No quantization config: 4 bits assumed.
+  make(d / "c", false, json(nullptr));
+  r = inspect_checkpoint(open_checkpoint(d / "c"));
+  EXPECT_EQ(r["totals"]["logical_parameters"], 64 + 64 + 16);
+  EXPECT_TRUE(r["quantization_config"].is_null());
+}
+
+TEST(Checkpoint, ConvertLibraryDtypesAndConfigKeys) {
+  const fs::path d = test::temp_dir("ckpt-convert");
+  double v64[3] = {1.0, -0.5, 3.25};
+  int16_t i16[2] = {7, -7};
+  {
+    auto w = make_checkpoint_writer(d / "in", CheckpointFormat::HF);
+    w->add_tensor("x", DType::F64, {3}, v64, 24);
+    w->add_tensor("y", DType::I16, {2}, i16, 4);
+    w->commit(json{{"model_type", "llama"}}, {{"tokenizer.json", "t"}});
+  }
+  EXPECT_EQ(torch_dtype_name(DType::F64), std::string("float64"));
+  EXPECT_EQ(torch_dtype_name(DType::I8), std::string("i8"));
+  EXPECT_THROW(parse_target_dtype("int4"), Error);
+  EXPECT_FALSE(parse_target_dtype("keep").has_value());
+  ConvertOptions o;
+  o.target_dtype = DType::F16;
+  o.progress = true;
+  Checkpoint in = open_checkpoint(d / "in");
+  ConvertStats st = convert_checkpoint(in, d / "out", o);
+  EXPECT_EQ(st.tensors, 2u);
+  EXPECT_EQ(st.converted, 1u);
+  EXPECT_EQ(st.bytes_in, 28u);
+  EXPECT_EQ(st.bytes_out, 10u);
+  Checkpoint out = open_checkpoint(d / "out");
+  EXPECT_EQ(out.config["torch_dtype"], "float16");  // neither key present -> torch_dtype
+  EXPECT_EQ(out.tensors->get("x").info.dtype, DType::F16);
+  EXPECT_EQ(out.tensors->get("x").to_f32(), (std::vector<float>{1.0f, -0.5f, 3.25f}));
+  EXPECT_EQ(out.tensors->get("y").info.dtype, DType::I16);
+  EXPECT_EQ(out.aux_files.at("tokenizer.json"), "t");
 }
