@@ -1,6 +1,7 @@
 // loader/quant_linear.cpp — see quant_linear.h.
 #include "loader/quant_linear.h"
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "core/threads.h"
 
@@ -24,6 +25,7 @@ QuantizedWeight QuantLinear::quantized() const {
 void QuantLinear::forward(const float* x, int64_t rows, float* y) const {
   if (rows <= 0) return;
   const QuantizedWeight q = quantized();
+  if (backend::try_qlinear_forward(q, x, rows, y)) return;  // GPU; decoded weight stays there
   const std::vector<float> w = q.dequantize();
   const float* xin = x;
   std::vector<float> xq;

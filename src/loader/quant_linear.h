@@ -9,7 +9,8 @@
 //  * forward(x): W = layout.decode(...).dequantize() (bit-exact to QuantizedWeight::dequantize),
 //    x' = quantize_activations(act, input_scale, copy of x) (so W8A8 / fp8 static activation
 //    quantization is simulated exactly as the quantizer did), y = x'·Wᵀ + bias. Nothing is cached
-//    between calls (memory stays at the packed size).
+//    between calls on the CPU (memory stays at the packed size); with --device cuda the product
+//    runs through backend::try_qlinear_forward (decoded weight cached on the GPU).
 //  * QuantLinearFactory::make() builds a QuantLinear for modules stored quantized
 //    (quant/layouts.h is_quantized_module) and falls back to the dense LinearFactory for the
 //    others (ignored modules such as lm_head).
