@@ -14,10 +14,12 @@
 #include "formats/safetensors.h"
 #include "model/arch.h"
 #include "model/model.h"
+#include "synthetic_model.h"
 #include "testing.h"
 
 using namespace llmc;
 using nlohmann::json;
+using namespace llmc::test;
 
 namespace {
 
@@ -39,88 +41,6 @@ json tiny_config_v5() {
     "max_position_embeddings": 64, "rms_norm_eps": 1e-6, "tie_word_embeddings": true,
     "dtype": "bfloat16", "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}})");
 }
-
-// ---------------------------------------------------------------- in-memory checkpoints
-class MemReader : public TensorReader {
- public:
-  void put(const std::string& name, const Shape& shape, const std::vector<float>& v,
-           DType dt = DType::F32) {
-    auto bytes = std::make_shared<std::vector<uint8_t>>(v.size() * dtype_size(dt));
-    convert(DType::F32, v.data(), dt, bytes->data(), v.size());
-    TensorInfo info{name, dt, shape, bytes->size()};
-    if (!index_.count(name)) infos_.push_back(info);
-    index_[name] = {info, bytes};
-  }
-  void erase(const std::string& name) {
-    index_.erase(name);
-    std::erase_if(infos_, [&](const TensorInfo& i) { return i.name == name; });
-  }
-  const std::vector<TensorInfo>& list() const override { return infos_; }
-  bool has(const std::string& name) const override { return index_.count(name) != 0; }
-  TensorRef get(const std::string& name) const override {
-    auto it = index_.find(name);
-    if (it == index_.end()) fail("mem: no tensor ", name);
-    TensorRef r;
-    r.info = it->second.first;
-    r.data = it->second.second->data();
-    r.keepalive = it->second.second;
-    return r;
-  }
-  std::string origin() const override { return "mem.safetensors"; }
-
- private:
-  std::vector<TensorInfo> infos_;
-  std::map<std::string, std::pair<TensorInfo, std::shared_ptr<std::vector<uint8_t>>>> index_;
-};
-
-std::vector<float> randn(size_t n, float scale, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// Random weights for any config (bias for q/k/v when cfg says so, q/k norms for qk_norm).
-Checkpoint synthetic_checkpoint(const json& config, uint32_t seed = 1, DType dt = DType::F32) {
-  const ModelConfig c = ModelConfig::from_json(config, "synthetic/config.json");
-  std::mt19937 rng(seed);
-  auto mem = std::make_unique<MemReader>();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
-  auto norm = [&](int64_t n) {
-    auto v = randn(n, 0.1f, rng);
-    for (auto& x : v) x += 1.0f;
-    return v;
-  };
-  mem->put("model.embed_tokens.weight", {V, H}, randn(V * H, 1.0f, rng), dt);
-  mem->put("model.norm.weight", {H}, norm(H), dt);
-  if (!c.tie_word_embeddings) mem->put("lm_head.weight", {V, H}, randn(V * H, 0.1f, rng), dt);
-  for (int l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    struct L { const char* n; int64_t o, i; };
-    for (L x : {L{"self_attn.q_proj", QD, H}, L{"self_attn.k_proj", KD, H},
-                L{"self_attn.v_proj", KD, H}, L{"self_attn.o_proj", H, QD},
-                L{"mlp.gate_proj", F, H}, L{"mlp.up_proj", F, H}, L{"mlp.down_proj", H, F}}) {
-      mem->put(p + x.n + ".weight", {x.o, x.i}, randn(x.o * x.i, 1.0f / std::sqrt(float(x.i)), rng), dt);
-    }
-    if (c.qkv_bias)
-      for (auto [n, o] : {std::pair{"self_attn.q_proj", QD}, {"self_attn.k_proj", KD}, {"self_attn.v_proj", KD}})
-        mem->put(p + n + ".bias", {o}, randn(o, 0.5f, rng), dt);
-    mem->put(p + "input_layernorm.weight", {H}, norm(H), dt);
-    mem->put(p + "post_attention_layernorm.weight", {H}, norm(H), dt);
-    if (c.qk_norm) {
-      mem->put(p + "self_attn.q_norm.weight", {c.head_dim}, norm(c.head_dim), dt);
-      mem->put(p + "self_attn.k_norm.weight", {c.head_dim}, norm(c.head_dim), dt);
-    }
-  }
-  Checkpoint ck;
-  ck.path = "synthetic";
-  ck.config = config;
-  ck.tensors = std::move(mem);
-  return ck;
-}
-
-MemReader& mem_of(Checkpoint& ck) { return static_cast<MemReader&>(*ck.tensors); }
 
 // ---------------------------------------------------------------- naive double reference
 // A straightforward, independent implementation of the HF forward (one sequence) in double.
@@ -392,6 +312,10 @@ TEST(Kernels, FastExpAccuracy) {
     worst = std::max(worst, std::abs(cpu::fast_exp(x) - want) / want);
   }
   EXPECT_LT(worst, 3e-7);
+  for (float x0 = -90.0f; x0 <= 90.0f; x0 += 1.37f) {  // vector version, clamping included
+    const cpu::v8f v = cpu::fast_exp(cpu::v8f{x0, x0 + 0.1f, x0 + 0.2f, x0 + 0.3f, x0 + 0.4f, x0 + 0.5f, x0 + 0.6f, x0 + 0.7f});
+    for (int l = 0; l < 8; ++l) EXPECT_NEAR(v[l], cpu::fast_exp(x0 + 0.1f * l), 4e-7 * cpu::fast_exp(x0 + 0.1f * l));
+  }
   EXPECT_EQ(cpu::fast_exp(0.0f), 1.0f);
   EXPECT_LT(cpu::fast_exp(-1000.0f), 1e-37f);  // clamped, still finite and tiny
   EXPECT_TRUE(std::isfinite(cpu::fast_exp(1000.0f)));
@@ -498,6 +422,18 @@ TEST(Kernels, SiluMulAddLogSumExpArgmax) {
   for (float f : x) want += std::exp(double(f));
   EXPECT_NEAR(cpu::log_sum_exp(x.data(), 5), std::log(want), 1e-6);
   EXPECT_EQ(cpu::argmax(x.data(), 5), 1);
+  std::vector<float> row(37), y(37);
+  for (int i = 0; i < 37; ++i) row[i] = 0.3f * i - 4, y[i] = 0.1f * i;
+  double z = 0, t = 0;
+  for (int i = 0; i < 37; ++i) z += std::exp(double(row[i]) - 2);
+  for (int i = 0; i < 37; ++i) t += std::exp(double(row[i]) - 2) * (row[i] - y[i]);
+  EXPECT_NEAR(cpu::sum_exp_shifted(row.data(), 37, 2.0f), z, 1e-6 * z);
+  EXPECT_NEAR(cpu::sum_exp_shifted_times_diff(row.data(), y.data(), 37, 2.0f), t, 1e-6 * std::abs(t));
+  EXPECT_NEAR(cpu::sum_squares(row.data(), 37), [&] { double s = 0; for (float v : row) s += double(v) * v; return s; }(), 1e-9);
+  EXPECT_EQ(cpu::max_value(row.data(), 37), row[36]);
+  std::vector<float> sm = row;
+  cpu::softmax_inplace(sm.data(), 37);
+  for (int i = 0; i < 37; ++i) EXPECT_NEAR(sm[i], std::exp(double(row[i]) - std::log(z) - 2), 1e-6);
   std::vector<float> big(1000, -1e4f);
   big[777] = 1e4f;
   EXPECT_NEAR(cpu::log_sum_exp(big.data(), 1000), 1e4, 1e-3);

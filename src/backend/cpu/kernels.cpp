@@ -108,10 +108,7 @@ void rope_apply(float* x, int64_t rows, int64_t stride, int heads, int hd, int s
 
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
   parallel_for(0, size_t(n), 1 << 14, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) {
-      const float g = gate[i];
-      out[i] = g / (1.0f + fast_exp(-g)) * up[i];
-    }
+    silu_mul_range(gate + b, up + b, out + b, int64_t(e - b));
   });
 }
 
