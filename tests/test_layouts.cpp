@@ -1009,3 +1009,109 @@ TEST(Layouts, DocsTableMatchesEncoders) {
   for (const DocRow& r : rows)
     EXPECT_GT(r.hits, 0) << "docs row never exercised: " << r.layout << " " << r.tensor << " " << r.when;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Variants other tools write that llmc never writes itself.
+
+namespace {
+EncodedTensor f32_tensor(const std::string& name, Shape shape, const std::vector<float>& v) {
+  EncodedTensor t{name, DType::F32, std::move(shape), std::vector<uint8_t>(v.size() * 4)};
+  std::memcpy(t.bytes.data(), v.data(), t.bytes.size());
+  return t;
+}
+EncodedTensor i8_tensor(const std::string& name, Shape shape, const std::vector<int8_t>& v) {
+  EncodedTensor t{name, DType::I8, std::move(shape), std::vector<uint8_t>(v.size())};
+  std::memcpy(t.bytes.data(), v.data(), v.size());
+  return t;
+}
+json ct_cfg(json weights, json input = nullptr) {
+  return {{"quant_method", "compressed-tensors"},
+          {"format", "naive-quantized"},
+          {"config_groups",
+           {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", input}}}}}};
+}
+}  // namespace
+
+TEST(Layouts, ReadsOtherToolsVariants) {
+  const Layout& N = find_layout("naive-quantized");
+  // int8 asymmetric, per channel, signed codes and signed zero points (compressed-tensors).
+  {
+    MemoryTensorReader r("x");
+    r.add(i8_tensor("m.weight", {2, 2}, {-128, 10, 0, 127}));
+    r.add(i8_tensor("m.weight_zero_point", {2, 1}, {-100, 5}));
+    r.add(f32_tensor("m.weight_scale", {2, 1}, {0.5f, 2.0f}));
+    const json qc = ct_cfg({{"num_bits", 8}, {"type", "int"}, {"symmetric", false}, {"strategy", "channel"}});
+    QuantizedWeight w = N.decode(r, "m", qc);
+    EXPECT_FALSE(w.symmetric);
+    EXPECT_EQ(w.dequantize(), (std::vector<float>{-14.0f, 55.0f, -10.0f, 244.0f}));
+  }
+  // pack-quantized per-tensor asymmetric: zero point unpacked (int8 [1]).
+  {
+    MemoryTensorReader r("x");
+    r.add(EncodedTensor{"m.weight_packed", DType::I32, {1, 1}, {0x10, 0x32, 0, 0}});  // codes 0,1,2,3
+    r.add(f32_tensor("m.weight_scale", {1}, {1.0f}));
+    EncodedTensor sh{"m.weight_shape", DType::I64, {2}, std::vector<uint8_t>(16)};
+    const int64_t dims[2] = {1, 4};
+    std::memcpy(sh.bytes.data(), dims, 16);
+    r.add(sh);
+    r.add(i8_tensor("m.weight_zero_point", {1}, {-7}));  // unsigned zero 1
+    const json qc = ct_cfg({{"num_bits", 4}, {"type", "int"}, {"symmetric", false}, {"strategy", "tensor"}});
+    EXPECT_EQ(N.decode(r, "m", qc).dequantize(), (std::vector<float>{-1.0f, 0.0f, 1.0f, 2.0f}));
+  }
+  // fp8 block strategy [2, 4] (list and "2x4" spelling), dynamic per-token activations.
+  {
+    MemoryTensorReader r("x");
+    r.add(EncodedTensor{"m.weight", DType::F8_E4M3, {3, 5}, std::vector<uint8_t>(15, 0x38)});  // 1.0
+    r.add(f32_tensor("m.weight_scale", {2, 2}, {1.0f, 2.0f, 3.0f, 4.0f}));
+    for (json bs : {json::array({2, 4}), json("2x4")}) {
+      const json qc = ct_cfg({{"num_bits", 8}, {"type", "float"}, {"strategy", "block"}, {"block_structure", bs}},
+                             {{"num_bits", 8}, {"type", "float"}, {"strategy", "token"}, {"dynamic", true}});
+      QuantizedWeight w = N.decode(r, "m", qc);
+      EXPECT_EQ(w.act, ActQuant::FP8DynamicToken);
+      EXPECT_EQ(w.dequantize(), (std::vector<float>{1, 1, 1, 1, 2, 1, 1, 1, 1, 2, 3, 3, 3, 3, 4}));
+    }
+    json bad = ct_cfg({{"num_bits", 8}, {"type", "float"}, {"strategy", "block"}});
+    EXPECT_NE(error_of([&] { N.decode(r, "m", bad); }).find("block_structure"), std::string::npos);
+    bad = ct_cfg({{"num_bits", 8}, {"type", "nf4"}});
+    EXPECT_THROW(N.decode(r, "m", bad), Error);
+    bad = ct_cfg({{"num_bits", 8}, {"type", "float"}, {"strategy", "group"}});
+    EXPECT_THROW(N.decode(r, "m", bad), Error);  // group without group_size
+    bad = ct_cfg({{"num_bits", 8}, {"type", "float"}}, {{"num_bits", 8}, {"type", "float"}, {"dynamic", "local"}});
+    EXPECT_THROW(N.decode(r, "m", bad), Error);
+    bad = ct_cfg({{"num_bits", 8}, {"type", "float"}, {"symmetric", "yes"}});
+    EXPECT_THROW(N.decode(r, "m", bad), Error);
+    bad = ct_cfg({{"num_bits", 4}, {"type", "float"}});
+    EXPECT_THROW(N.decode(r, "m", bad), Error);
+    bad = ct_cfg({{"num_bits", 8}, {"type", "int"}});  // int config, fp8 tensor
+    EXPECT_NE(error_of([&] { N.decode(r, "m", bad); }).find("has dtype F8_E4M3, expected I8"), std::string::npos);
+    bad = ct_cfg({{"num_bits", 8}, {"type", "float"}});
+    bad["config_groups"]["group_0"]["targets"] = {"re:(unclosed"};
+    EXPECT_NE(error_of([&] { N.decode(r, "m", bad); }).find("invalid target regex"), std::string::npos);
+  }
+  // vLLM fp8 with a per-channel weight_scale [out].
+  {
+    MemoryTensorReader r("x");
+    r.add(EncodedTensor{"m.weight", DType::F8_E4M3, {2, 1}, {0x38, 0x38}});
+    r.add(f32_tensor("m.weight_scale", {2}, {3.0f, 5.0f}));
+    QuantizedWeight w = find_layout("fp8").decode(r, "m", json{{"quant_method", "fp8"}});
+    EXPECT_EQ(w.group, -1);
+    EXPECT_EQ(w.act, ActQuant::FP8DynamicTensor);
+    EXPECT_EQ(w.dequantize(), (std::vector<float>{3.0f, 5.0f}));
+    r.add(f32_tensor("m.weight_scale", {3}, {3.0f, 5.0f, 1.0f}));
+    EXPECT_THROW(find_layout("fp8").decode(r, "m", json{{"quant_method", "fp8"}}), Error);
+  }
+  // AWQ config variants and errors.
+  {
+    auto w = sym_weight(4, 8, 32, 32, [](int64_t, int64_t i) { return int(i % 16) - 8; });
+    MemoryTensorReader r = reader_of(find_layout("awq").encode("m", w));
+    const Layout& A = find_layout("awq");
+    EXPECT_EQ(A.decode(r, "m", json{{"w_bit", 4}, {"q_group_size", 32}, {"version", "GEMM"}}).dequantize(),
+              w.dequantize());
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 8}, {"group_size", 32}}), Error);
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 0}}), Error);
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 32}, {"version", "gemv"}}), Error);
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 32}, {"zero_point", false}}), Error);
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 64}}), Error);  // shapes disagree
+    EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 32}}, 16, 32), Error);
+  }
+}
