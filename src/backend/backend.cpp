@@ -195,7 +195,7 @@ uint64_t fingerprint(const void* p, size_t bytes, uint64_t seed) {
 }
 
 void parallel_memcpy(void* dst, const void* src, size_t bytes) {
-  constexpr size_t kGrain = size_t(1) << 20;
+  constexpr size_t kGrain = size_t(256) << 10;
   if (bytes <= 2 * kGrain) {
     std::memcpy(dst, src, bytes);
     return;

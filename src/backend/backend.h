@@ -7,14 +7,17 @@
 //    Asking for CUDA when cuda_available() is false throws llmc::Error saying why (not compiled
 //    in, no driver, no device).
 //  * Every operation below computes the same function on either device. Integer/fp8 decoding and
-//    activation fake-quantization are bit-exact across devices; GEMM and Xᵀ·X differ from the
+//    activation fake-quantization are bit-exact across devices (a NaN stays NaN, its payload may
+//    differ); GEMM and Xᵀ·X differ from the
 //    CPU only by float32 summation order (TF32 is off unless set_cuda_tf32(true)).
 //  * GPU entry points are safe to call from any thread (calls are serialized). Host buffers are
 //    ordinary memory; every call returns with its outputs written (no asynchrony leaks out).
-//  * Weights used by try_gemm_xwt stay resident on the GPU in a bounded LRU cache keyed by host
-//    pointer and size. Each use re-checks a 64-bit fingerprint of the host contents, so a weight
-//    modified in place (or freed and another allocated at the same address) is re-uploaded, never
-//    served stale. Budget: LLMC_CUDA_CACHE_MB (default: min(4 GiB, half the free GPU memory)).
+//  * Weights used by try_gemm_xwt / try_qlinear_forward stay resident on the GPU in a bounded
+//    LRU cache addressed by content: a 64-bit fingerprint of the host bytes (recomputed on every
+//    call, multithreaded) plus the sizes. A weight modified in place therefore maps to a new
+//    entry (never served stale), and a temporary rebuilt with the same contents (a quantized
+//    weight unpacked per call) hits. Budget: LLMC_CUDA_CACHE_MB (default: min(4 GiB, half the
+//    free GPU memory)); a weight larger than the budget is uploaded for the call only.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -57,7 +60,7 @@ bool try_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64
 void cuda_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
 
 struct CacheStats {
-  uint64_t hits = 0, misses = 0, stale = 0, evictions = 0;
+  uint64_t hits = 0, misses = 0, evictions = 0;
   uint64_t bytes = 0, entries = 0, budget = 0;
 };
 CacheStats weight_cache_stats();

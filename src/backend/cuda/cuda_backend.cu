@@ -61,31 +61,18 @@ void WeightCache::evict_until(uint64_t free_needed) {
   }
 }
 
-void* WeightCache::get(const void* host, size_t host_bytes, int tag, uint64_t fp,
-                       size_t dev_bytes, cudaStream_t st, const FillFn& fill) {
-  const Key key{{host, host_bytes}, tag};
+void* WeightCache::get(uint64_t fp, size_t host_bytes, int tag, size_t dev_bytes,
+                       cudaStream_t st, const FillFn& fill) {
+  const Key key{fp, host_bytes, dev_bytes, tag};
   ++tick_;
   auto it = map_.find(key);
-  if (it != map_.end() && it->second.bytes == dev_bytes) {
+  if (it != map_.end()) {
     it->second.tick = tick_;
-    if (it->second.fp == fp) {
-      ++st_.hits;
-      return it->second.dev;
-    }
-    ++st_.stale;
-    it->second.fp = 0;  // not valid until the fill completes
-    fill(it->second.dev, st);
-    LLMC_CU(cudaStreamSynchronize(st));
-    it->second.fp = fp;
+    ++st_.hits;
     return it->second.dev;
   }
   ++st_.misses;
-  if (it != map_.end()) {  // same address and size, different decoded size: drop it
-    cudaFree(it->second.dev);
-    used_ -= it->second.bytes;
-    map_.erase(it);
-  }
-  if (dev_bytes > budget_) {  // too large to keep: decode into a one-off buffer
+  if (dev_bytes > budget_) {  // too large to keep: fill a one-off buffer
     void* d = oversize_.get(dev_bytes);
     fill(d, st);
     LLMC_CU(cudaStreamSynchronize(st));
@@ -100,10 +87,6 @@ void* WeightCache::get(const void* host, size_t host_bytes, int tag, uint64_t fp
     e = cudaMalloc(&d, dev_bytes);
   }
   check(e, "cudaMalloc (weight cache)");
-  Entry en;
-  en.dev = d;
-  en.bytes = dev_bytes;
-  en.tick = tick_;
   try {
     fill(d, st);
     LLMC_CU(cudaStreamSynchronize(st));
@@ -111,7 +94,10 @@ void* WeightCache::get(const void* host, size_t host_bytes, int tag, uint64_t fp
     cudaFree(d);
     throw;
   }
-  en.fp = fp;
+  Entry en;
+  en.dev = d;
+  en.bytes = dev_bytes;
+  en.tick = tick_;
   map_[key] = en;
   used_ += dev_bytes;
   return d;
@@ -308,7 +294,7 @@ void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n
   const size_t wbytes = size_t(n * k) * sizeof(float);
   const uint64_t fp = fingerprint(w, wbytes);
   const float* dw = static_cast<const float*>(
-      c.cache.get(w, wbytes, /*tag=*/0, fp, wbytes, c.s[0], [&](void* d, cudaStream_t st) {
+      c.cache.get(fp, wbytes, /*tag=*/0, wbytes, c.s[0], [&](void* d, cudaStream_t st) {
         LLMC_CU(cudaMemcpyAsync(d, w, wbytes, cudaMemcpyHostToDevice, st));
       }));
   stream_rows(c, x, rows, k, y, n, 0, [&](cudaStream_t st, float* dx, float* dy, int64_t, int64_t nr) {

@@ -57,28 +57,39 @@ class PinnedBuf {
   size_t cap_ = 0;
 };
 
-// Device copies of host arrays, LRU-bounded, re-validated by content fingerprint on each use.
+// Device copies of host arrays (or of what is decoded from them), content-addressed: the key is
+// a 64-bit fingerprint of the host contents plus the sizes, so a weight modified in place, or a
+// temporary rebuilt with the same contents, maps to the right entry. LRU-bounded by bytes.
 class WeightCache {
  public:
-  // Fills a device buffer of `dev_bytes` from scratch (upload, decode, ...) on `st`.
+  // Fills a device buffer of `dev_bytes` (upload, decode, ...) on `st`.
   using FillFn = std::function<void(void* dev, cudaStream_t st)>;
-  // Device pointer for key (host pointer, host bytes, tag) with content fingerprint `fp`.
-  // Calls fill (and waits for it) when absent or stale. The pointer stays valid until the next
-  // get() or clear(). Entries larger than the budget go to a one-off scratch buffer.
-  void* get(const void* host, size_t host_bytes, int tag, uint64_t fp, size_t dev_bytes,
-            cudaStream_t st, const FillFn& fill);
+  // Device buffer for contents (fp, host_bytes, tag); calls fill (and waits for it) when absent.
+  // The pointer stays valid until the next get(), set_budget() or clear(). Entries larger than
+  // the budget go to a one-off scratch buffer.
+  void* get(uint64_t fp, size_t host_bytes, int tag, size_t dev_bytes, cudaStream_t st,
+            const FillFn& fill);
   void clear() noexcept;
   void set_budget(uint64_t bytes);
   CacheStats stats() const;
 
  private:
   struct Entry {
-    uint64_t fp = 0;
     void* dev = nullptr;
     size_t bytes = 0;
     uint64_t tick = 0;
   };
-  using Key = std::pair<std::pair<const void*, size_t>, int>;
+  struct Key {
+    uint64_t fp;
+    size_t host_bytes, dev_bytes;
+    int tag;
+    bool operator<(const Key& o) const {
+      if (fp != o.fp) return fp < o.fp;
+      if (host_bytes != o.host_bytes) return host_bytes < o.host_bytes;
+      if (dev_bytes != o.dev_bytes) return dev_bytes < o.dev_bytes;
+      return tag < o.tag;
+    }
+  };
   void evict_until(uint64_t free_needed);
   std::map<Key, Entry> map_;
   DevBuf oversize_;

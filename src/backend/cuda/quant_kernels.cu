@@ -5,8 +5,9 @@
 //
 // Exactness: every value is produced by the same IEEE operations as the CPU reference (one
 // multiply by the scale; x / scale by correctly rounded division; round-half-even via rintf),
-// the fp8 decode table is copied from core/dtype.cpp, and the fp8 encoder below is the integer
-// algorithm of core/dtype.cpp f32_to_fp8e4m3. The file is compiled without fast-math.
+// the fp8 decoder gives the values of core/dtype.cpp's table (tests cover all 256 bytes), and
+// the fp8 encoder is the integer algorithm of core/dtype.cpp f32_to_fp8e4m3. Compiled without
+// fast-math (IEEE division, denormals kept).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -18,15 +19,13 @@
 namespace llmc::backend::cuda {
 namespace {
 
-__constant__ float c_fp8_e4m3[256];
-
-void ensure_fp8_table() {
-  static bool done = false;  // under ctx().mu
-  if (done) return;
-  float t[256];
-  for (int i = 0; i < 256; ++i) t[i] = fp8e4m3_to_f32(uint8_t(i));
-  LLMC_CU(cudaMemcpyToSymbol(c_fp8_e4m3, t, sizeof(t)));
-  done = true;
+// float8_e4m3fn -> float, the exact values of core/dtype.cpp's table: normals are rebiased
+// (exponent 7 -> 127), subnormals are m · 2^-9 (exact), 0x7f/0xff are NaN (quiet, with sign).
+__device__ __forceinline__ float fp8e4m3_to_f32_dev(uint32_t v) {
+  const uint32_t sign = (v & 0x80u) << 24, e = (v >> 3) & 0xfu, m = v & 7u;
+  if (e == 0xfu && m == 7u) return __uint_as_float(sign | 0x7fc00000u);
+  if (e == 0) return __uint_as_float(sign | __float_as_uint(float(m) * 0.001953125f));
+  return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
 }
 
 // ---- weight decoding ----
@@ -38,42 +37,81 @@ struct DeqArgs {
   const float* scales;
   const int32_t* zeros;
   const int32_t* g_idx;  // may be null
-  int64_t out, in, group, row_stride;  // row_stride: scales per row (0 for per-tensor)
-  int mode;
+  int64_t out, in, group, row_stride;  // group 0 when g_idx is used; row_stride: scales per row
 };
 
+template <int MODE>
+__device__ __forceinline__ float deq_code(const DeqArgs& a, int64_t e, int64_t si, float s) {
+  if (MODE == kDeqFp8) return fp8e4m3_to_f32_dev(uint8_t(a.q8[e])) * s;
+  if (MODE == kDeqIntSym) return float(a.q8[e]) * s;
+  return float(int32_t(a.qu[e]) - a.zeros[si]) * s;
+}
+
+template <int MODE>
 __device__ __forceinline__ float deq_one(const DeqArgs& a, int64_t o, int64_t i, int64_t e) {
   int64_t g = 0;
   if (a.g_idx) g = a.g_idx[i];
   else if (a.group > 0) g = i / a.group;
   const int64_t si = o * a.row_stride + g;
-  const float s = a.scales[si];
-  if (a.mode == kDeqFp8) return c_fp8_e4m3[uint8_t(a.q8[e])] * s;
-  if (a.mode == kDeqIntSym) return float(a.q8[e]) * s;
-  return float(int32_t(a.qu[e]) - a.zeros[si]) * s;
+  return deq_code<MODE>(a, e, si, a.scales[si]);
 }
 
-// One thread per 4 consecutive elements of a row (in % 4 == 0) or per element otherwise.
+// VEC: one thread per 4 consecutive elements of a row (in % 4 == 0): one 4-byte code load, one
+// 16-byte store, and (without g_idx, group % 4 == 0) one scale/zero lookup for the four.
+// Index arithmetic in 32 bits (the caller checks out·in < 2^31).
+template <int MODE, bool VEC>
 __global__ void dequant_kernel(DeqArgs a, float* __restrict__ w) {
-  const int64_t n = a.out * a.in;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  if ((a.in & 3) == 0) {
-    const int64_t in4 = a.in >> 2;
-    for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < a.out * in4; t += stride) {
-      const int64_t o = t / in4, i = (t - o * in4) << 2, e = o * a.in + i;
+  const uint32_t in = uint32_t(a.in), stride = gridDim.x * blockDim.x;
+  if (VEC) {
+    const uint32_t in4 = in >> 2, total = uint32_t(a.out) * in4;
+    const bool shared_group = !a.g_idx && (a.group <= 0 || (a.group & 3) == 0);
+    for (uint32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += stride) {
+      const uint32_t o = t / in4, i = (t - o * in4) << 2, e = o * in + i;
       float4 v;
-      v.x = deq_one(a, o, i, e);
-      v.y = deq_one(a, o, i + 1, e + 1);
-      v.z = deq_one(a, o, i + 2, e + 2);
-      v.w = deq_one(a, o, i + 3, e + 3);
+      if (shared_group) {
+        const uint32_t g = a.group > 0 ? i / uint32_t(a.group) : 0u;
+        const int64_t si = int64_t(o) * a.row_stride + g;
+        const float s = a.scales[si];
+        v.x = deq_code<MODE>(a, e, si, s);
+        v.y = deq_code<MODE>(a, e + 1, si, s);
+        v.z = deq_code<MODE>(a, e + 2, si, s);
+        v.w = deq_code<MODE>(a, e + 3, si, s);
+      } else {
+        v.x = deq_one<MODE>(a, o, i, e);
+        v.y = deq_one<MODE>(a, o, i + 1, e + 1);
+        v.z = deq_one<MODE>(a, o, i + 2, e + 2);
+        v.w = deq_one<MODE>(a, o, i + 3, e + 3);
+      }
       reinterpret_cast<float4*>(w)[t] = v;
     }
   } else {
-    for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += stride) {
-      const int64_t o = e / a.in, i = e - o * a.in;
-      w[e] = deq_one(a, o, i, e);
+    const uint32_t total = uint32_t(a.out) * in;
+    for (uint32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
+      const uint32_t o = e / in, i = e - o * in;
+      w[e] = deq_one<MODE>(a, o, i, e);
     }
   }
+}
+
+template <int MODE>
+void launch_dequant_mode(const DeqArgs& a, float* w, cudaStream_t st) {
+  const int64_t n = a.out * a.in;
+  if ((a.in & 3) == 0) dequant_kernel<MODE, true><<<grid_for(n / 4, 256), 256, 0, st>>>(a, w);
+  else dequant_kernel<MODE, false><<<grid_for(n, 256), 256, 0, st>>>(a, w);
+  LLMC_CU_LAUNCH("dequant_kernel");
+}
+
+void launch_dequant(int mode, const DeqArgs& a, float* w, cudaStream_t st) {
+  if (a.out * a.in >= (int64_t(1) << 31))
+    fail("dequantize (cuda): weight of ", a.out, " x ", a.in, " elements is too large");
+  if (mode == kDeqFp8) launch_dequant_mode<kDeqFp8>(a, w, st);
+  else if (mode == kDeqIntSym) launch_dequant_mode<kDeqIntSym>(a, w, st);
+  else launch_dequant_mode<kDeqIntAsym>(a, w, st);
+}
+
+int deq_mode(const QuantizedWeight& qw) {
+  if (qw.kind == QKind::FP8) return kDeqFp8;
+  return qw.symmetric ? kDeqIntSym : kDeqIntAsym;
 }
 
 // The size invariants QuantizedWeight::dequantize relies on, plus g_idx within range (the GPU
@@ -103,7 +141,6 @@ void check_shapes(const QuantizedWeight& qw, const char* what) {
 
 // Uploads qw's arrays into the context's scratch buffers and decodes into dev_w on st.
 void decode_on_device(Context& c, const QuantizedWeight& qw, float* dev_w, cudaStream_t st) {
-  ensure_fp8_table();
   const size_t n = size_t(qw.out * qw.in);
   DeqArgs a{};
   a.out = qw.out;
@@ -111,7 +148,6 @@ void decode_on_device(Context& c, const QuantizedWeight& qw, float* dev_w, cudaS
   a.group = qw.g_idx.empty() ? qw.group : 0;
   a.row_stride = qw.group == 0 ? 0 : qw.n_groups();
   const bool use_u = qw.kind == QKind::INT && !qw.symmetric;
-  a.mode = qw.kind == QKind::FP8 ? kDeqFp8 : (use_u ? kDeqIntAsym : kDeqIntSym);
   void* codes = c.tmp[0].get(n);
   LLMC_CU(cudaMemcpyAsync(codes, use_u ? static_cast<const void*>(qw.qu.data())
                                        : static_cast<const void*>(qw.q8.data()),
@@ -134,9 +170,7 @@ void decode_on_device(Context& c, const QuantizedWeight& qw, float* dev_w, cudaS
                             cudaMemcpyHostToDevice, st));
     a.g_idx = gi;
   }
-  const int64_t items = (qw.in & 3) == 0 ? int64_t(n / 4) : int64_t(n);
-  dequant_kernel<<<grid_for(items, 256), 256, 0, st>>>(a, dev_w);
-  LLMC_CU_LAUNCH("dequant_kernel");
+  launch_dequant(deq_mode(qw), a, dev_w, st);
 }
 
 // ---- activation fake-quantization ----
@@ -156,7 +190,7 @@ __device__ __forceinline__ uint8_t f32_to_fp8e4m3_dev(float f) {
 }
 
 __device__ __forceinline__ float fq_fp8(float x, float scale) {
-  return __fmul_rn(c_fp8_e4m3[f32_to_fp8e4m3_dev(__fdiv_rn(x, scale))], scale);
+  return __fmul_rn(fp8e4m3_to_f32_dev(f32_to_fp8e4m3_dev(__fdiv_rn(x, scale))), scale);
 }
 
 __device__ __forceinline__ float fq_int8(float x, float scale) {
@@ -288,7 +322,6 @@ void quantize_activations(ActQuant act, float static_scale, float* x, int64_t ro
   const float ts = resolve_tensor_scale(act, static_scale, x, rows, cols);
   Context& c = ctx();
   std::lock_guard<std::mutex> g(c.mu);
-  ensure_fp8_table();
   stream_rows(c, x, rows, cols, x, cols, 0,
               [&](cudaStream_t st, float* dx, float* dy, int64_t, int64_t nr) {
                 launch_act_quant(act, ts, dx, nr, cols, st);
@@ -304,12 +337,9 @@ void qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows, fl
   const uint64_t fp = qweight_fingerprint(qw);
   Context& c = ctx();
   std::lock_guard<std::mutex> g(c.mu);
-  ensure_fp8_table();
-  const bool use_u = qw.kind == QKind::INT && !qw.symmetric;
-  const void* key = use_u ? static_cast<const void*>(qw.qu.data()) : qw.q8.data();
   const size_t wbytes = size_t(qw.out * qw.in) * sizeof(float);
   const float* dw = static_cast<const float*>(
-      c.cache.get(key, size_t(qw.out * qw.in), /*tag=*/1, fp, wbytes, c.s[0],
+      c.cache.get(fp, size_t(qw.out * qw.in), /*tag=*/1, wbytes, c.s[0],
                   [&](void* d, cudaStream_t st) { decode_on_device(c, qw, static_cast<float*>(d), st); }));
   float* db = nullptr;
   if (!qw.bias.empty()) {
@@ -342,20 +372,16 @@ double time_dequant_device(const QuantizedWeight& qw, int reps) {
   a.in = qw.in;
   a.group = qw.g_idx.empty() ? qw.group : 0;
   a.row_stride = qw.group == 0 ? 0 : qw.n_groups();
-  a.mode = qw.kind == QKind::FP8 ? kDeqFp8 : (use_u ? kDeqIntAsym : kDeqIntSym);
   a.q8 = static_cast<const int8_t*>(c.tmp[0].get(0));
   a.qu = static_cast<const uint8_t*>(c.tmp[0].get(0));
   a.scales = static_cast<const float*>(c.tmp[1].get(0));
   a.zeros = use_u ? static_cast<const int32_t*>(c.tmp[2].get(0)) : nullptr;
   a.g_idx = qw.g_idx.empty() ? nullptr : static_cast<const int32_t*>(c.tmp[3].get(0));
-  const int64_t items = (qw.in & 3) == 0 ? qw.out * qw.in / 4 : qw.out * qw.in;
   cudaEvent_t e0, e1;
   LLMC_CU(cudaEventCreate(&e0));
   LLMC_CU(cudaEventCreate(&e1));
   LLMC_CU(cudaEventRecord(e0, c.s[0]));
-  for (int i = 0; i < reps; ++i)
-    dequant_kernel<<<grid_for(items, 256), 256, 0, c.s[0]>>>(a, dw);
-  LLMC_CU_LAUNCH("dequant_kernel");
+  for (int i = 0; i < reps; ++i) launch_dequant(deq_mode(qw), a, dw, c.s[0]);
   LLMC_CU(cudaEventRecord(e1, c.s[0]));
   LLMC_CU(cudaEventSynchronize(e1));
   float ms = 0;
