@@ -8,6 +8,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -737,6 +738,32 @@ TEST(Parquet, GetReadsOnlyItsOwnPages) {
   EXPECT_NE(msg.find("tensor 'c'"), std::string::npos) << msg;
 }
 
+TEST(Parquet, CorruptShapeCannotForceHugeAllocation) {
+  const fs::path dir = llmc::test::temp_dir("pq-alloc");
+  const std::vector<T> ts = {make_tensor("w", DType::F32, {300, 7}, 1), make_tensor("v", DType::F32, {5}, 2)};
+  const fs::path good = dir / "good.parquet";
+  write_parquet(good, ts, {.chunk = 1000});  // w: 9 rows, v: 1 row, one row group
+  // Understated uncompressed sizes: get() grows its buffer and still returns the exact bytes.
+  rewrite_footer(good, dir / "small.parquet", [](pq::FileMetaData& m) {
+    for (auto& g : m.row_groups) g.columns[4].meta_data->total_uncompressed_size = 1;
+  });
+  expect_same(*llmc::open_parquet_checkpoint(dir / "small.parquet").tensors, ts);
+  // A shape claiming ~2^61 bytes: a clean error about the size, no attempt to allocate it.
+  std::string b = bytes_of(good);
+  const size_t body = first_page_body(good, 0, 2);
+  uint32_t rl, dl;
+  std::memcpy(&rl, b.data() + body, 4);
+  std::memcpy(&dl, b.data() + body + 4 + rl, 4);
+  const size_t values = body + 4 + rl + 4 + dl;  // w: 300, 7 (rows 0..8), then v: 5
+  for (int row = 0; row < 9; ++row) b[values + size_t(row) * 16 + 6] = char(0x10);  // 300 -> 2^52+300
+  put_file(dir / "huge.parquet", b);
+  auto f = llmc::open_parquet_checkpoint(dir / "huge.parquet");
+  EXPECT_GT(f.tensors->list()[0].nbytes, uint64_t(1) << 55);
+  const std::string msg = error_of([&] { f.tensors->get("w"); });
+  EXPECT_NE(msg.find("tensor 'w'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("need"), std::string::npos) << msg;
+}
+
 TEST(Parquet, WriterRejectsBadInput) {
   const fs::path dir = llmc::test::temp_dir("pq-werr");
   const std::string d(16, 'x');
@@ -926,6 +953,64 @@ TEST(Parquet, FuzzTruncationsAndByteFlips) {
   EXPECT_GT(opened, 10u);
 }
 
+namespace {
+// The tensors of the files written by hyparquet-writer (tests/interop/write.mjs), both in the
+// live interop test and in the checked-in fixtures made by it.
+std::vector<T> foreign_tensors() {
+  return {
+      make_tensor("a.weight", DType::BF16, {32, 50}, 1),  // 3200 bytes
+      make_tensor("scalar", DType::F32, {}, 2),
+      make_tensor("empty", DType::F16, {0}, 3),
+      make_tensor("b.weight", DType::F32, {10, 3}, 4),
+      make_tensor("c.weight", DType::F32, {10, 3}, 4),  // same bytes as b: dictionary-friendly
+      make_tensor("ids", DType::I32, {5}, 5),
+  };
+}
+const char* const kForeignFixtures[] = {"snappy_nullable", "plain_required", "zstd_dict", "gzip_required"};
+}  // namespace
+
+TEST(Parquet, ReadsCheckedInHyparquetFiles) {
+  // Files written by hyparquet-writer (data page v2, OPTIONAL columns, dictionary pages,
+  // several row groups and pages, SNAPPY/GZIP/ZSTD), checked in so that this runs without node.
+  const std::vector<T> ts = foreign_tensors();
+  const std::map<std::string, std::string> kv = {{"llmc.format_version", "1"}, {"note", "written by hyparquet"}};
+  const fs::path dir = llmc::test::temp_dir("pq-foreign");
+  size_t opened = 0, failed = 0;
+  for (const char* name : kForeignFixtures) {
+    SCOPED_TRACE(name);
+    const fs::path p = llmc::test::repo_root() / "tests" / "interop" / "fixtures" / (std::string(name) + ".parquet");
+    ASSERT_TRUE(fs::exists(p)) << p;
+    auto f = llmc::open_parquet_checkpoint(p);
+    EXPECT_EQ(f.kv, kv);
+    expect_same(*f.tensors, ts);
+    EXPECT_EQ(read_footer(p).created_by, "hyparquet");
+    // Byte flips and truncations over these layouts too: llmc::Error or success, never a crash.
+    const std::string g = bytes_of(p);
+    std::mt19937 rng(21);
+    const fs::path q = dir / "f.parquet";
+    for (int it = 0; it < 400; ++it) {
+      std::string b = g;
+      if (it % 10 == 0) {
+        b.resize(rng() % g.size());
+      } else {
+        for (int k = 0; k < 1 + int(rng() % 3); ++k) {
+          const size_t pos = rng() % g.size();
+          b[pos] = char(uint8_t(b[pos]) ^ uint8_t(1u << (rng() % 8)));
+        }
+      }
+      put_file(q, b);
+      try {
+        open_and_read_all(q);
+        ++opened;
+      } catch (const Error&) {
+        ++failed;
+      }
+    }
+  }
+  EXPECT_GT(failed, 100u);
+  EXPECT_GT(opened, 10u);
+}
+
 // =============================== interop (hyparquet) ===============================
 
 namespace {
@@ -1035,14 +1120,10 @@ TEST(ParquetInterop, LlmcReadsHyparquetWriterFiles) {
   const std::string why = interop_skip_reason();
   if (!why.empty()) GTEST_SKIP() << "interop skipped: " << why;
   const fs::path dir = llmc::test::temp_dir("pq-interop-w");
-  std::vector<T> ts = {
-      make_tensor("a.weight", DType::BF16, {32, 50}, 1),  // 3200 bytes
-      make_tensor("scalar", DType::F32, {}, 2),
-      make_tensor("empty", DType::F16, {0}, 3),
-      make_tensor("b.weight", DType::F32, {10, 3}, 4),
-      make_tensor("c.weight", DType::F32, {10, 3}, 4),  // same bytes as b: dictionary-friendly
-      make_tensor("ids", DType::I32, {5}, 5),
-  };
+  const std::vector<T> ts = foreign_tensors();
+  // LLMC_PARQUET_FIXTURES=DIR copies the files written here to DIR (to refresh
+  // tests/interop/fixtures, which the node-free test ReadsCheckedInHyparquetFiles reads).
+  const char* fixture_dir = std::getenv("LLMC_PARQUET_FIXTURES");
   // The tensor bytes the node script slices rows from.
   std::string blob;
   std::vector<size_t> offsets;
@@ -1105,5 +1186,6 @@ TEST(ParquetInterop, LlmcReadsHyparquetWriterFiles) {
     if (v.encoding && std::string(v.encoding) == "RLE_DICTIONARY")
       EXPECT_NE(std::find(enc.begin(), enc.end(), 8), enc.end());
     EXPECT_EQ(m.schema[1].repetition_type, v.nullable ? 1 : 0);
+    if (fixture_dir) fs::copy_file(p, fs::path(fixture_dir) / p.filename(), fs::copy_options::overwrite_existing);
   }
 }

@@ -236,6 +236,14 @@ struct DecodedPage {
   Bytes storage;                        // owns what `bytes` points into (with the dictionary)
 };
 
+// Decompresses a page body into a new buffer of exactly out_size bytes (sizes checked first).
+Bytes decode_body(int32_t codec, const uint8_t* src, size_t n, size_t out_size, const std::string& ctx) {
+  pq::check_decoded_size(codec, src, n, out_size, ctx);
+  Bytes b(out_size);
+  pq::decompress(codec, src, n, b.data(), out_size, ctx);
+  return b;
+}
+
 void decode_plain(int32_t type, const uint8_t* p, size_t n, size_t count, bool want_bytes,
                   std::vector<std::string_view>* bytes, std::vector<int64_t>* ints,
                   const std::string& ctx) {
@@ -275,8 +283,8 @@ void decode_dictionary_page(const File& f, const PageInfo& pi, int32_t codec, co
   if (dh->num_values < 0 || dh->num_values > kMaxPageValues) fail(ctx, ": bad dictionary size");
   Bytes raw(size_t(pi.h.compressed_page_size));
   f.read(pi.body_off, raw.n, raw.data(), ctx);
-  d->storage = Bytes(size_t(pi.h.uncompressed_page_size));
-  pq::decompress(codec, raw.data(), raw.n, d->storage.data(), d->storage.n, ctx + ": dictionary page");
+  d->storage = decode_body(codec, raw.data(), raw.n, size_t(pi.h.uncompressed_page_size),
+                           ctx + ": dictionary page");
   d->bytes.clear();
   d->ints.clear();
   decode_plain(leaf.type, d->storage.data(), d->storage.n, size_t(dh->num_values),
@@ -311,8 +319,7 @@ void decode_data_page(const File& f, const PageInfo& pi, int32_t codec, const Le
     num_values = d.num_values;
     encoding = d.encoding;
     if (num_values < 0 || num_values > kMaxPageValues) fail(ctx, ": bad page value count ", num_values);
-    out->storage = Bytes(size_t(h.uncompressed_page_size));
-    pq::decompress(codec, raw.data(), raw.n, out->storage.data(), out->storage.n, ctx);
+    out->storage = decode_body(codec, raw.data(), raw.n, size_t(h.uncompressed_page_size), ctx);
     const uint8_t* p = out->storage.data();
     size_t left = out->storage.n;
     auto levels = [&](int max_level, int32_t enc, std::vector<uint32_t>* lv, const char* what) {
@@ -346,12 +353,8 @@ void decode_data_page(const File& f, const PageInfo& pi, int32_t codec, const Le
     const uint8_t* body = raw.data() + rl + dl;
     const size_t body_n = raw.n - size_t(rl + dl);
     const size_t plain_n = size_t(h.uncompressed_page_size - rl - dl);
-    out->storage = Bytes(plain_n);
-    if (d.is_compressed) {
-      pq::decompress(codec, body, body_n, out->storage.data(), plain_n, ctx);
-    } else {
-      pq::decompress(int32_t(Codec::UNCOMPRESSED), body, body_n, out->storage.data(), plain_n, ctx);
-    }
+    out->storage = decode_body(d.is_compressed ? codec : int32_t(Codec::UNCOMPRESSED), body, body_n,
+                               plain_n, ctx);
     values = out->storage.data();
     values_size = plain_n;
   }
@@ -417,14 +420,19 @@ class ParquetTensorFile : public TensorReader {
  public:
   ParquetTensorFile(const std::filesystem::path& path, std::map<std::string, std::string>* kv)
       : file_(path), origin_(path.string()) {
-    read_footer(kv);
-    read_index();
+    try {
+      read_footer(kv);
+      read_index();
+    } catch (const std::bad_alloc&) {
+      fail(origin_, ": out of memory while reading the index (corrupt sizes?)");
+    }
   }
 
   const std::vector<TensorInfo>& list() const override { return infos_; }
   bool has(const std::string& name) const override { return by_name_.count(name) != 0; }
   std::string origin() const override { return origin_; }
   TensorRef get(const std::string& name) const override;
+  TensorRef get_impl(const std::string& name) const;
 
  private:
   enum Col { kName, kDType, kShape, kChunk, kData, kNumCols };
@@ -647,25 +655,54 @@ void ParquetTensorFile::read_index() {
 }
 
 TensorRef ParquetTensorFile::get(const std::string& name) const {
+  try {
+    return get_impl(name);
+  } catch (const std::bad_alloc&) {
+    fail(origin_, ": tensor '", name, "': out of memory while decoding (corrupt sizes?)");
+  }
+}
+
+TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
   const auto it = by_name_.find(name);
   if (it == by_name_.end()) fail(origin_, ": no tensor '", name, "'");
   const Entry& e = entries_[it->second];
   const std::string tctx = origin_ + ": tensor '" + name + "'";
-  auto buf = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<uint64_t>(e.info.nbytes, 1)]);
-  uint64_t filled = 0;
   const uint64_t row_end = e.first_row + e.rows;
   const Leaf& leaf = leaves_[size_t(col_index_[kData])];
+  size_t g0 = size_t(std::upper_bound(rg_first_row_.begin(), rg_first_row_.end(), e.first_row) -
+                     rg_first_row_.begin()) - 1;
+  // The output buffer is allocated at once when the data column chunks plausibly hold the
+  // tensor (always so for llmc's files) and grown as data arrives otherwise, so a corrupt shape
+  // cannot trigger a huge allocation.
+  uint64_t declared = 0, compressed = 0;
+  for (size_t g = g0; g < meta_.row_groups.size() && rg_first_row_[g] < row_end; ++g) {
+    const auto& m = *meta_.row_groups[g].columns[size_t(col_index_[kData])].meta_data;
+    declared += uint64_t(std::clamp<int64_t>(m.total_uncompressed_size, 0, int64_t(1) << 50));
+    compressed += uint64_t(std::clamp<int64_t>(m.total_compressed_size, 0, int64_t(1) << 50));
+  }
+  uint64_t cap = std::min({e.info.nbytes, declared, compressed * 64 + (1u << 20)});
+  auto buf = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<uint64_t>(cap, 1)]);
+  uint64_t filled = 0;
+  auto reserve = [&](uint64_t n) {  // room for n more bytes (n <= nbytes - filled)
+    if (filled + n <= cap) return;
+    const uint64_t nc = std::min(e.info.nbytes, std::max(filled + n, cap * 2));
+    auto nb = std::shared_ptr<uint8_t[]>(new uint8_t[nc]);
+    if (filled) std::memcpy(nb.get(), buf.get(), filled);
+    buf = std::move(nb);
+    cap = nc;
+  };
+  auto too_long = [&] {
+    fail(tctx, ": data holds more than the ", e.info.nbytes, " bytes its shape ", shape_str(e.info.shape),
+         " and dtype need");
+  };
   auto put = [&](const uint8_t* p, size_t n) {
-    if (n > e.info.nbytes - filled)
-      fail(tctx, ": data holds more than the ", e.info.nbytes, " bytes its shape ",
-           shape_str(e.info.shape), " and dtype need");
+    if (n > e.info.nbytes - filled) too_long();
+    reserve(n);
     if (n) std::memcpy(buf.get() + filled, p, n);
     filled += n;
   };
   // Row groups overlapping [first_row, row_end).
-  size_t g = size_t(std::upper_bound(rg_first_row_.begin(), rg_first_row_.end(), e.first_row) -
-                    rg_first_row_.begin()) - 1;
-  for (; g < meta_.row_groups.size() && rg_first_row_[g] < row_end; ++g) {
+  for (size_t g = g0; g < meta_.row_groups.size() && rg_first_row_[g] < row_end; ++g) {
     const std::string ctx = tctx + ": row group " + std::to_string(g) + ", column 'data'";
     const auto& m = *meta_.row_groups[g].columns[size_t(col_index_[kData])].meta_data;
     uint64_t start, end;
@@ -698,9 +735,8 @@ TensorRef ParquetTensorFile::get(const std::string& name) const {
         const uint64_t len = load_u32(lenb);
         if (len + 4 != uint64_t(pi.h.compressed_page_size))
           fail(ctx, ": PLAIN value length ", len, " disagrees with its page size");
-        if (len > e.info.nbytes - filled)
-          fail(tctx, ": data holds more than the ", e.info.nbytes, " bytes its shape ",
-               shape_str(e.info.shape), " and dtype need");
+        if (len > e.info.nbytes - filled) too_long();
+        reserve(len);
         file_.read(pi.body_off + 4, size_t(len), buf.get() + filled, ctx);
         filled += len;
         ++row;

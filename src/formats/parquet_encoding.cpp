@@ -222,6 +222,35 @@ void gzip_decompress(const uint8_t* src, size_t n, uint8_t* out, size_t out_size
 }
 }  // namespace
 
+void check_decoded_size(int32_t codec, const uint8_t* src, size_t n, size_t out_size,
+                        const std::string& ctx) {
+  switch (Codec(codec)) {
+    case Codec::UNCOMPRESSED:
+      if (n != out_size)
+        fail(ctx, ": uncompressed page size mismatch (", n, " vs ", out_size, " bytes)");
+      return;
+    case Codec::SNAPPY: {
+      uint64_t len = 0;
+      for (int shift = 0, i = 0;; shift += 7, ++i) {
+        if (size_t(i) >= n || shift > 35) fail(ctx, ": corrupt SNAPPY page (bad length)");
+        len |= uint64_t(src[i] & 0x7f) << shift;
+        if (!(src[i] & 0x80)) break;
+      }
+      if (len != out_size)
+        fail(ctx, ": SNAPPY page holds ", len, " bytes, page header says ", out_size);
+      return;
+    }
+    case Codec::ZSTD: {
+      const unsigned long long c = ZSTD_getFrameContentSize(src, n);
+      if (c == ZSTD_CONTENTSIZE_ERROR) fail(ctx, ": corrupt ZSTD page (bad frame header)");
+      if (c != ZSTD_CONTENTSIZE_UNKNOWN && c > out_size)
+        fail(ctx, ": ZSTD page holds ", c, " bytes, page header says ", out_size);
+      return;
+    }
+    default: return;
+  }
+}
+
 void decompress(int32_t codec, const uint8_t* src, size_t n, uint8_t* out, size_t out_size,
                 const std::string& ctx) {
   switch (Codec(codec)) {

@@ -51,6 +51,11 @@ class RleDecoder {
   uint64_t packed_index_ = 0;        // next value index in the bit-packed run
 };
 
+// Cheap check, before any allocation, that a page body can decode to out_size bytes (exact for
+// UNCOMPRESSED, SNAPPY's length preamble and ZSTD frames that declare their size); throws
+// llmc::Error naming `context` otherwise.
+void check_decoded_size(int32_t codec, const uint8_t* src, size_t src_size, size_t out_size,
+                        const std::string& context);
 void decompress(int32_t codec, const uint8_t* src, size_t src_size, uint8_t* out, size_t out_size,
                 const std::string& context);
 std::string zstd_compress(const uint8_t* src, size_t n, int level = 3);
