@@ -1,8 +1,6 @@
 // Tests of the native byte-level BPE tokenizer against HF `tokenizers` outputs.
 #include <gtest/gtest.h>
 
-#include <zlib.h>
-
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -147,6 +145,65 @@ TEST(Tokenizer, EncodeParallelHandlesAddedTokensAndHardCuts) {
   set_num_threads(saved);
 }
 
+// Random text over the characters the Qwen regex cares about.
+std::string random_text(std::mt19937& rng, size_t n) {
+  static const char* const atoms[] = {" ", "  ", "\n", "\r\n", "\t", "a", "Zz", "'s", "'LL", "7",
+                                      "42", "!", "?!", ".", "\xC3\xA9", "\xE4\xB8\xAD",
+                                      "\xF0\x9F\x98\x80", "\xC2\xA0", "\xE3\x80\x80",
+                                      "\xCC\x81", "<|im_start|>", "word", "_x"};
+  std::string s;
+  while (s.size() < n) s += atoms[rng() % (sizeof atoms / sizeof atoms[0])];
+  return s;
+}
+
+TEST(Tokenizer, WindowedRegexNeverContradictsFullSearch) {
+  const tok::Regex qwen(
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      false, "t");
+  const tok::Regex gpt2(tok::kGpt2Pattern, false, "t");
+  std::mt19937 rng(11);
+  size_t decided = 0, undecided = 0;
+  for (int it = 0; it < 20000; ++it) {
+    const std::string s = random_text(rng, 1 + rng() % 60);
+    const tok::Regex& re = it % 2 ? qwen : gpt2;
+    size_t pos = rng() % s.size(), win = pos + rng() % (s.size() - pos + 1);
+    while (pos > 0 && (static_cast<unsigned char>(s[pos]) & 0xC0) == 0x80) --pos;
+    while (win < s.size() && (static_cast<unsigned char>(s[win]) & 0xC0) == 0x80) ++win;
+    size_t b1 = 0, e1 = 0, b2 = 0, e2 = 0;
+    const bool full = re.find(s, pos, &b1, &e1);
+    const auto r = re.find_in(s, pos, win, &b2, &e2);
+    if (r == tok::Regex::kMatch) {
+      ++decided;
+      ASSERT_TRUE(full);
+      ASSERT_EQ(b1, b2);
+      ASSERT_EQ(e1, e2);
+      ASSERT_LE(e2, win);
+    } else {
+      ++undecided;
+      if (r == tok::Regex::kNone) ASSERT_FALSE(full);
+      else ASSERT_LT(win, s.size());
+    }
+  }
+  EXPECT_GT(decided, 1000u);
+  EXPECT_GT(undecided, 1000u);
+}
+
+TEST(Tokenizer, EncodeParallelEqualsEncodeOnRandomText) {
+  std::mt19937 rng(5);
+  for (int it = 0; it < 60; ++it) {
+    const std::string s = random_text(rng, 200 + rng() % 3000);
+    const size_t chunk = 1 + rng() % 300;
+    ASSERT_EQ(qwen3().encode_parallel(s, chunk), qwen3().encode(s)) << "chunk " << chunk;
+    ASSERT_EQ(fixture().encode_parallel(s, chunk), fixture().encode(s)) << "chunk " << chunk;
+  }
+  // Long runs that cross many chunks (one piece each) are handed to the serial pass.
+  for (const std::string& s : {std::string(50000, 'a'), std::string(50000, ' '),
+                               std::string(20000, '\n') + "x" + std::string(30000, '!')}) {
+    EXPECT_EQ(qwen3().encode_parallel(s, 1000), qwen3().encode(s));
+  }
+}
+
 // ---------------------------------------------------------------- edge cases
 
 TEST(Tokenizer, EmptyAndWhitespaceOnly) {
@@ -266,23 +323,16 @@ TEST(Tokenizer, TruncationAndPaddingAreNeverApplied) {
 // ---------------------------------------------------------------- BPE internals
 
 TEST(Tokenizer, BpeScanAndHeapAgree) {
-  // Same vocabulary and merges as Qwen3, through the internal model.
-  std::string text;
-  {
-    gzFile f = gzopen(test::data_path("tokenizers/qwen3/tokenizer.json.gz").c_str(), "rb");
-    ASSERT_NE(f, nullptr);
-    char buf[1 << 16];
-    int n;
-    while ((n = gzread(f, buf, sizeof buf)) > 0) text.append(buf, size_t(n));
-    gzclose(f);
-  }
-  const json j = json::parse(text);
-  std::unordered_map<std::string, int32_t> vocab;
+  // The fixture vocabulary and merges, through the internal model.
+  const json j = json::parse(read_file(test::data_path("tokenizers/fixture/tokenizer.json")));
+  std::vector<std::pair<std::string, int32_t>> vocab;
   for (auto it = j["model"]["vocab"].begin(); it != j["model"]["vocab"].end(); ++it)
-    vocab.emplace(it.key(), it.value().get<int32_t>());
+    vocab.emplace_back(it.key(), it.value().get<int32_t>());
   std::vector<std::pair<std::string, std::string>> merges;
   for (const auto& m : j["model"]["merges"]) merges.emplace_back(m[0], m[1]);
-  const tok::Bpe bpe(vocab, merges, {}, "qwen3");
+  const tok::Bpe bpe(vocab, merges, {}, "fixture");
+  EXPECT_EQ(bpe.num_merges(), merges.size());
+  EXPECT_EQ(bpe.max_id(), 8191);
   std::mt19937 rng(7);
   const std::string held = heldout_text();
   for (int i = 0; i < 3000; ++i) {

@@ -14,83 +14,79 @@ namespace {
 
 std::atomic<uint64_t> g_serial{1};
 
-inline uint64_t hash_bytes(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size();
-  uint64_t h = 0x243F6A8885A308D3ull ^ (uint64_t(n) * 0xC2B2AE3D27D4EB4Full);
-  while (n >= 8) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
-    p += 8;
-    n -= 8;
-  }
-  if (n) {
-    uint64_t w = 0;
-    std::memcpy(&w, p, n);
-    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
-  }
-  h *= 0xBF58476D1CE4E5B9ull;
-  h ^= h >> 31;
-  return h | 1;  // 0 marks an empty slot
-}
-
-// Per-thread cache of word -> ids for one Bpe (identified by its serial number).
+// Per-thread cache of word -> ids for one Bpe (identified by its serial number). The table
+// grows from 4K slots to kMaxSlots; each record keeps the ids and then the word bytes together
+// in one arena, so a hit touches the 12-byte slot and one record.
 class WordCache {
  public:
-  static constexpr size_t kSlots = size_t(1) << 17;
-  static constexpr size_t kMaxEntries = kSlots / 2;
+  static constexpr size_t kMinSlots = size_t(1) << 12;
+  static constexpr size_t kMaxSlots = size_t(1) << 17;
   static constexpr size_t kMaxWordLen = 128;
-  static constexpr size_t kMaxKeyBytes = size_t(8) << 20;
+  static constexpr size_t kMaxArenaBytes = size_t(16) << 20;
 
   uint64_t owner = 0;
   uint64_t last_use = 0;
 
-  const int32_t* find(uint64_t h, std::string_view w, size_t* n) const {
-    if (table_.empty()) return nullptr;
-    size_t i = size_t(h >> 20) & (kSlots - 1);
-    for (;;) {
-      const Entry& e = table_[i];
+  // The record (n int32 ids, native byte order) of `w`, or nullptr.
+  const char* find(uint64_t h64, std::string_view w, size_t* n) const {
+    if (slots_.empty()) return nullptr;
+    const uint32_t h = uint32_t(h64 >> 32) | 1;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& e = slots_[i];
       if (e.hash == 0) return nullptr;
-      if (e.hash == h && e.key_len == w.size() &&
-          std::memcmp(keys_.data() + e.key_off, w.data(), w.size()) == 0) {
-        *n = e.val_len;
-        return vals_.data() + e.val_off;
+      if (e.hash == h && e.key_len == w.size()) {
+        const char* rec = arena_.data() + e.off;
+        if (std::memcmp(rec + 4 * size_t(e.nids), w.data(), w.size()) == 0) {
+          *n = e.nids;
+          return rec;
+        }
       }
-      i = (i + 1) & (kSlots - 1);
     }
   }
-  void insert(uint64_t h, std::string_view w, const int32_t* ids, size_t n) {
+  void insert(uint64_t h64, std::string_view w, const int32_t* ids, size_t n) {
     if (w.size() > kMaxWordLen || n > 0xFFFF) return;
-    if (table_.empty()) table_.assign(kSlots, Entry{});
-    if (count_ >= kMaxEntries || keys_.size() + w.size() > kMaxKeyBytes) clear();
-    size_t i = size_t(h >> 20) & (kSlots - 1);
-    while (table_[i].hash != 0) i = (i + 1) & (kSlots - 1);
-    table_[i] = Entry{h, uint32_t(keys_.size()), uint32_t(vals_.size()), uint16_t(w.size()),
-                      uint16_t(n)};
-    keys_.append(w);
-    vals_.insert(vals_.end(), ids, ids + n);
+    if (slots_.empty()) resize(kMinSlots);
+    if (2 * (count_ + 1) > slots_.size()) {
+      if (slots_.size() < kMaxSlots) resize(slots_.size() * 2);
+      else clear();
+    }
+    const size_t bytes = (4 * n + w.size() + 3) & ~size_t(3);
+    if (arena_.size() + bytes > kMaxArenaBytes) clear();
+    const uint32_t h = uint32_t(h64 >> 32) | 1;
+    size_t i = h & mask_;
+    while (slots_[i].hash != 0) i = (i + 1) & mask_;
+    const size_t off = arena_.size();
+    slots_[i] = Slot{h, uint32_t(off), uint16_t(w.size()), uint16_t(n)};
+    arena_.resize(off + bytes);
+    std::memcpy(arena_.data() + off, ids, 4 * n);
+    std::memcpy(arena_.data() + off + 4 * n, w.data(), w.size());
     ++count_;
   }
   void clear() {
-    std::fill(table_.begin(), table_.end(), Entry{});
-    keys_.clear();
-    vals_.clear();
+    std::fill(slots_.begin(), slots_.end(), Slot{});
+    arena_.clear();
     count_ = 0;
   }
 
  private:
-  struct Entry {
-    uint64_t hash;
-    uint32_t key_off, val_off;
-    uint16_t key_len, val_len;
+  struct Slot {
+    uint32_t hash = 0, off = 0;
+    uint16_t key_len = 0, nids = 0;
   };
-  std::vector<Entry> table_;
-  std::string keys_;
-  std::vector<int32_t> vals_;
-  size_t count_ = 0;
+  void resize(size_t n) {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(n, Slot{});
+    mask_ = n - 1;
+    for (const Slot& e : old) {
+      if (e.hash == 0) continue;
+      size_t i = e.hash & mask_;
+      while (slots_[i].hash != 0) i = (i + 1) & mask_;
+      slots_[i] = e;
+    }
+  }
+  std::vector<Slot> slots_;
+  std::vector<char> arena_;  // records: int32 ids, then the word bytes, padded to 4 bytes
+  size_t count_ = 0, mask_ = 0;
 };
 
 // A few caches per thread so that alternating between tokenizers does not thrash.
@@ -117,30 +113,78 @@ WordCache& thread_cache(uint64_t owner) {
 
 }  // namespace
 
-Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
+void StrMap::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < 2 * n + 2) cap <<= 1;
+  if (cap <= slots_.size()) return;
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(cap, Slot{0, 0, 0, -1});
+  mask_ = cap - 1;
+  for (const Slot& e : old) {
+    if (e.id < 0) continue;
+    size_t i = e.hash & mask_;
+    while (slots_[i].id >= 0) i = (i + 1) & mask_;
+    slots_[i] = e;
+  }
+}
+
+size_t StrMap::find_slot(std::string_view key, uint32_t h) const {
+  for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+    const Slot& e = slots_[i];
+    if (e.id < 0) return i;
+    if (e.hash == h && e.len == key.size() &&
+        std::memcmp(arena_.data() + e.off, key.data(), key.size()) == 0)
+      return i;
+  }
+}
+
+void StrMap::set(std::string_view key, int32_t id) {
+  if (2 * (count_ + 1) > slots_.size()) reserve(2 * count_ + 16);
+  const uint32_t h = uint32_t(hash_bytes(key) >> 32);
+  const size_t i = find_slot(key, h);
+  if (slots_[i].id < 0) {
+    slots_[i] = Slot{h, uint32_t(arena_.size()), uint32_t(key.size()), id};
+    arena_.append(key);
+    ++count_;
+  } else {
+    slots_[i].id = id;
+  }
+}
+
+int32_t StrMap::get(std::string_view key) const {
+  if (slots_.empty()) return -1;
+  return slots_[find_slot(key, uint32_t(hash_bytes(key) >> 32))].id;
+}
+
+Bpe::Bpe(const std::vector<std::pair<std::string, int32_t>>& vocab,
          const std::vector<std::pair<std::string, std::string>>& merges, Options opt,
          const std::string& origin)
     : opt_(opt), serial_(g_serial.fetch_add(1)) {
-  int32_t max_id = -1;
-  for (auto& [tok, id] : vocab) {
+  vocab_.reserve(vocab.size());
+  size_t bytes = 0;
+  for (const auto& [tok, id] : vocab) {
     if (id < 0) fail(origin, ": model.vocab: negative id ", id, " for token '", tok, "'");
-    max_id = std::max(max_id, id);
+    if (id > (int32_t(1) << 30)) fail(origin, ": model.vocab: id ", id, " is too large");
+    vocab_.set(tok, id);
+    bytes += tok.size();
   }
-  if (max_id > (int32_t(1) << 30)) fail(origin, ": model.vocab: id ", max_id, " is too large");
-  id_to_tok_.assign(size_t(max_id + 1), std::string());
-  id_present_.assign(size_t(max_id + 1), 0);
-  for (auto& [tok, id] : vocab) {
-    id_to_tok_[size_t(id)] = tok;
-    id_present_[size_t(id)] = 1;
+  // id -> token; a token listed twice keeps its last id.
+  int32_t max_id = -1;
+  for (const auto& [tok, id] : vocab)
+    if (vocab_.get(tok) == id) max_id = std::max(max_id, id);
+  id_off_.assign(size_t(max_id + 1), {UINT32_MAX, 0});
+  id_arena_.reserve(bytes);
+  for (const auto& [tok, id] : vocab) {
+    if (vocab_.get(tok) != id) continue;
+    id_off_[size_t(id)] = {uint32_t(id_arena_.size()), uint32_t(tok.size())};
+    id_arena_.append(tok);
   }
-  for (auto& [tok, id] : vocab) vocab_.emplace(tok, id);
 
   const auto& b2u = byte_to_unicode();
   for (int b = 0; b < 256; ++b) {
     std::string ch;
     utf8_append(b2u[b], ch);
-    const int32_t id = token_to_id(ch);
-    byte_id_[b] = id;
+    byte_id_[b] = token_to_id(ch);
   }
 
   size_t cap = 16;
@@ -150,30 +194,21 @@ Bpe::Bpe(std::unordered_map<std::string, int32_t> vocab,
   shift_ = 64;
   for (size_t c = cap; c > 1; c >>= 1) --shift_;
   num_merges_ = merges.size();
+  std::string ab;
   for (size_t r = 0; r < merges.size(); ++r) {
     const auto& [a, b] = merges[r];
-    const int32_t ia = token_to_id(a), ib = token_to_id(b);
-    const int32_t in = token_to_id(a + b);
+    ab.assign(a);
+    ab.append(b);
+    const int32_t ia = token_to_id(a), ib = token_to_id(b), in = token_to_id(ab);
     if (ia < 0 || ib < 0 || in < 0) {
-      fail(origin, ": model.merges[", r, "] (\"", a, "\", \"", b, "\"): ",
-           ia < 0 ? "'" + a + "'" : ib < 0 ? "'" + b + "'" : "'" + a + b + "'",
-           " is not in the vocabulary");
+      fail(origin, ": model.merges[", r, "] (\"", a, "\", \"", b, "\"): '",
+           ia < 0 ? a : ib < 0 ? b : ab, "' is not in the vocabulary");
     }
     const uint64_t k = pair_key(ia, ib);
     size_t i = size_t((k * 0x9E3779B97F4A7C15ull) >> shift_);
     while (merges_[i].key != 0 && merges_[i].key != k) i = (i + 1) & mask_;
     merges_[i] = MergeSlot{k, int32_t(r), in};  // a repeated pair keeps its last rank
   }
-}
-
-int32_t Bpe::token_to_id(std::string_view tok) const {
-  auto it = vocab_.find(tok);
-  return it == vocab_.end() ? -1 : it->second;
-}
-
-const std::string* Bpe::id_to_token(int32_t id) const {
-  if (id < 0 || size_t(id) >= id_to_tok_.size() || !id_present_[size_t(id)]) return nullptr;
-  return &id_to_tok_[size_t(id)];
 }
 
 void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& syms) const {
@@ -314,8 +349,10 @@ void Bpe::encode_word(std::string_view word, std::vector<int32_t>& out) const {
   WordCache& cache = thread_cache(serial_);
   const uint64_t h = hash_bytes(word);
   size_t n;
-  if (const int32_t* ids = cache.find(h, word, &n)) {
-    out.insert(out.end(), ids, ids + n);
+  if (const char* rec = cache.find(h, word, &n)) {
+    const size_t o = out.size();
+    out.resize(o + n);
+    std::memcpy(out.data() + o, rec, 4 * n);
     return;
   }
   const size_t before = out.size();

@@ -95,18 +95,24 @@ Regex::Regex(const std::string& pattern, bool literal, const std::string& origin
          " (at offset ", off, ")");
   }
   code_ = code;
-  jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
+  jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE | PCRE2_JIT_PARTIAL_HARD) == 0;
 }
 
 Regex::~Regex() { pcre2_code_free(static_cast<pcre2_code*>(code_)); }
 
-bool Regex::find(std::string_view s, size_t pos, size_t* begin, size_t* end) const {
+Regex::Result Regex::find_in(std::string_view s, size_t pos, size_t window_end, size_t* begin,
+                             size_t* end) const {
   MatchState& ms = match_state();
   auto* code = static_cast<pcre2_code*>(code_);
   const auto* subj = reinterpret_cast<PCRE2_SPTR>(s.data());
-  const int rc = jit_ ? pcre2_jit_match(code, subj, s.size(), pos, PCRE2_NO_UTF_CHECK, ms.md, ms.mc)
-                      : pcre2_match(code, subj, s.size(), pos, PCRE2_NO_UTF_CHECK, ms.md, ms.mc);
-  if (rc == PCRE2_ERROR_NOMATCH) return false;
+  const bool windowed = window_end < s.size();
+  // Windowed: the subject ends at window_end and PCRE2_PARTIAL_HARD reports any attempt that
+  // reached that end, so a complete match is one that never looked past the window.
+  const size_t len = windowed ? window_end : s.size();
+  const uint32_t opts = PCRE2_NO_UTF_CHECK | (windowed ? PCRE2_PARTIAL_HARD : 0);
+  const int rc = jit_ ? pcre2_jit_match(code, subj, len, pos, opts, ms.md, ms.mc)
+                      : pcre2_match(code, subj, len, pos, opts, ms.md, ms.mc);
+  if (rc == PCRE2_ERROR_NOMATCH || rc == PCRE2_ERROR_PARTIAL) return windowed ? kUndecided : kNone;
   if (rc < 0) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(rc, msg, sizeof msg);
@@ -116,7 +122,7 @@ bool Regex::find(std::string_view s, size_t pos, size_t* begin, size_t* end) con
   const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(ms.md);
   *begin = ov[0];
   *end = ov[1];
-  return true;
+  return kMatch;
 }
 
 }  // namespace llmc::tok

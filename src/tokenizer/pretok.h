@@ -16,6 +16,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <climits>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,8 +32,16 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
+  enum Result { kMatch, kNone, kUndecided };
   // Leftmost match starting at >= pos in `subject`; false when there is none.
-  bool find(std::string_view subject, size_t pos, size_t* begin, size_t* end) const;
+  bool find(std::string_view subject, size_t pos, size_t* begin, size_t* end) const {
+    return find_in(subject, pos, subject.size(), begin, end) == kMatch;
+  }
+  // Same, looking only at subject[0, window_end) (a character boundary): kMatch is the match
+  // find() gives, found without reading at or past window_end; kUndecided when that is not
+  // certain (a match attempt reached the window end, or there is no match in the window).
+  Result find_in(std::string_view subject, size_t pos, size_t window_end, size_t* begin,
+                 size_t* end) const;
   const std::string& pattern() const { return pattern_; }
   // The PCRE2 pattern the Oniguruma pattern was rewritten to.
   static std::string translate_onig(const std::string& pattern);
@@ -71,9 +80,11 @@ class PreTokenizer {
   // stop before this piece and return its begin), then on_word(word) for every final word of
   // the chain. Stops after the piece whose end reaches `stop_at` (or the segment end) and
   // returns the final state.
+  // `window_end`: the first-step regex may only look at segment[0, window_end); where that
+  // does not decide the next piece, the iteration stops before it (returns its start).
   template <class OnState, class OnWord>
   size_t run_first(std::string_view segment, size_t pos, size_t stop_at, OnState&& on_state,
-                   OnWord&& on_word) const;
+                   OnWord&& on_word, size_t window_end = SIZE_MAX) const;
 
  private:
   template <class OnWord>
@@ -84,7 +95,7 @@ class PreTokenizer {
   // before that piece (its begin is returned).
   template <class OnPiece>
   static size_t iterate(const Regex& re, std::string_view s, size_t pos, size_t stop_at,
-                        OnPiece&& f);
+                        OnPiece&& f, size_t window_end = SIZE_MAX);
 
   std::vector<PreTokStep> steps_;
 };
@@ -93,19 +104,25 @@ class PreTokenizer {
 
 template <class OnPiece>
 size_t PreTokenizer::iterate(const Regex& re, std::string_view s, size_t pos, size_t stop_at,
-                             OnPiece&& f) {
+                             OnPiece&& f, size_t window_end) {
   const size_t n = s.size();
+  if (window_end > n) window_end = n;
   size_t mb = 0, me = 0;
   bool have = false;  // [mb, me) is the leftmost match starting at or after pos
+  auto search = [&](size_t from) {
+    const Regex::Result r = re.find_in(s, from, window_end, &mb, &me);
+    if (r == Regex::kNone) mb = me = n + 1;  // no match: the rest is one gap
+    return r != Regex::kUndecided;
+  };
   while (pos < n && pos < stop_at) {
     if (!have) {
-      if (!re.find(s, pos, &mb, &me)) mb = me = n + 1;  // none: the rest is one gap
+      if (!search(pos)) return pos;
       have = true;
     }
     if (mb == pos && me == pos) {  // empty match here: search again one character later
       size_t next = pos + 1;
       while (next < n && (static_cast<unsigned char>(s[next]) & 0xC0) == 0x80) ++next;
-      if (!re.find(s, next, &mb, &me)) mb = me = n + 1;
+      if (!search(next)) return pos;
     }
     if (mb > pos) {  // gap before the next match
       const size_t e = mb > n ? n : mb;
@@ -155,7 +172,7 @@ void PreTokenizer::run_split(size_t k, std::string_view piece, OnWord& on_word) 
 
 template <class OnState, class OnWord>
 size_t PreTokenizer::run_first(std::string_view segment, size_t pos, size_t stop_at,
-                               OnState&& on_state, OnWord&& on_word) const {
+                               OnState&& on_state, OnWord&& on_word, size_t window_end) const {
   if (steps_.empty() || !steps_[0].re) {  // the whole segment is one first-step piece
     if (pos == 0 && !segment.empty()) {
       if (!on_state(size_t(0))) return 0;
@@ -165,11 +182,14 @@ size_t PreTokenizer::run_first(std::string_view segment, size_t pos, size_t stop
     return segment.size();
   }
   const bool removed = steps_[0].remove_matches;
-  return iterate(*steps_[0].re, segment, pos, stop_at, [&](size_t b, size_t e, bool is_match) {
-    if (!on_state(b)) return false;
-    if (!(removed && is_match)) run_step(1, segment.substr(b, e - b), on_word);
-    return true;
-  });
+  return iterate(
+      *steps_[0].re, segment, pos, stop_at,
+      [&](size_t b, size_t e, bool is_match) {
+        if (!on_state(b)) return false;
+        if (!(removed && is_match)) run_step(1, segment.substr(b, e - b), on_word);
+        return true;
+      },
+      window_end);
 }
 
 }  // namespace llmc::tok

@@ -164,6 +164,153 @@ bool parse_decoder(const json& j, const std::string& where) {  // true: ByteLeve
   fail(where, ": unsupported decoder \"", t, "\" (supported: ByteLevel)");
 }
 
+// SAX reader of tokenizer.json: model.vocab and model.merges (the bulk of the file) go straight
+// into vectors; everything else becomes a small json document.
+class TokenizerJsonReader : public json::json_sax_t {
+ public:
+  json root;
+  std::vector<std::pair<std::string, int32_t>> vocab;
+  std::vector<std::pair<std::string, std::string>> merges;
+  bool have_vocab = false, have_merges = false;
+  std::string error;
+
+  bool null() override { return value(json(nullptr)); }
+  bool boolean(bool v) override { return value(json(v)); }
+  bool number_integer(number_integer_t v) override {
+    if (mode_ == kVocab) return vocab_id(v);
+    return value(json(v));
+  }
+  bool number_unsigned(number_unsigned_t v) override {
+    if (mode_ == kVocab) return vocab_id(v > number_unsigned_t(INT64_MAX) ? -1 : int64_t(v));
+    return value(json(v));
+  }
+  bool number_float(number_float_t v, const string_t&) override { return value(json(v)); }
+  bool binary(binary_t&) override { return bad("binary value"); }
+  bool string(string_t& v) override {
+    if (mode_ == kMerges) {
+      const size_t sp = v.find(' ');
+      if (sp == std::string::npos || v.find(' ', sp + 1) != std::string::npos)
+        return set_error(cat("model.merges[", merges.size(), "] \"", v,
+                             "\" is not two tokens separated by a space"));
+      merges.emplace_back(v.substr(0, sp), v.substr(sp + 1));
+      return true;
+    }
+    if (mode_ == kMergePair) {
+      if (pair_n_ < 2) pair_[pair_n_] = std::move(v);
+      ++pair_n_;
+      return true;
+    }
+    return value(json(std::move(v)));
+  }
+  bool start_object(std::size_t) override {
+    if (mode_ != kDom) return bad("nested object");
+    if (at_model_member("vocab")) {
+      mode_ = kVocab;
+      have_vocab = true;
+      return true;
+    }
+    return open(json::object());
+  }
+  bool key(string_t& k) override {
+    key_ = std::move(k);
+    return true;
+  }
+  bool end_object() override {
+    if (mode_ == kVocab) {
+      mode_ = kDom;
+      return true;
+    }
+    stack_.pop_back();
+    keys_.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) override {
+    if (mode_ == kMerges) {
+      mode_ = kMergePair;
+      pair_n_ = 0;
+      return true;
+    }
+    if (mode_ != kDom) return bad("nested array");
+    if (at_model_member("merges")) {
+      mode_ = kMerges;
+      have_merges = true;
+      return true;
+    }
+    return open(json::array());
+  }
+  bool end_array() override {
+    if (mode_ == kMergePair) {
+      if (pair_n_ != 2) return bad("array");
+      merges.emplace_back(std::move(pair_[0]), std::move(pair_[1]));
+      mode_ = kMerges;
+      return true;
+    }
+    if (mode_ == kMerges) {
+      mode_ = kDom;
+      return true;
+    }
+    stack_.pop_back();
+    keys_.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    return set_error(cat("invalid JSON: ", e.what()));
+  }
+
+ private:
+  enum Mode { kDom, kVocab, kMerges, kMergePair };
+  bool set_error(std::string msg) {
+    if (error.empty()) error = std::move(msg);
+    return false;
+  }
+  // A value of the wrong kind inside model.vocab / model.merges.
+  bool bad(const char* what) {
+    if (mode_ == kVocab)
+      return set_error(cat("model.vocab[\"", key_, "\"] is not an integer id (", what, ")"));
+    if (mode_ == kMerges || mode_ == kMergePair)
+      return set_error(cat("model.merges[", merges.size(), "] must be \"a b\" or [\"a\", \"b\"]"));
+    return set_error(cat("unexpected ", what));
+  }
+  bool vocab_id(int64_t v) {
+    if (v < 0 || v > (int64_t(1) << 30))
+      return set_error(cat("model.vocab[\"", key_, "\"] has invalid id ", v));
+    vocab.emplace_back(std::move(key_), int32_t(v));
+    return true;
+  }
+  bool at_model_member(const char* name) const {
+    return stack_.size() == 2 && keys_[1] == "model" && key_ == name;
+  }
+  json* place(json&& v) {
+    if (stack_.empty()) {
+      root = std::move(v);
+      return &root;
+    }
+    json& top = *stack_.back();
+    if (top.is_object()) return &(top[key_] = std::move(v));
+    top.push_back(std::move(v));
+    return &top.back();
+  }
+  bool value(json&& v) {
+    if (mode_ == kVocab) return bad(v.type_name());
+    if (mode_ == kMerges || mode_ == kMergePair) return bad(v.type_name());
+    place(std::move(v));
+    return true;
+  }
+  bool open(json&& container) {
+    const std::string k = !stack_.empty() && stack_.back()->is_object() ? key_ : std::string();
+    stack_.push_back(place(std::move(container)));
+    keys_.push_back(k);
+    return true;
+  }
+
+  Mode mode_ = kDom;
+  std::vector<json*> stack_;
+  std::vector<std::string> keys_;  // key under which each open container sits
+  std::string key_;
+  std::string pair_[2];
+  int pair_n_ = 0;
+};
+
 // Bytes the ByteLevel decoder produces for a token: its characters mapped back to bytes, or
 // the token's own UTF-8 when one of its characters is not in the byte-level alphabet.
 std::string byte_level_decode(const std::string& tok) {
@@ -183,12 +330,10 @@ std::string byte_level_decode(const std::string& tok) {
 }  // namespace
 
 Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& origin) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    fail(origin, ": invalid JSON: ", e.what());
-  }
+  TokenizerJsonReader reader;
+  if (!json::sax_parse(text, &reader) || !reader.error.empty())
+    fail(origin, ": ", reader.error.empty() ? std::string("invalid JSON") : reader.error);
+  json& j = reader.root;
   if (!j.is_object()) fail(origin, ": not a tokenizer.json (top level is not an object)");
   auto impl = std::make_shared<Impl>();
   impl->origin = origin;
@@ -204,37 +349,10 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
     const json* mt = member(*model, "type");
     if (mt && (!mt->is_string() || mt->get<std::string>() != "BPE"))
       fail(origin, ": unsupported model type ", mt->dump(), " (supported: BPE)");
-    const json* vocab_j = member(*model, "vocab");
-    if (!vocab_j || !vocab_j->is_object()) fail(origin, ": model.vocab must be an object");
-    std::unordered_map<std::string, int32_t> vocab;
-    vocab.reserve(vocab_j->size());
-    for (auto it = vocab_j->begin(); it != vocab_j->end(); ++it) {
-      if (!it.value().is_number_integer())
-        fail(origin, ": model.vocab[\"", it.key(), "\"] is not an integer id");
-      const int64_t id = it.value().get<int64_t>();
-      if (id < 0 || id > (int64_t(1) << 30))
-        fail(origin, ": model.vocab[\"", it.key(), "\"] has invalid id ", id);
-      vocab.emplace(it.key(), int32_t(id));
-    }
-    std::vector<std::pair<std::string, std::string>> merges;
-    if (const json* mj = member(*model, "merges")) {
-      if (!mj->is_array()) fail(origin, ": model.merges must be an array");
-      merges.reserve(mj->size());
-      for (size_t i = 0; i < mj->size(); ++i) {
-        const json& m = (*mj)[i];
-        if (m.is_string()) {
-          const std::string s = m.get<std::string>();
-          const size_t sp = s.find(' ');
-          if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-            fail(origin, ": model.merges[", i, "] \"", s, "\" is not two tokens separated by a space");
-          merges.emplace_back(s.substr(0, sp), s.substr(sp + 1));
-        } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-          merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
-        } else {
-          fail(origin, ": model.merges[", i, "] must be \"a b\" or [\"a\", \"b\"]");
-        }
-      }
-    }
+    if (!reader.have_vocab) fail(origin, ": model.vocab must be an object");
+    std::vector<std::pair<std::string, std::string>>& merges = reader.merges;
+    if (!reader.have_merges && member(*model, "merges"))
+      fail(origin, ": model.merges must be an array");
     if (const json* d = member(*model, "dropout")) {
       if (!d->is_number() || d->get<double>() != 0.0)
         fail(origin, ": BPE dropout is not supported (model.dropout = ", d->dump(), ")");
@@ -247,15 +365,18 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
     Bpe::Options opt;
     opt.fuse_unk = get_bool(*model, "fuse_unk", false, origin + ": model");
     opt.ignore_merges = get_bool(*model, "ignore_merges", false, origin + ": model");
+    std::string unk;
     if (const json* u = member(*model, "unk_token")) {
       if (!u->is_string()) fail(origin, ": model.unk_token must be a string");
-      auto it = vocab.find(u->get<std::string>());
-      if (it == vocab.end())
-        log_warn(cat(origin, ": unk_token '", u->get<std::string>(), "' is not in the vocabulary"));
-      else opt.unk_id = it->second;
+      unk = u->get<std::string>();
     }
     const bool byte_fallback = get_bool(*model, "byte_fallback", false, origin + ": model");
-    impl->bpe = std::make_unique<Bpe>(std::move(vocab), merges, opt, origin);
+    if (!unk.empty()) {
+      for (const auto& [tok, id] : reader.vocab)
+        if (tok == unk) opt.unk_id = id;
+      if (opt.unk_id < 0) log_warn(cat(origin, ": unk_token '", unk, "' is not in the vocabulary"));
+    }
+    impl->bpe = std::make_unique<Bpe>(reader.vocab, merges, opt, origin);
     if (byte_fallback) {
       const auto& b2u = byte_to_unicode();
       for (int b = 0; b < 256; ++b) {
@@ -341,9 +462,10 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
   m.present.assign(n, 0);
   m.special.assign(n, 0);
   for (int32_t id = 0; id <= m.bpe->max_id(); ++id) {
-    if (const std::string* t = m.bpe->id_to_token(id)) {
+    std::string_view t;
+    if (m.bpe->id_to_token(id, &t)) {
       m.present[size_t(id)] = 1;
-      m.decoded[size_t(id)] = m.byte_level_decoder ? byte_level_decode(*t) : *t;
+      m.decoded[size_t(id)] = m.byte_level_decoder ? byte_level_decode(std::string(t)) : std::string(t);
     }
   }
   for (const auto& a : m.added) {
@@ -494,13 +616,18 @@ std::vector<int32_t> Tokenizer::encode_parallel(std::string_view text, size_t ch
       Task& t = tasks[k];
       const std::string_view seg = p.segs[t.seg].text;
       t.ids.reserve((t.stop - t.begin) / 3 + 4);
+      // The regex may look a bounded distance past the chunk: a piece it cannot decide there
+      // (inside a long run that other chunks share) is left to the serial stitching pass.
+      size_t window_end = std::min(seg.size(), t.stop + std::max<size_t>(chunk_bytes, 1024));
+      while (window_end < seg.size() && (static_cast<unsigned char>(seg[window_end]) & 0xC0) == 0x80)
+        ++window_end;
       t.end = m.pretok.run_first(
           seg, t.begin, t.stop,
           [&](size_t s) {
             t.states.emplace_back(s, t.ids.size());
             return true;
           },
-          [&](std::string_view w) { m.bpe->encode_word(w, t.ids); });
+          [&](std::string_view w) { m.bpe->encode_word(w, t.ids); }, window_end);
     }
   });
 
@@ -574,8 +701,8 @@ std::string Tokenizer::id_to_token(int32_t id) const {
   const Impl& m = impl();
   auto it = m.added_by_id.find(id);
   if (it != m.added_by_id.end()) return m.added[it->second].content;
-  const std::string* t = m.bpe->id_to_token(id);
-  return t ? *t : std::string();
+  std::string_view t;
+  return m.bpe->id_to_token(id, &t) ? std::string(t) : std::string();
 }
 
 size_t Tokenizer::vocab_size() const { return size_t(impl().max_id + 1); }
