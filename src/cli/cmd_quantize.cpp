@@ -40,7 +40,7 @@ struct Args {
   std::string calibration, format, layout, eval_data, shard_size;
   int num_samples = 128, seq_len = 256, batch = 8, eval_seq = 256;
   int64_t eval_tokens = 16384;
-  std::vector<std::string> ignore;
+  std::vector<std::string> ignore, method_opts;
   int bits = 0;
   int64_t group = 0;
   bool sym = false, asym = false, act_order = false, no_true_sequential = false;
@@ -82,6 +82,22 @@ std::string resolve_method(const Args& a) {
   return m;
 }
 
+// "--method-opt k=v" -> {"k": v}: v as JSON when it parses (numbers, true/false, quoted
+// strings, lists), otherwise the raw string.
+nlohmann::json parse_method_opts(const std::vector<std::string>& opts) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& o : opts) {
+    const size_t eq = o.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail("--method-opt '", o, "' must be KEY=VALUE");
+    const std::string key = o.substr(0, eq), val = o.substr(eq + 1);
+    if (j.contains(key)) fail("--method-opt ", key, " given twice");
+    nlohmann::json v = nlohmann::json::parse(val, nullptr, /*allow_exceptions=*/false);
+    j[key] = v.is_discarded() ? nlohmann::json(val) : v;
+  }
+  return j;
+}
+
 RunFn setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--input,-i", a->input, "input model: HF directory or .parquet file")->required();
@@ -109,6 +125,9 @@ RunFn setup(CLI::App& app) {
   app.add_option("--damp", a->damp, "GPTQ damping (fraction of mean diag H, default 0.01)");
   app.add_flag("--act-order", a->act_order, "GPTQ act-order");
   app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ: one pass per block");
+  app.add_option("--method-opt", a->method_opts,
+                 "method-specific option KEY=VALUE (repeatable; VALUE parsed as JSON when it "
+                 "is, else a string); see docs/methods.md");
   app.add_option("--seed", a->seed, "seed for the calibration windows (default 0)");
   app.add_option("--batch", a->batch, "calibration samples per block run (default 8)")
       ->check(CLI::PositiveNumber);
@@ -132,6 +151,7 @@ RunFn setup(CLI::App& app) {
     if (a->bits) o.overrides.bits = a->bits;
     if (a->group) o.overrides.group = a->group;
     o.overrides.layout = a->layout;
+    o.overrides.extra = parse_method_opts(a->method_opts);
     o.overrides.seed = a->seed;
     if (a->damp >= 0) o.overrides.damp = a->damp;
     if (a->act_order) o.overrides.act_order = true;

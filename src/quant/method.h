@@ -76,6 +76,9 @@ struct QuantOverrides {
   std::optional<double> damp;
   std::optional<bool> act_order;
   std::optional<bool> true_sequential;
+  // Method-specific options, copied into QuantSpec::extra (e.g. GPTQ {"act_order": "permute",
+  // "mse": 20}, AWQ {"solver": "gptq"}); each method rejects keys it does not know.
+  nlohmann::json extra = nlohmann::json::object();
 };
 
 struct BlockJob;
@@ -104,6 +107,10 @@ struct MethodInfo {
   bool symmetry_configurable = false;  // --sym/--asym accepted
   bool needs_calibration = false;
   std::vector<std::string> layouts;  // output layouts, first = default; empty = dense output
+  // Optional: the default layout chosen from the resolved spec when no --layout is given
+  // (e.g. GPTQ: gptq when symmetric, compressed-tensors when asymmetric). Must name a row of
+  // `layouts`. Unset: layouts.front().
+  std::function<std::string(const QuantSpec&)> default_layout;
   std::optional<DType> dense_dtype;  // dtype of every float tensor written dense (fp16 method);
                                      // nullopt = keep each tensor's checkpoint dtype
   std::string description;

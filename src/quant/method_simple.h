@@ -2,6 +2,7 @@
 // round-to-nearest weight quantization (int8, int2, fp8_dynamic, int8_dynamic), the dense fp16
 // output, and fp8_static with its calibrated input-scale search.
 #pragma once
+#include <initializer_list>
 #include <memory>
 
 #include "quant/method.h"
@@ -22,5 +23,9 @@ std::unique_ptr<BlockQuantizer> make_dense_quantizer(const QuantSpec& spec);
 // the calibration abs-max by the squared error of the linears' outputs against the unquantized
 // layer (see docs/methods.md).
 std::unique_ptr<BlockQuantizer> make_fp8_static_quantizer(const QuantSpec& spec);
+
+// Throws llmc::Error when spec.extra (--method-opt) holds a key not in `known`, naming the
+// method and listing the known keys ("takes no --method-opt" when there are none).
+void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*> known);
 
 }  // namespace llmc

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "eval/eval.h"
 #include "model/arch.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -97,6 +98,8 @@ class OutputTensors {
       add(name, r.info.dtype, r.info.shape, r.data, r.info.nbytes);
     }
   }
+  // Marks an input tensor as replaced by what was written (e.g. a quantized module's weight).
+  void consume(const std::string& name) { written_.insert(name); }
   bool written(const std::string& name) const { return written_.count(name) != 0; }
   uint64_t bytes() const { return bytes_; }
 
@@ -119,6 +122,8 @@ BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchS
   for (int s = 0; s < kNumLinearSlots; ++s) {
     const LinearSlot slot = LinearSlot(s);
     const std::string m = job.module_name(slot);
+    out.consume(m + ".weight");
+    out.consume(m + ".bias");
     if (job.quantized[s]) {
       LLMC_CHECK(layout != nullptr, "quantized weight without a layout");
       const QuantizedWeight& qw = *job.quantized[s];
@@ -262,7 +267,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
       x.swap(y);
     }
     model->release_block(i);
-    progress.step(1, cat("block ", i + 1, "/", cfg.num_layers, " done"));
+    progress.step(1, cat("(layer ", i, ")"));
   }
   progress.finish();
   // An ignore list of exactly what was skipped; nothing quantized at all is an error.
@@ -315,20 +320,6 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
 
 namespace llmc {
 
-namespace {
-
-// log-softmax statistics of one logits row: max and log-sum-exp.
-double log_sum_exp(const float* z, int64_t n, float* maxv) {
-  float m = z[0];
-  for (int64_t i = 1; i < n; ++i) m = std::max(m, z[i]);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(double(z[i]) - m);
-  *maxv = m;
-  return m + std::log(s);
-}
-
-}  // namespace
-
 QualityResult quality_check(const std::filesystem::path& base_path,
                             const std::filesystem::path& quant_path, const QualityOptions& q) {
   QualityResult r;
@@ -345,53 +336,24 @@ QualityResult quality_check(const std::filesystem::path& base_path,
   const std::vector<int32_t> ids = tok.encode_parallel(text);
   std::unique_ptr<Model> base = load_model_for_inference(base_ck);
   std::unique_ptr<Model> quant = load_model_for_inference(quant_ck);
-  const int seq = std::min(q.seq_len, base->config().max_position_embeddings);
-  const int64_t windows = std::min<int64_t>(int64_t(ids.size()) / seq, q.tokens / seq);
+  const int ctx = std::min(q.seq_len, base->config().max_position_embeddings);
+  const int64_t windows = std::min<int64_t>(int64_t(ids.size()) / ctx, q.tokens / ctx);
   if (windows < 1) {
     log_warn(cat("quality check: the evaluation text has ", ids.size(), " tokens, fewer than one "
-                 "window of ", seq, "; skipped"));
+                 "window of ", ctx, "; skipped"));
     return r;
   }
-  const int64_t V = base->config().vocab_size;
-  double nll_b = 0, nll_q = 0, kl = 0;
-  int64_t n = 0, agree = 0;
-  const int bs = 4;
-  for (int64_t w0 = 0; w0 < windows; w0 += bs) {
-    const int b = int(std::min<int64_t>(bs, windows - w0));
-    std::vector<int32_t> chunk(ids.begin() + w0 * seq, ids.begin() + (w0 + b) * seq);
-    const std::vector<float> lb = base->forward(chunk, b, seq);
-    const std::vector<float> lq = quant->forward(chunk, b, seq);
-    for (int s = 0; s < b; ++s) {
-      for (int t = 0; t + 1 < seq; ++t) {
-        const size_t row = size_t(s) * seq + t;
-        const float* zb = lb.data() + row * V;
-        const float* zq = lq.data() + row * V;
-        const int32_t next = chunk[row + 1];
-        float mb, mq;
-        const double lseb = log_sum_exp(zb, V, &mb), lseq = log_sum_exp(zq, V, &mq);
-        nll_b += lseb - zb[next];
-        nll_q += lseq - zq[next];
-        double k = 0;
-        int64_t ab = 0, aq = 0;
-        for (int64_t v = 0; v < V; ++v) {
-          const double lpb = zb[v] - lseb, lpq = zq[v] - lseq;
-          k += std::exp(lpb) * (lpb - lpq);
-          if (zb[v] > zb[ab]) ab = v;
-          if (zq[v] > zq[aq]) aq = v;
-        }
-        kl += k;
-        agree += ab == aq;
-        ++n;
-      }
-    }
-  }
+  EvalOptions eo;
+  eo.progress = !quiet();
+  eo.label = "quality check";
+  const CompareResult c = compare_models(*quant, *base, ids, ctx, int(windows), eo);
   r.measured = true;
-  r.tokens = windows * seq;
-  r.ppl_base = std::exp(nll_b / double(n));
-  r.ppl_quant = std::exp(nll_q / double(n));
-  r.ppl_ratio = r.ppl_quant / r.ppl_base;
-  r.kl = kl / double(n);
-  r.top1 = double(agree) / double(n);
+  r.tokens = int64_t(c.model.windows) * ctx;
+  r.ppl_base = c.reference.ppl;
+  r.ppl_quant = c.model.ppl;
+  r.ppl_ratio = c.ppl_ratio;
+  r.kl = c.kl_mean;
+  r.top1 = c.top1_agreement;
   return r;
 }
 

@@ -1,0 +1,332 @@
+// quant/method_fp8_static.cpp — fp8_static: FP8 e4m3 per-tensor weights and static per-tensor
+// input scales chosen on calibration data (docs/methods.md).
+//
+// Per group of linears sharing one input (q/k/v, o, gate/up, down; true-sequential order, so
+// each group's inputs come from the block with the earlier groups already quantized):
+//  1. one streaming pass over the group's calibration inputs: abs-max, a strided subsample of
+//     rows (search_rows) and, for the GPTQ weight solver, H = Σ x xᵀ (fp64);
+//  2. weights: one per-tensor scale for the group (absmax / 448 over its linears: vLLM fuses
+//     q/k/v and gate/up and would otherwise requantize to the largest scale), codes by
+//     round-to-nearest ("rtn") or by GPTQ's error feedback on the fp8 grid ("gptq", default);
+//  3. input scale: s = r · absmax / 448 with the clipping ratio r minimizing the squared error
+//     of the group's outputs Σ‖Q_s(X) Wqᵀ − X Wᵀ‖² on the subsample (coarse grid, then finer).
+#include <cblas.h>
+#include <lapack.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "quant/method_simple.h"
+#include "quant/rtn.h"
+
+namespace llmc {
+
+namespace {
+
+const std::vector<std::vector<LinearSlot>> kInputGroups = {
+    {LinearSlot::Q, LinearSlot::K, LinearSlot::V},
+    {LinearSlot::O},
+    {LinearSlot::Gate, LinearSlot::Up},
+    {LinearSlot::Down}};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Σ x xᵀ over streamed rows, fp32 products in chunks added into fp64 (upper triangle).
+class Gram {
+ public:
+  explicit Gram(int64_t n) : n_(n), acc_(size_t(n * n), 0.0), tmp_(size_t(n * n)) {}
+  void add(const float* x, int64_t rows) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 512) {
+      const int64_t rc = std::min<int64_t>(512, rows - r0);
+      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(n_), int(rc), 1.0f, x + r0 * n_,
+                  int(n_), 0.0f, tmp_.data(), int(n_));
+      for (int64_t i = 0; i < n_; ++i)
+        for (int64_t j = i; j < n_; ++j) acc_[size_t(i * n_ + j)] += tmp_[size_t(i * n_ + j)];
+    }
+    count_ += rows;
+  }
+  // Full symmetric matrix.
+  std::vector<double> matrix() const {
+    std::vector<double> h = acc_;
+    for (int64_t i = 0; i < n_; ++i)
+      for (int64_t j = 0; j < i; ++j) h[size_t(i * n_ + j)] = h[size_t(j * n_ + i)];
+    return h;
+  }
+  int64_t count() const { return count_; }
+
+ private:
+  int64_t n_, count_ = 0;
+  std::vector<double> acc_;
+  std::vector<float> tmp_;
+};
+
+// Upper Cholesky factor of (H + λI)⁻¹ in place (row-major); false when not positive definite.
+bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
+  const lapack_int ni = lapack_int(n);
+  lapack_int info = 0;
+  const char lo = 'L';
+  LAPACK_dpotrf(&lo, &ni, a.data(), &ni, &info);
+  if (info != 0) return false;
+  LAPACK_dpotri(&lo, &ni, a.data(), &ni, &info);
+  if (info != 0) return false;
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = j + 1; i < n; ++i) a[size_t(j + i * n)] = a[size_t(i + j * n)];
+  LAPACK_dpotrf(&lo, &ni, a.data(), &ni, &info);
+  if (info != 0) return false;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < r; ++c) a[size_t(r * n + c)] = 0.0;
+  for (int64_t i = 0; i < n; ++i)
+    if (!(a[size_t(i * n + i)] > 0) || !std::isfinite(a[size_t(i * n + i)])) return false;
+  return true;
+}
+
+inline float fp8_round(float v, float s) { return fp8e4m3_to_f32(f32_to_fp8e4m3(v / s)) * s; }
+
+// GPTQ on the fp8 grid with a fixed per-tensor scale: column by column, each row's rounding
+// error is spread over the later columns through U = chol((H + λI)⁻¹). Returns false (weights
+// untouched) when H cannot be factorized even with raised damping.
+bool fp8_gptq(QuantizedWeight& qw, const float* w, std::vector<double> H, double damp,
+              double* damp_used) {
+  const int64_t n = qw.in, out = qw.out;
+  double mean_diag = 0;
+  for (int64_t i = 0; i < n; ++i) mean_diag += H[size_t(i * n + i)];
+  mean_diag /= double(n);
+  if (!(mean_diag > 0) || !std::isfinite(mean_diag)) return false;
+  std::vector<char> dead(size_t(n), 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (H[size_t(i * n + i)] == 0.0) dead[size_t(i)] = 1, H[size_t(i * n + i)] = 1.0;
+  std::vector<double> U;
+  bool ok = false;
+  for (int attempt = 0; attempt < 5 && !ok; ++attempt, damp *= 10) {
+    U = H;
+    for (int64_t i = 0; i < n; ++i) U[size_t(i * n + i)] += damp * mean_diag;
+    ok = inverse_cholesky_upper(U, n);
+    if (ok) *damp_used = damp;
+  }
+  if (!ok) return false;
+  std::vector<float> Uf(U.begin(), U.end());
+  const float s = qw.scales[0];
+  parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
+    std::vector<float> row(static_cast<size_t>(n));
+    for (size_t r = r0; r < r1; ++r) {
+      for (int64_t i = 0; i < n; ++i) row[size_t(i)] = dead[size_t(i)] ? 0.0f : w[r * n + i];
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = row[size_t(i)];
+        const uint8_t code = f32_to_fp8e4m3(v / s);
+        qw.q8[r * n + i] = int8_t(code);
+        const float e = (v - fp8e4m3_to_f32(code) * s) / Uf[size_t(i * n + i)];
+        const float* u = Uf.data() + i * n;
+        for (int64_t j = i + 1; j < n; ++j) row[size_t(j)] -= e * u[j];
+      }
+    }
+  });
+  return true;
+}
+
+// Activation-aware target: with X̃ = X + E (E the input rounding error, independent across
+// channels with per-channel energy d_i), the least-squares weights for ‖X̃ W̃ᵀ − X Wᵀ‖² are
+// W̃ᵀ = (H + D)⁻¹ H Wᵀ (H = XᵀX, D = diag(d)). Returns false when H + D is not factorizable.
+bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<double>& H,
+                    const std::vector<double>& d, std::vector<float>* wt) {
+  std::vector<double> A = H;
+  for (int64_t i = 0; i < n; ++i) A[size_t(i * n + i)] += d[size_t(i)];
+  const lapack_int ni = lapack_int(n);
+  lapack_int info = 0;
+  const char lo = 'L';
+  LAPACK_dpotrf(&lo, &ni, A.data(), &ni, &info);
+  if (info != 0) return false;
+  std::vector<double> wd(w, w + out * n), B(size_t(n * out));
+  // B (column-major n x out) = H Wᵀ: column o is H w_o.
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, int(n), int(out), int(n), 1.0, H.data(),
+              int(n), wd.data(), int(n), 0.0, B.data(), int(n));
+  const lapack_int no = lapack_int(out);
+  LAPACK_dpotrs(&lo, &ni, &no, A.data(), &ni, B.data(), &ni, &info);
+  if (info != 0) return false;
+  wt->assign(B.begin(), B.end());  // column o of B is row o of W̃
+  return true;
+}
+
+class Fp8StaticQuantizer : public BlockQuantizer {
+ public:
+  explicit Fp8StaticQuantizer(const QuantSpec& spec) : damp_(spec.damp) {
+    check_method_opts(spec, {"search", "search_rows", "weights"});
+    search_ = spec.extra.value("search", true);
+    max_rows_ = spec.extra.value("search_rows", int64_t(2048));
+    if (max_rows_ < 1) fail("fp8_static: search_rows must be positive");
+    const std::string wm = spec.extra.value("weights", std::string("gptq"));
+    if (wm != "gptq" && wm != "rtn" && wm != "gptq_aa")
+      fail("fp8_static: --method-opt weights must be gptq, gptq_aa or rtn, got '", wm, "'");
+    gptq_ = wm != "rtn";
+    aa_ = wm == "gptq_aa";
+  }
+
+  void quantize_block(BlockJob& job) override {
+    for (const auto& group : kInputGroups) {
+      std::vector<LinearSlot> active;
+      for (LinearSlot s : group)
+        if (!job.ignored(s)) active.push_back(s);
+      if (!active.empty()) quantize_group(job, active);
+    }
+  }
+
+ private:
+  void quantize_group(BlockJob& job, const std::vector<LinearSlot>& slots) {
+    const auto t_collect = std::chrono::steady_clock::now();
+    float wmax = 0.0f;
+    for (LinearSlot s : slots) {
+      job.check_finite(s);
+      for (float v : job.dense(s).weight()) wmax = std::max(wmax, std::fabs(v));
+    }
+    const float wscale = wmax > 0.0f ? wmax / 448.0f : 1.0f;
+    const int64_t in = job.dense(slots[0]).in_features();
+
+    // 1. One pass over the group's inputs.
+    const int64_t total = job.rows();
+    const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
+    float amax = 0.0f;
+    std::vector<float> sub;
+    std::unique_ptr<Gram> gram;
+    if (gptq_) gram = std::make_unique<Gram>(in);
+    int64_t seen = 0;
+    job.for_each_input(slots[0], [&](const float* x, int64_t rows, int64_t cols) {
+      for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
+      for (int64_t r = 0; r < rows; ++r, ++seen)
+        if (seen % stride == 0) sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
+      if (gram) gram->add(x, rows);
+    });
+    if (!std::isfinite(amax))
+      fail(job.module_name(slots[0]), ": non-finite calibration activations");
+    const float base_scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+    const int64_t n = int64_t(sub.size()) / in;
+    const double collect_s = seconds_since(t_collect);
+
+    // 2. Weights.
+    const auto t_weights = std::chrono::steady_clock::now();
+    std::vector<QuantizedWeight> qws;
+    std::vector<nlohmann::json> wrep;
+    std::vector<double> H;
+    if (gram) H = gram->matrix();
+    // Activation-aware: input rounding energy per channel at the abs-max scale, from the
+    // subsample, scaled to the row count of H.
+    std::vector<std::vector<float>> targets(slots.size());
+    float tscale = wscale;
+    if (aa_) {
+      std::vector<float> xq = sub;
+      quantize_activations(ActQuant::FP8StaticTensor, base_scale, xq.data(), n, in);
+      std::vector<double> d(size_t(in), 0.0);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t i = 0; i < in; ++i) {
+          const double e = double(xq[size_t(r * in + i)]) - sub[size_t(r * in + i)];
+          d[size_t(i)] += e * e;
+        }
+      const double f = n > 0 ? double(gram->count()) / double(n) : 0.0;
+      for (auto& v : d) v *= f;
+      float tmax = 0.0f;
+      for (size_t k = 0; k < slots.size(); ++k) {
+        const DenseLinear& dl = job.dense(slots[k]);
+        if (!wiener_weights(dl.weight().data(), dl.out_features(), in, H, d, &targets[k]))
+          targets[k] = dl.weight();
+        for (float v : targets[k]) tmax = std::max(tmax, std::fabs(v));
+      }
+      tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
+      for (int64_t i = 0; i < in; ++i) H[size_t(i * in + i)] += d[size_t(i)];
+    }
+    for (size_t k = 0; k < slots.size(); ++k) {
+      const DenseLinear& dl = job.dense(slots[k]);
+      const float* src = aa_ ? targets[k].data() : dl.weight().data();
+      QuantizedWeight qw = quantize_fp8_rtn(src, dl.out_features(), in, 0, tscale);
+      nlohmann::json r = {{"weights", "rtn"}};
+      if (gram) {
+        double used = 0;
+        if (fp8_gptq(qw, src, H, damp_, &used)) {
+          r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", used}};
+        } else {
+          log_warn(job.module_name(slots[k]) + ": fp8 GPTQ failed (Hessian not positive "
+                   "definite); using round-to-nearest");
+          r = {{"weights", "rtn"}, {"fallback", true}};
+        }
+      }
+      qws.push_back(std::move(qw));
+      wrep.push_back(std::move(r));
+    }
+    H.clear();
+    const double weights_s = seconds_since(t_weights);
+
+    // 3. Input scale search.
+    const auto t_search = std::chrono::steady_clock::now();
+    std::vector<float> wcat, wqcat;
+    int64_t out_total = 0;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const DenseLinear& d = job.dense(slots[i]);
+      const auto dq = qws[i].dequantize();
+      wcat.insert(wcat.end(), d.weight().begin(), d.weight().end());
+      wqcat.insert(wqcat.end(), dq.begin(), dq.end());
+      out_total += d.out_features();
+    }
+    std::vector<float> yref(size_t(n * out_total)), y(yref.size()), xq(sub.size());
+    gemm_xwt(sub.data(), n, in, wcat.data(), out_total, yref.data());
+    auto loss = [&](float scale) {
+      xq = sub;
+      quantize_activations(ActQuant::FP8StaticTensor, scale, xq.data(), n, in);
+      gemm_xwt(xq.data(), n, in, wqcat.data(), out_total, y.data());
+      double e = 0;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const double d = double(y[i]) - yref[i];
+        e += d * d;
+      }
+      return e;
+    };
+    const double base_loss = loss(base_scale);
+    float best_ratio = 1.0f;
+    double best = base_loss;
+    if (search_ && amax > 0.0f) {
+      auto consider = [&](float r) {
+        const double e = loss(base_scale * r);
+        if (e < best) best = e, best_ratio = r;
+      };
+      for (float r : {0.9f, 0.8f, 0.7f, 0.6f, 0.5f}) consider(r);
+      const float c = best_ratio;
+      for (float d : {-0.05f, 0.05f})
+        if (c + d <= 1.0f && c + d > 0.0f) consider(c + d);
+    }
+    const float input_scale = base_scale * best_ratio;
+    double yden = 0;
+    for (float v : yref) yden += double(v) * v;
+    const double search_s = seconds_since(t_search);
+
+    for (size_t i = 0; i < slots.size(); ++i) {
+      QuantizedWeight& qw = qws[i];
+      qw.act = ActQuant::FP8StaticTensor;
+      qw.input_scale = input_scale;
+      nlohmann::json rep = wrep[i];
+      rep.update({{"input_absmax", amax},
+                  {"input_clip_ratio", best_ratio},
+                  {"input_scale", input_scale},
+                  {"weight_scale", tscale},
+                  {"search_rows", n},
+                  {"group_out_rel_error_absmax", yden > 0 ? std::sqrt(base_loss / yden) : 0.0},
+                  {"group_out_rel_error", yden > 0 ? std::sqrt(best / yden) : 0.0},
+                  {"seconds", {{"collect", collect_s}, {"weights", weights_s}, {"search", search_s}}}});
+      job.commit(slots[i], std::move(qw), std::move(rep));
+    }
+  }
+
+  double damp_;
+  int64_t max_rows_ = 2048;
+  bool search_ = true, gptq_ = true, aa_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<BlockQuantizer> make_fp8_static_quantizer(const QuantSpec& spec) {
+  return std::make_unique<Fp8StaticQuantizer>(spec);
+}
+
+}  // namespace llmc
