@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "quant/packing.h"
 
 namespace llmc {
@@ -435,18 +436,24 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
     expect_dtype(r, pt, {DType::I32});
     expect_shape(r, pt, {w.out, wpr});
     std::vector<uint32_t> words = read_words(r, pt);
-    std::vector<int32_t> codes(size_t(w.out * w.in));
-    for (int64_t o = 0; o < w.out; ++o)
-      unpack_codes(words.data() + o * wpr, 1, w.in, a.bits, PackScheme::Fixed,
-                   codes.data() + o * w.in, 1);
-    ct_read_scales(r, prefix, a, w);
     const int32_t off = 1 << (a.bits - 1);
-    if (a.symmetric) {
-      w.q8.resize(codes.size());
-      for (size_t k = 0; k < codes.size(); ++k) w.q8[k] = int8_t(codes[k] - off);
-    } else {
-      w.qu.resize(codes.size());
-      for (size_t k = 0; k < codes.size(); ++k) w.qu[k] = uint8_t(codes[k]);
+    if (a.symmetric) w.q8.resize(size_t(w.out * w.in));
+    else w.qu.resize(size_t(w.out * w.in));
+    parallel_for(0, size_t(w.out), 16, [&](size_t lo, size_t hi) {
+      std::vector<int32_t> buf(size_t(w.in));
+      for (size_t o = lo; o < hi; ++o) {
+        unpack_codes(words.data() + o * wpr, 1, w.in, a.bits, PackScheme::Fixed, buf.data(), 1);
+        if (a.symmetric) {
+          int8_t* d = w.q8.data() + o * w.in;
+          for (int64_t i = 0; i < w.in; ++i) d[i] = int8_t(buf[size_t(i)] - off);
+        } else {
+          uint8_t* d = w.qu.data() + o * w.in;
+          for (int64_t i = 0; i < w.in; ++i) d[i] = uint8_t(buf[size_t(i)]);
+        }
+      }
+    });
+    ct_read_scales(r, prefix, a, w);
+    if (!a.symmetric) {
       const int64_t ng = w.group == 0 ? 1 : w.n_groups();
       TensorRef zt = need(r, prefix + ".weight_zero_point");
       w.zeros.resize(size_t(w.group == 0 ? 1 : w.out * ng));
@@ -674,10 +681,7 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
   expect_shape(r, st, {ng, w.out});
   std::vector<float> s = read_floats(r, st);
   std::vector<uint32_t> qw = read_words(r, qt), qz = read_words(r, zt);
-  std::vector<int32_t> codes(size_t(w.out * w.in)), z(size_t(w.out * ng));
-  for (int64_t o = 0; o < w.out; ++o)
-    unpack_codes(qw.data() + o, w.out, w.in, b, PackScheme::Stream, codes.data() + o * w.in, 1);
-  std::vector<int32_t> row(size_t(w.out));
+  std::vector<int32_t> z(size_t(w.out * ng)), row(size_t(w.out));
   bool all_mid = true;
   for (int64_t g = 0; g < ng; ++g) {
     unpack_codes(qz.data() + g * zc, 1, w.out, b, PackScheme::Stream, row.data(), 1);
@@ -692,13 +696,40 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
     for (int64_t g = 0; g < ng; ++g) w.scales[size_t(o * ng + g)] = s[size_t(g * w.out + o)];
   // Symmetric when every zero is the midpoint (the sym flag of the config alone is not trusted).
   w.symmetric = all_mid;
-  if (all_mid) {
-    w.q8.resize(codes.size());
-    for (size_t k = 0; k < codes.size(); ++k) w.q8[k] = int8_t(codes[k] - (1 << (b - 1)));
-  } else {
-    w.qu.resize(codes.size());
-    for (size_t k = 0; k < codes.size(); ++k) w.qu[k] = uint8_t(codes[k]);
+  if (all_mid) w.q8.resize(size_t(w.out * w.in));
+  else {
+    w.qu.resize(size_t(w.out * w.in));
     w.zeros = std::move(z);
+  }
+  {
+    // Transposed to [out, in*b/32] so each column's bit stream is contiguous.
+    const int64_t qr = qt.info.shape[0];
+    std::vector<uint32_t> tw(qw.size());
+    constexpr int64_t T = 64;
+    parallel_for(0, size_t((w.out + T - 1) / T), 1, [&](size_t lo, size_t hi) {
+      for (int64_t o0 = int64_t(lo) * T; o0 < std::min<int64_t>(w.out, int64_t(hi) * T); o0 += T) {
+        const int64_t o1 = std::min(w.out, o0 + T);
+        for (int64_t k0 = 0; k0 < qr; k0 += T) {
+          const int64_t k1 = std::min(qr, k0 + T);
+          for (int64_t o = o0; o < o1; ++o)
+            for (int64_t k = k0; k < k1; ++k) tw[size_t(o * qr + k)] = qw[size_t(k * w.out + o)];
+        }
+      }
+    });
+    const int32_t mid = 1 << (b - 1);
+    parallel_for(0, size_t(w.out), 16, [&](size_t lo, size_t hi) {
+      std::vector<int32_t> buf(size_t(w.in));
+      for (size_t o = lo; o < hi; ++o) {
+        unpack_codes(tw.data() + o * qr, 1, w.in, b, PackScheme::Stream, buf.data(), 1);
+        if (all_mid) {
+          int8_t* d = w.q8.data() + o * w.in;
+          for (int64_t i = 0; i < w.in; ++i) d[i] = int8_t(buf[size_t(i)] - mid);
+        } else {
+          uint8_t* d = w.qu.data() + o * w.in;
+          for (int64_t i = 0; i < w.in; ++i) d[i] = uint8_t(buf[size_t(i)]);
+        }
+      }
+    });
   }
   const std::string gname = prefix + ".g_idx";
   if (r.has(gname)) {
@@ -809,10 +840,28 @@ QuantizedWeight awq_decode(const TensorReader& r, const std::string& prefix, int
   std::vector<float> s = read_floats(r, st);
   std::vector<uint32_t> qw = read_words(r, qt), qz = read_words(r, zt);
   std::vector<int32_t> row(size_t(w.out));
-  w.qu.resize(size_t(w.out * w.in));
-  for (int64_t i = 0; i < w.in; ++i) {
-    unpack_codes(qw.data() + i * oc, 1, w.out, 4, PackScheme::Awq, row.data(), 1);
-    for (int64_t o = 0; o < w.out; ++o) w.qu[size_t(o * w.in + i)] = uint8_t(row[size_t(o)]);
+  {
+    // Unpack to [in, out], then transpose to [out, in] in tiles.
+    std::vector<uint8_t> ct(size_t(w.in * w.out));
+    parallel_for(0, size_t(w.in), 16, [&](size_t lo, size_t hi) {
+      std::vector<int32_t> buf(size_t(w.out));
+      for (size_t i = lo; i < hi; ++i) {
+        unpack_codes(qw.data() + i * oc, 1, w.out, 4, PackScheme::Awq, buf.data(), 1);
+        for (int64_t o = 0; o < w.out; ++o) ct[size_t(i * w.out + o)] = uint8_t(buf[size_t(o)]);
+      }
+    });
+    w.qu.resize(size_t(w.out * w.in));
+    constexpr int64_t T = 64;
+    parallel_for(0, size_t((w.out + T - 1) / T), 1, [&](size_t lo, size_t hi) {
+      for (int64_t o0 = int64_t(lo) * T; o0 < std::min<int64_t>(w.out, int64_t(hi) * T); o0 += T) {
+        const int64_t o1 = std::min(w.out, o0 + T);
+        for (int64_t i0 = 0; i0 < w.in; i0 += T) {
+          const int64_t i1 = std::min(w.in, i0 + T);
+          for (int64_t o = o0; o < o1; ++o)
+            for (int64_t i = i0; i < i1; ++i) w.qu[size_t(o * w.in + i)] = ct[size_t(i * w.out + o)];
+        }
+      }
+    });
   }
   w.zeros.resize(size_t(w.out * ng));
   w.scales.resize(size_t(w.out * ng));

@@ -68,9 +68,57 @@ void pack_codes(const int32_t* codes, int64_t stride, int64_t n, int bits, PackS
   }
 }
 
+namespace {
+
+// Fast paths for contiguous words and codes; false when the general loop must run.
+bool unpack_contiguous(const uint32_t* words, int64_t n, int bits, PackScheme scheme,
+                       int32_t* codes) {
+  const uint32_t mask = (1u << bits) - 1u;
+  if (scheme == PackScheme::Fixed || (scheme == PackScheme::Stream && 32 % bits == 0)) {
+    const int per = 32 / bits;
+    int64_t k = 0;
+    for (int64_t w = 0; k < n; ++w) {
+      const uint32_t v = words[w];
+      if (n - k >= per) {
+        for (int j = 0; j < per; ++j) codes[k + j] = int32_t((v >> (j * bits)) & mask);
+        k += per;
+      } else {
+        for (int j = 0; k < n; ++j, ++k) codes[k] = int32_t((v >> (j * bits)) & mask);
+      }
+    }
+    return true;
+  }
+  if (scheme == PackScheme::Awq) {
+    const int64_t full = n / 8;
+    for (int64_t w = 0; w < full; ++w) {
+      const uint32_t v = words[w];
+      int32_t* c = codes + w * 8;
+      for (int j = 0; j < 8; ++j) c[kAwqOrder[j]] = int32_t((v >> (4 * j)) & 15u);
+    }
+    for (int64_t k = full * 8; k < n; ++k)
+      codes[k] = int32_t((words[full] >> (4 * kAwqSlot[k & 7])) & 15u);
+    return true;
+  }
+  if (scheme == PackScheme::Stream && bits == 3) {  // 32 codes per 3 words
+    const int64_t blocks = n / 32;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint32_t* w = words + b * 3;
+      const unsigned __int128 v = (unsigned __int128)w[0] | ((unsigned __int128)w[1] << 32) |
+                                  ((unsigned __int128)w[2] << 64);
+      int32_t* c = codes + b * 32;
+      for (int j = 0; j < 32; ++j) c[j] = int32_t(uint32_t(v >> (3 * j)) & 7u);
+    }
+    return blocks * 32 == n;  // a partial tail takes the general loop
+  }
+  return false;
+}
+
+}  // namespace
+
 void unpack_codes(const uint32_t* words, int64_t wstride, int64_t n, int bits, PackScheme scheme,
                   int32_t* codes, int64_t stride) {
   const int64_t nw = packed_words(n, bits, scheme);
+  if (wstride == 1 && stride == 1 && unpack_contiguous(words, n, bits, scheme, codes)) return;
   const uint32_t mask = (1u << bits) - 1u;
   for (int64_t k = 0; k < n; ++k) {
     int64_t w;

@@ -52,11 +52,26 @@ void QuantizedWeight::validate(const std::string& what) const {
   if (kind == QKind::INT) {
     const int32_t lo = symmetric ? -(1 << (bits - 1)) : 0;
     const int32_t hi = symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
-    for (size_t k = 0; k < n; ++k) {
-      const int32_t c = use_u ? int32_t(qu[k]) : int32_t(q8[k]);
-      if (c < lo || c > hi)
-        fail(what, ": code ", c, " at element ", k, " is outside [", lo, ", ", hi, "] for ", bits,
-             "-bit ", symmetric ? "symmetric" : "asymmetric", " weights");
+    // Range first (vectorizable min/max), the offending element only on failure.
+    int32_t mn = 0, mx = 0;
+    if (use_u) {
+      uint8_t a = 255, b = 0;
+      for (size_t k = 0; k < n; ++k) a = std::min(a, qu[k]), b = std::max(b, qu[k]);
+      mn = n ? a : 0;
+      mx = n ? b : 0;
+    } else {
+      int8_t a = 127, b = -128;
+      for (size_t k = 0; k < n; ++k) a = std::min(a, q8[k]), b = std::max(b, q8[k]);
+      mn = n ? a : 0;
+      mx = n ? b : 0;
+    }
+    if (mn < lo || mx > hi) {
+      for (size_t k = 0; k < n; ++k) {
+        const int32_t c = use_u ? int32_t(qu[k]) : int32_t(q8[k]);
+        if (c < lo || c > hi)
+          fail(what, ": code ", c, " at element ", k, " is outside [", lo, ", ", hi, "] for ",
+               bits, "-bit ", symmetric ? "symmetric" : "asymmetric", " weights");
+      }
     }
   }
   const size_t ns = group == 0 ? 1 : size_t(out * n_groups());
@@ -100,6 +115,9 @@ std::vector<float> QuantizedWeight::dequantize() const {
   if (group > 0 || !g_idx.empty()) {
     for (int64_t c = 0; c < in; ++c) gmap[size_t(c)] = int32_t(group_of(c));
   }
+  float lut[256];
+  if (kind == QKind::FP8)
+    for (int v = 0; v < 256; ++v) lut[v] = fp8e4m3_to_f32(uint8_t(v));
   std::vector<float> w(n);
   const int64_t row_stride = group == 0 ? 0 : ng;
   const size_t grain = std::max<size_t>(1, size_t(65536 / std::max<int64_t>(in, 1)));
@@ -109,8 +127,7 @@ std::vector<float> QuantizedWeight::dequantize() const {
       float* dst = w.data() + o * in;
       const size_t base = o * in;
       if (kind == QKind::FP8) {
-        for (int64_t i = 0; i < in; ++i)
-          dst[i] = fp8e4m3_to_f32(uint8_t(q8[base + i])) * s[gmap[i]];
+        for (int64_t i = 0; i < in; ++i) dst[i] = lut[uint8_t(q8[base + i])] * s[gmap[i]];
       } else if (!use_u) {
         for (int64_t i = 0; i < in; ++i) dst[i] = float(q8[base + i]) * s[gmap[i]];
       } else {
