@@ -1,0 +1,683 @@
+// The quantize pipeline: method table, RTN primitives, every method end to end on qwen3-tiny
+// (output loads through WeightLoaderV2, tensors match the layout table, quality sane),
+// --ignore, Parquet output, AI-OS spellings, errors leave no output.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "formats/checkpoint.h"
+#include "loader/weight_loader.h"
+#include "model/model.h"
+#include "quant/method.h"
+#include "quant/method_simple.h"
+#include "quant/pipeline.h"
+#include "quant/rtn.h"
+#include "synthetic_model.h"
+#include "testing.h"
+
+namespace llmc {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// ---- method table --------------------------------------------------------------------------
+
+TEST(MethodTable, ExactNamesOnly) {
+  EXPECT_EQ(find_method("int8").name, "int8");
+  EXPECT_EQ(find_method("int8_dynamic").name, "int8_dynamic");
+  const std::string msg = error_of([] { find_method("int"); });
+  EXPECT_NE(msg.find("unknown quantization method 'int'"), std::string::npos) << msg;
+  for (const char* n : {"int8", "int2", "fp16", "fp8_static", "fp8_dynamic", "int8_dynamic"}) {
+    EXPECT_NE(msg.find(n), std::string::npos) << "error lists " << n;
+    EXPECT_NE(method_names().find(n), std::string::npos);
+  }
+  EXPECT_NE(error_of([] { find_method("INT8"); }).find("unknown"), std::string::npos);
+  EXPECT_NE(error_of([] { find_method("fp8"); }).find("unknown"), std::string::npos);
+}
+
+TEST(MethodTable, RowsAreConsistent) {
+  for (const MethodInfo& m : method_table()) {
+    EXPECT_FALSE(m.description.empty()) << m.name;
+    EXPECT_TRUE(m.factory) << m.name;
+    EXPECT_NE(std::find(m.allowed_bits.begin(), m.allowed_bits.end(), m.default_bits),
+              m.allowed_bits.end())
+        << m.name;
+    EXPECT_TRUE(!m.layouts.empty() || m.dense_dtype) << m.name << " writes something";
+    const QuantSpec s = resolve_spec(m, {});
+    EXPECT_EQ(s.method, m.name);
+    EXPECT_EQ(s.bits, m.default_bits);
+    EXPECT_EQ(s.group, m.default_group);
+  }
+  EXPECT_TRUE(find_method("fp8_static").needs_calibration);
+  EXPECT_FALSE(find_method("int8").needs_calibration);
+  EXPECT_FALSE(find_method("fp8_dynamic").needs_calibration);
+}
+
+TEST(MethodTable, ResolveSpecRejectsWhatAMethodFixes) {
+  QuantOverrides o;
+  o.bits = 4;
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("int8"), o); }).find("does not support --bits 4"),
+            std::string::npos);
+  QuantOverrides g;
+  g.group = 128;
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("fp8_static"), g); }).find("--group-size"),
+            std::string::npos);
+  QuantSpec ok = resolve_spec(find_method("int2"), g);
+  EXPECT_EQ(ok.group, 128);
+  QuantOverrides bad_group;
+  bad_group.group = -5;
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("int2"), bad_group); }).find("--group-size"),
+            std::string::npos);
+  QuantOverrides asym;
+  asym.symmetric = false;
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("int8"), asym); }).find("--asym"),
+            std::string::npos);
+  QuantOverrides lay;
+  lay.layout = "gptq";
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("fp8_dynamic"), lay); })
+                .find("cannot write layout 'gptq'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("fp16"), lay); }).find("plain dense"),
+            std::string::npos);
+  QuantOverrides damp;
+  damp.damp = -1;
+  EXPECT_NE(error_of([&] { resolve_spec(find_method("int8"), damp); }).find("--damp"),
+            std::string::npos);
+}
+
+TEST(MethodTable, UnknownMethodOptionsAreRejected) {
+  QuantSpec s = resolve_spec(find_method("int8"), {});
+  s.extra = {{"foo", 1}};
+  EXPECT_NE(error_of([&] { find_method("int8").factory(s); }).find("takes no --method-opt"),
+            std::string::npos);
+  QuantSpec f = resolve_spec(find_method("fp8_static"), {});
+  f.extra = {{"serch", true}};
+  const std::string msg = error_of([&] { find_method("fp8_static").factory(f); });
+  EXPECT_NE(msg.find("has no option 'serch'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("search_rows"), std::string::npos) << msg;
+  f.extra = {{"weights", "magic"}};
+  EXPECT_NE(error_of([&] { find_method("fp8_static").factory(f); }).find("gptq"),
+            std::string::npos);
+  f.extra = {{"search_rows", 0}};
+  EXPECT_NE(error_of([&] { find_method("fp8_static").factory(f); }).find("search_rows"),
+            std::string::npos);
+}
+
+// ---- RTN primitives ------------------------------------------------------------------------
+
+TEST(Rtn, Int8PerChannelSymmetric) {
+  const std::vector<float> w = {1.27f, -0.635f, 0.0f, 0.01f,   // row 0: absmax 1.27
+                                0.0f,  0.0f,    0.0f, 0.0f,    // row 1: all zero
+                                -2.54f, 2.54f,  1.0f, -1.0f};  // row 2
+  const QuantizedWeight q = quantize_int_rtn(w.data(), 3, 4, 8, -1, true);
+  ASSERT_EQ(q.scales.size(), 3u);
+  EXPECT_FLOAT_EQ(q.scales[0], 1.27f / 127.0f);
+  EXPECT_EQ(q.scales[1], 1.0f) << "zero row gets scale 1";
+  EXPECT_EQ(q.q8[0], 127);
+  EXPECT_EQ(q.q8[1], -64);  // -63.5 rounds to even
+  EXPECT_EQ(q.q8[2], 0);
+  EXPECT_EQ(q.q8[3], 1);
+  EXPECT_EQ(q.q8[8], -127);
+  EXPECT_EQ(q.q8[9], 127);
+  for (int i = 4; i < 8; ++i) EXPECT_EQ(q.q8[i], 0);
+  const auto dq = q.dequantize();
+  for (size_t i = 0; i < w.size(); ++i)
+    EXPECT_LE(std::fabs(dq[i] - w[i]), 0.5f * q.scales[i / 4] + 1e-7f) << i;
+}
+
+TEST(Rtn, Int2GroupAsymmetricAndClipSearch) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t out = 8, in = 256;
+  std::vector<float> w(out * in);
+  for (auto& v : w) v = nd(rng);
+  w[5] = 9.0f;  // an outlier in group 0 of row 0
+  const QuantizedWeight plain = quantize_int_rtn(w.data(), out, in, 2, 64, false, false);
+  const QuantizedWeight clip = quantize_int_rtn(w.data(), out, in, 2, 64, false, true);
+  ASSERT_EQ(plain.scales.size(), size_t(out * 4));
+  ASSERT_EQ(plain.zeros.size(), size_t(out * 4));
+  for (size_t k = 0; k < plain.qu.size(); ++k) ASSERT_LE(plain.qu[k], 3);
+  for (int32_t z : plain.zeros) {
+    EXPECT_GE(z, 0);
+    EXPECT_LE(z, 3);
+  }
+  auto err = [&](const QuantizedWeight& q) {
+    const auto dq = q.dequantize();
+    double e = 0;
+    for (size_t i = 0; i < w.size(); ++i) e += (dq[i] - w[i]) * (dq[i] - w[i]);
+    return e;
+  };
+  EXPECT_LT(err(clip), err(plain)) << "the MSE clip search lowers the rounding error";
+  // Without clipping every value is inside its group's range: error <= s/2.
+  const auto dq = plain.dequantize();
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t i = 0; i < in; ++i)
+      EXPECT_LE(std::fabs(dq[r * in + i] - w[r * in + i]),
+                0.5f * plain.scales[r * 4 + i / 64] * 1.0001f);
+}
+
+TEST(Rtn, Fp8ScalesAndZeroRows) {
+  const std::vector<float> w = {448.0f, -1.0f, 0.5f, 0.25f, 0.0f, 0.0f, 0.0f, 0.0f};
+  const QuantizedWeight t = quantize_fp8_rtn(w.data(), 2, 4, 0);
+  ASSERT_EQ(t.scales.size(), 1u);
+  EXPECT_EQ(t.scales[0], 1.0f);
+  EXPECT_EQ(uint8_t(t.q8[0]), 0x7e);  // 448
+  const QuantizedWeight c = quantize_fp8_rtn(w.data(), 2, 4, -1);
+  ASSERT_EQ(c.scales.size(), 2u);
+  EXPECT_EQ(c.scales[0], 1.0f);
+  EXPECT_EQ(c.scales[1], 1.0f) << "zero row gets scale 1";
+  const QuantizedWeight fixed = quantize_fp8_rtn(w.data(), 2, 4, 0, 2.0f);
+  EXPECT_EQ(fixed.scales[0], 2.0f);
+  EXPECT_EQ(fp8e4m3_to_f32(uint8_t(fixed.q8[0])), 224.0f);
+}
+
+TEST(Rtn, NonFiniteWeightNamesTheTensor) {
+  const std::vector<float> w = {1.0f, NAN};
+  EXPECT_NE(error_of([&] { check_finite(w.data(), 2, "blk.q.weight"); })
+                .find("blk.q.weight: weight element 1 is NaN"),
+            std::string::npos);
+  const std::vector<float> i = {INFINITY};
+  EXPECT_NE(error_of([&] { check_finite(i.data(), 1, "x"); }).find("Inf"), std::string::npos);
+}
+
+// ---- end to end ----------------------------------------------------------------------------
+
+QuantizeOptions tiny_options(const std::string& method, const fs::path& out) {
+  QuantizeOptions o;
+  o.input = test::model_dir("qwen3-tiny");
+  o.output = out;
+  o.method = method;
+  o.num_samples = 16;
+  o.seq_len = 64;
+  o.quality.enabled = false;
+  return o;
+}
+
+struct TensorExpect {
+  std::string suffix;
+  DType dtype;
+  // shape as a function of (out, in)
+  std::function<Shape(int64_t, int64_t)> shape;
+};
+
+struct MethodCase {
+  std::string method;
+  QKind kind;
+  int bits;
+  int64_t group;
+  bool symmetric;
+  ActQuant act;
+  std::vector<TensorExpect> tensors;
+  double max_ratio;  // ppl ratio bound on the tiny model
+};
+
+std::vector<MethodCase> method_cases() {
+  auto same = [](int64_t o, int64_t i) { return Shape{o, i}; };
+  auto per_channel = [](int64_t o, int64_t) { return Shape{o, 1}; };
+  auto one = [](int64_t, int64_t) { return Shape{1}; };
+  return {
+      {"int8", QKind::INT, 8, -1, true, ActQuant::None,
+       {{"weight_packed", DType::I32, [](int64_t o, int64_t i) { return Shape{o, i / 4}; }},
+        {"weight_scale", DType::F32, per_channel},
+        {"weight_shape", DType::I64, [](int64_t, int64_t) { return Shape{2}; }}},
+       1.01},
+      {"int2", QKind::INT, 2, 64, false, ActQuant::None,
+       {{"weight_packed", DType::I32, [](int64_t o, int64_t i) { return Shape{o, i / 16}; }},
+        {"weight_scale", DType::F32, [](int64_t o, int64_t i) { return Shape{o, i / 64}; }},
+        {"weight_zero_point", DType::I32,
+         [](int64_t o, int64_t i) { return Shape{(o + 15) / 16, i / 64}; }},
+        {"weight_shape", DType::I64, [](int64_t, int64_t) { return Shape{2}; }}},
+       1e9},
+      {"fp8_static", QKind::FP8, 8, 0, true, ActQuant::FP8StaticTensor,
+       {{"weight", DType::F8_E4M3, same},
+        {"weight_scale", DType::F32, one},
+        {"input_scale", DType::F32, one}},
+       1.03},
+      {"fp8_dynamic", QKind::FP8, 8, -1, true, ActQuant::FP8DynamicToken,
+       {{"weight", DType::F8_E4M3, same}, {"weight_scale", DType::F32, per_channel}},
+       1.03},
+      {"int8_dynamic", QKind::INT, 8, -1, true, ActQuant::INT8DynamicToken,
+       {{"weight", DType::I8, same}, {"weight_scale", DType::F32, per_channel}},
+       1.02},
+  };
+}
+
+class QuantizeMethod : public ::testing::TestWithParam<MethodCase> {};
+
+TEST_P(QuantizeMethod, EndToEndOnTinyModel) {
+  const MethodCase& c = GetParam();
+  const fs::path out = test::temp_dir("q-" + c.method) / "out";
+  const QuantizeResult r = quantize_model(tiny_options(c.method, out));
+  EXPECT_EQ(r.quantized_linears, 28);
+  EXPECT_EQ(r.skipped_linears, 0);
+  EXPECT_GT(r.out_bytes, 0u);
+  EXPECT_LT(r.qlinear_bytes, r.qlinear_bf16_bytes);
+  if (find_method(c.method).needs_calibration) {
+    EXPECT_EQ(r.num_samples, 16);
+    EXPECT_EQ(r.seq_len, 64);
+  }
+
+  // Loads through WeightLoaderV2 with the canonical scheme of the method.
+  WeightLoader wl(out);
+  ASSERT_NE(wl.quantization_config(), nullptr);
+  EXPECT_EQ((*wl.quantization_config())["quant_method"], "compressed-tensors");
+  EXPECT_EQ((*wl.quantization_config())["quantization_status"], "compressed");
+  EXPECT_EQ((*wl.quantization_config())["ignore"], json::array({"lm_head"}));
+  ASSERT_EQ(wl.quantized_modules().size(), 28u);
+  Checkpoint base = open_checkpoint(test::model_dir("qwen3-tiny"));
+  for (const std::string& m : wl.quantized_modules()) {
+    const QuantizedWeight q = wl.quantized(m);
+    EXPECT_EQ(q.kind, c.kind) << m;
+    EXPECT_EQ(q.bits, c.bits) << m;
+    EXPECT_EQ(q.group, c.group) << m;
+    EXPECT_EQ(q.symmetric, c.symmetric) << m;
+    EXPECT_EQ(q.act, c.act) << m;
+    if (c.act == ActQuant::FP8StaticTensor) EXPECT_GT(q.input_scale, 0.0f) << m;
+    // Tensors, dtypes and shapes of the layout table (docs/formats.md).
+    const std::vector<std::string> names = module_tensor_names(wl.reader(), m);
+    EXPECT_EQ(names.size(), c.tensors.size()) << m;
+    for (const TensorExpect& t : c.tensors) {
+      const std::string n = m + "." + t.suffix;
+      ASSERT_TRUE(wl.reader().has(n)) << n;
+      const TensorInfo info = wl.reader().get(n).info;
+      EXPECT_EQ(info.dtype, t.dtype) << n;
+      EXPECT_EQ(info.shape, t.shape(q.out, q.in)) << n;
+    }
+    EXPECT_FALSE(wl.reader().has(m + ".weight") && c.tensors[0].suffix != "weight")
+        << "no stale dense copy of " << m;
+  }
+  // Weight-only RTN output is exactly the in-memory quantizer's result.
+  if (c.method == "int8") {
+    const std::string m = "model.layers.2.mlp.down_proj";
+    const std::vector<float> w = base.tensors->get(m + ".weight").to_f32();
+    const QuantizedWeight ref = quantize_int_rtn(w.data(), 128, 384, 8, -1, true);
+    EXPECT_EQ(wl.get_f32(m + ".weight"), ref.dequantize());
+  }
+  // Non-quantized tensors are copied byte for byte; tokenizer files identical.
+  for (const char* n : {"model.embed_tokens.weight", "model.norm.weight",
+                        "model.layers.1.input_layernorm.weight",
+                        "model.layers.3.self_attn.k_norm.weight"}) {
+    const TensorRef a = base.tensors->get(n), b = wl.reader().get(n);
+    ASSERT_EQ(a.info.dtype, b.info.dtype) << n;
+    ASSERT_EQ(a.info.nbytes, b.info.nbytes) << n;
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.info.nbytes), 0) << n;
+  }
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+    EXPECT_EQ(read_text_file(out / f), read_text_file(test::model_dir("qwen3-tiny") / f)) << f;
+  EXPECT_TRUE(fs::exists(out / "llmc_quant_report.json"));
+  const json rep = json::parse(read_text_file(out / "llmc_quant_report.json"));
+  EXPECT_EQ(rep["method"], c.method);
+  EXPECT_EQ(rep["layers"].size(), 28u);
+
+  // Quality through the loader + eval library on a small held-out slice.
+  QualityOptions qo;
+  qo.tokens = 2048;
+  qo.seq_len = 128;
+  const QualityResult qr = quality_check(test::model_dir("qwen3-tiny"), out, qo);
+  ASSERT_TRUE(qr.measured);
+  EXPECT_EQ(qr.tokens, 2048);
+  EXPECT_TRUE(std::isfinite(qr.ppl_quant));
+  EXPECT_GT(qr.kl, 0.0);
+  EXPECT_LT(qr.ppl_ratio, c.max_ratio) << c.method;
+  EXPECT_GT(qr.ppl_ratio, 0.97) << c.method;
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, QuantizeMethod, ::testing::ValuesIn(method_cases()),
+                         [](const auto& info) { return info.param.method; });
+
+TEST(Quantize, Fp16IsAPlainHalfCheckpoint) {
+  const fs::path out = test::temp_dir("q-fp16") / "out";
+  const QuantizeResult r = quantize_model(tiny_options("fp16", out));
+  EXPECT_EQ(r.quantized_linears, 0);
+  Checkpoint ck = open_checkpoint(out);
+  EXPECT_FALSE(ck.config.contains("quantization_config"));
+  EXPECT_EQ(ck.config["dtype"], "float16");
+  Checkpoint base = open_checkpoint(test::model_dir("qwen3-tiny"));
+  EXPECT_EQ(ck.tensors->list().size(), base.tensors->list().size());
+  for (const TensorInfo& t : ck.tensors->list()) {
+    EXPECT_EQ(t.dtype, DType::F16) << t.name;
+    const auto a = base.tensors->get(t.name).to_f32();
+    const auto b = ck.tensors->get(t.name).to_f32();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(b[i], f16_to_f32(f32_to_f16(a[i]))) << t.name;
+  }
+}
+
+TEST(Quantize, IgnoreLeavesModulesDenseAndListsThem) {
+  const fs::path out = test::temp_dir("q-ignore") / "out";
+  QuantizeOptions o = tiny_options("int8_dynamic", out);
+  o.ignore = {"re:mlp\\.down_proj$", "layers\\.0\\.self_attn\\.q_proj"};
+  const QuantizeResult r = quantize_model(o);
+  EXPECT_EQ(r.quantized_linears, 28 - 5);
+  EXPECT_EQ(r.skipped_linears, 5);
+  Checkpoint ck = open_checkpoint(out);
+  const json ignore = ck.config["quantization_config"]["ignore"];
+  EXPECT_EQ(ignore.size(), 6u);
+  EXPECT_EQ(ignore[0], "lm_head");
+  Checkpoint base = open_checkpoint(test::model_dir("qwen3-tiny"));
+  for (const std::string m : {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
+                              "model.layers.3.mlp.down_proj"}) {
+    EXPECT_NE(std::find(ignore.begin(), ignore.end(), m), ignore.end()) << m;
+    const TensorRef a = base.tensors->get(m + ".weight"), b = ck.tensors->get(m + ".weight");
+    EXPECT_EQ(b.info.dtype, DType::BF16);
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.info.nbytes), 0) << m << " copied unchanged";
+  }
+  EXPECT_EQ(ck.tensors->get("model.layers.1.self_attn.q_proj.weight").info.dtype, DType::I8);
+  WeightLoader wl(out);
+  EXPECT_EQ(wl.quantized_modules().size(), 23u);
+  // Everything ignored is an error, and leaves nothing.
+  const fs::path none = test::temp_dir("q-ignore-all") / "out";
+  QuantizeOptions all = tiny_options("int8", none);
+  all.ignore = {"."};
+  EXPECT_NE(error_of([&] { quantize_model(all); }).find("nothing to quantize"), std::string::npos);
+  EXPECT_FALSE(fs::exists(none));
+  QuantizeOptions bad = tiny_options("int8", none);
+  bad.ignore = {"(unclosed"};
+  EXPECT_NE(error_of([&] { quantize_model(bad); }).find("invalid regular expression"),
+            std::string::npos);
+}
+
+TEST(Quantize, ParquetOutputHoldsTheSameTensors) {
+  const fs::path d = test::temp_dir("q-parquet");
+  QuantizeOptions o = tiny_options("fp8_dynamic", d / "hf");
+  quantize_model(o);
+  o.output = d / "model.parquet";
+  quantize_model(o);
+  Checkpoint hf = open_checkpoint(d / "hf");
+  Checkpoint pq = open_checkpoint(d / "model.parquet");
+  EXPECT_EQ(pq.format, CheckpointFormat::Parquet);
+  EXPECT_EQ(pq.config["quantization_config"], hf.config["quantization_config"]);
+  EXPECT_EQ(pq.aux_files.at("tokenizer.json"), hf.aux_files.at("tokenizer.json"));
+  ASSERT_EQ(pq.tensors->list().size(), hf.tensors->list().size());
+  for (const TensorInfo& t : hf.tensors->list()) {
+    const TensorRef a = hf.tensors->get(t.name), b = pq.tensors->get(t.name);
+    EXPECT_EQ(a.info.shape, b.info.shape) << t.name;
+    ASSERT_EQ(a.info.nbytes, b.info.nbytes) << t.name;
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.info.nbytes), 0) << t.name;
+  }
+  WeightLoader wl(d / "model.parquet");
+  EXPECT_EQ(wl.quantized_modules().size(), 28u);
+  // Explicit --format hf on a .parquet-looking name writes a directory.
+  QuantizeOptions f = tiny_options("int8", d / "dir.parquet");
+  f.format = CheckpointFormat::HF;
+  quantize_model(f);
+  EXPECT_TRUE(fs::is_directory(d / "dir.parquet"));
+}
+
+TEST(Quantize, Fp8StaticIsDeterministicAndReportsTheSearch) {
+  const fs::path d = test::temp_dir("q-det");
+  QuantizeOptions o = tiny_options("fp8_static", d / "a");
+  o.overrides.seed = 5;
+  quantize_model(o);
+  o.output = d / "b";
+  quantize_model(o);
+  EXPECT_EQ(read_text_file(d / "a" / "model.safetensors"), read_text_file(d / "b" / "model.safetensors"));
+  const json rep = json::parse(read_text_file(d / "a" / "llmc_quant_report.json"));
+  const json& q = rep["layers"]["model.layers.1.self_attn.q_proj"];
+  const json& k = rep["layers"]["model.layers.1.self_attn.k_proj"];
+  EXPECT_EQ(q["input_scale"], k["input_scale"]) << "q/k/v share one input scale";
+  EXPECT_EQ(q["weight_scale"], k["weight_scale"]) << "q/k/v share one weight scale";
+  EXPECT_LE(q["group_out_rel_error"].get<double>(), q["group_out_rel_error_absmax"].get<double>());
+  EXPECT_LE(q["input_clip_ratio"].get<double>(), 1.0);
+  EXPECT_EQ(q["weights"], "gptq");
+  // Other seed -> other windows -> (almost surely) other input scales.
+  o.overrides.seed = 6;
+  o.output = d / "c";
+  quantize_model(o);
+  EXPECT_NE(read_text_file(d / "a" / "model.safetensors"), read_text_file(d / "c" / "model.safetensors"));
+  // RTN weights and no search are selectable.
+  o.overrides.extra = {{"weights", "rtn"}, {"search", false}};
+  o.output = d / "e";
+  quantize_model(o);
+  const json rep2 = json::parse(read_text_file(d / "e" / "llmc_quant_report.json"));
+  EXPECT_EQ(rep2["layers"]["model.layers.0.mlp.up_proj"]["weights"], "rtn");
+  EXPECT_EQ(rep2["layers"]["model.layers.0.mlp.up_proj"]["input_clip_ratio"], 1.0);
+}
+
+TEST(Quantize, QwenTwoBiasesAndLlamaModels) {
+  // A synthetic Qwen2 (q/k/v biases) written to disk, then quantized.
+  const fs::path d = test::temp_dir("q-qwen2");
+  const json cfg = {{"architectures", {"Qwen2ForCausalLM"}},
+                    {"model_type", "qwen2"},
+                    {"vocab_size", 8192},
+                    {"hidden_size", 64},
+                    {"intermediate_size", 128},
+                    {"num_hidden_layers", 2},
+                    {"num_attention_heads", 4},
+                    {"num_key_value_heads", 2},
+                    {"max_position_embeddings", 512},
+                    {"rms_norm_eps", 1e-6},
+                    {"rope_theta", 10000.0},
+                    {"tie_word_embeddings", false},
+                    {"torch_dtype", "bfloat16"}};
+  Checkpoint syn = test::synthetic_checkpoint(cfg, 3, DType::BF16);
+  {
+    auto w = make_checkpoint_writer(d / "qwen2", CheckpointFormat::HF);
+    for (const TensorInfo& t : syn.tensors->list()) {
+      const TensorRef r = syn.tensors->get(t.name);
+      w->add_tensor(t.name, t.dtype, t.shape, r.data, t.nbytes);
+    }
+    w->commit(cfg, {{"tokenizer.json", read_text_file(test::model_dir("qwen3-tiny") / "tokenizer.json")}});
+  }
+  QuantizeOptions o = tiny_options("fp8_static", d / "out");
+  o.input = d / "qwen2";
+  o.num_samples = 4;
+  o.seq_len = 32;
+  const QuantizeResult r = quantize_model(o);
+  EXPECT_EQ(r.quantized_linears, 14);
+  WeightLoader wl(d / "out");
+  const QuantizedWeight q = wl.quantized("model.layers.1.self_attn.k_proj");
+  const std::vector<float> bias =
+      syn.tensors->get("model.layers.1.self_attn.k_proj.bias").to_f32();
+  ASSERT_EQ(q.bias.size(), bias.size());
+  EXPECT_EQ(wl.get_f32("model.layers.1.self_attn.k_proj.bias"), bias);
+  EXPECT_TRUE(wl.reader().has("lm_head.weight")) << "untied lm_head copied";
+
+  // Llama fixture.
+  QuantizeOptions l = tiny_options("int8_dynamic", d / "llama");
+  l.input = test::model_dir("llama-tiny");
+  EXPECT_EQ(quantize_model(l).quantized_linears, 28);
+  EXPECT_EQ(WeightLoader(d / "llama").quantized_modules().size(), 28u);
+}
+
+// Copies qwen3-tiny and poisons one weight element with NaN.
+fs::path poisoned_model(const fs::path& dir) {
+  fs::copy(test::model_dir("qwen3-tiny"), dir, fs::copy_options::recursive);
+  const fs::path st = dir / "model.safetensors";
+  std::string bytes = read_text_file(st);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const json h = json::parse(bytes.substr(8, n));
+  const uint64_t off = h["model.layers.2.mlp.up_proj.weight"]["data_offsets"][0].get<uint64_t>();
+  const uint16_t nan = 0x7fc0;
+  std::memcpy(bytes.data() + 8 + n + off + 2 * 7, &nan, 2);
+  std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
+  return dir;
+}
+
+TEST(QuantizeErrors, NothingIsLeftBehind) {
+  const fs::path d = test::temp_dir("q-errors");
+  const fs::path bad = poisoned_model(d / "nan-model");
+  QuantizeOptions o = tiny_options("int8", d / "out");
+  o.input = bad;
+  const std::string msg = error_of([&] { quantize_model(o); });
+  EXPECT_NE(msg.find("model.layers.2.mlp.up_proj.weight"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(d / "out"));
+
+  QuantizeOptions small = tiny_options("fp8_static", d / "out");
+  small.num_samples = 100000;
+  const std::string m2 = error_of([&] { quantize_model(small); });
+  EXPECT_NE(m2.find("tokens, need --num-samples x --seq-len"), std::string::npos) << m2;
+  EXPECT_FALSE(fs::exists(d / "out"));
+
+  QuantizeOptions longseq = tiny_options("fp8_static", d / "out");
+  longseq.seq_len = 5000;
+  EXPECT_NE(error_of([&] { quantize_model(longseq); }).find("max_position_embeddings"),
+            std::string::npos);
+
+  QuantizeOptions same = tiny_options("int8", test::model_dir("qwen3-tiny"));
+  EXPECT_NE(error_of([&] { quantize_model(same); }).find("is the input model"), std::string::npos);
+
+  // An already quantized input is refused.
+  QuantizeOptions q1 = tiny_options("int8", d / "q1");
+  quantize_model(q1);
+  QuantizeOptions q2 = tiny_options("int8", d / "q2");
+  q2.input = d / "q1";
+  EXPECT_NE(error_of([&] { quantize_model(q2); }).find("already quantized"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d / "q2"));
+
+  QuantizeOptions missing = tiny_options("fp8_static", d / "out");
+  missing.calibration_data = d / "nope.jsonl";
+  EXPECT_NE(error_of([&] { quantize_model(missing); }).find("nope.jsonl"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d / "out"));
+  // No temporaries either.
+  for (const auto& e : fs::directory_iterator(d))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+}
+
+TEST(QuantizeSummary, MentionsSizesAndQuality) {
+  QuantizeResult r;
+  r.output = "out";
+  r.method = "fp8_static";
+  r.layout = "float-quantized";
+  r.layers = 4;
+  r.quantized_linears = 28;
+  r.num_samples = 16;
+  r.seq_len = 64;
+  r.out_bytes = 50;
+  r.bf16_bytes = 100;
+  r.qlinear_bytes = 25;
+  r.qlinear_bf16_bytes = 50;
+  r.quality = {true, 2048, 80.0, 80.4, 1.005, 0.01, 0.95};
+  const std::string s = format_summary(r);
+  for (const char* want : {"fp8_static (layout float-quantized)", "50.0 % of bf16",
+                           "ratio 1.00500", "16 x 64 tokens", "top-1 agreement 95.00 %"})
+    EXPECT_NE(s.find(want), std::string::npos) << want << "\n" << s;
+  const json j = summary_json(r);
+  EXPECT_EQ(j["quality"]["ppl_ratio"], 1.005);
+  EXPECT_EQ(j["quantized_linear_bytes"], 25);
+}
+
+// ---- BlockJob helpers ----------------------------------------------------------------------
+
+TEST(BlockJobTest, StreamsSlotInputsAndCommitChecksShapes) {
+  Checkpoint ck = open_checkpoint(test::model_dir("qwen3-tiny"));
+  auto model = Model::load(ck);
+  const QuantSpec spec = resolve_spec(find_method("int8"), {});
+  BlockJob job(*model, 1, spec, model->block(1));
+  const int n = 3, seq = 16;
+  std::vector<int32_t> ids(n * seq);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t(100 + i);
+  std::vector<float> x(ids.size() * 128);
+  model->embed(ids.data(), int64_t(ids.size()), x.data());
+  job.inputs = x.data();
+  job.n_samples = n;
+  job.seq = seq;
+  job.batch = 2;
+  int64_t rows = 0, calls = 0;
+  job.for_each_input(LinearSlot::Down, [&](const float*, int64_t r, int64_t cols) {
+    EXPECT_EQ(cols, 384);
+    rows += r;
+    ++calls;
+  });
+  EXPECT_EQ(rows, n * seq);
+  EXPECT_EQ(calls, 2) << "batches of 2 samples";
+  std::vector<float> y1, y2;
+  job.run(nullptr, &y1);
+  job.batch = 3;
+  job.run(nullptr, &y2);
+  ASSERT_EQ(y1.size(), x.size());
+  for (size_t i = 0; i < y1.size(); ++i) ASSERT_NEAR(y1[i], y2[i], 1e-4f);
+  EXPECT_EQ(job.module_name(LinearSlot::Gate), "model.layers.1.mlp.gate_proj");
+  QuantizedWeight wrong = quantize_int_rtn(job.dense(LinearSlot::Q).weight().data(), 64, 256, 8, -1, true);
+  EXPECT_NE(error_of([&] { job.commit(LinearSlot::Q, wrong); }).find("quantized weight is [64, 256]"),
+            std::string::npos);
+  const auto& w = job.dense(LinearSlot::Q).weight();
+  job.commit(LinearSlot::Q, quantize_int_rtn(w.data(), 128, 128, 8, -1, true), {{"x", 1}});
+  EXPECT_TRUE(job.quantized[int(LinearSlot::Q)].has_value());
+  EXPECT_EQ(job.report[int(LinearSlot::Q)]["x"], 1);
+  EXPECT_NE(error_of([&] { job.dense(LinearSlot::Q); }).find("expected a dense"), std::string::npos);
+  job.ignored = [](LinearSlot s) { return s == LinearSlot::K; };
+  EXPECT_NE(error_of([&] {
+              job.commit(LinearSlot::K, quantize_int_rtn(w.data(), 64, 128, 8, -1, true));
+            }).find("ignored"),
+            std::string::npos);
+}
+
+// ---- CLI -----------------------------------------------------------------------------------
+
+TEST(QuantizeCli, AiOsSpellingsAndErrors) {
+  const fs::path d = test::temp_dir("q-cli");
+  const std::string in = " --input " + test::model_dir("qwen3-tiny").string();
+  std::string out;
+  ASSERT_EQ(test::run_cli("quantize" + in + " --output " + (d / "a").string() +
+                              " --backend ptq --quant-type int8 --no-eval",
+                          &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("method                 int8"), std::string::npos) << out;
+  EXPECT_NE(out.find("of bf16"), std::string::npos) << out;
+  ASSERT_EQ(test::run_cli("quantize" + in + " --output " + (d / "b.parquet").string() +
+                              " --backend angelslim --angelslim-method fp8_dynamic --json "
+                              "--eval-tokens 1024 --eval-seq-len 128 -q",
+                          &out),
+            0)
+      << out;
+  const json j = json::parse(out.substr(out.find('{')));
+  EXPECT_EQ(j["method"], "fp8_dynamic");
+  EXPECT_LT(j["quality"]["ppl_ratio"].get<double>(), 1.05);
+  EXPECT_TRUE(fs::is_regular_file(d / "b.parquet"));
+  ASSERT_EQ(test::run_cli("quantize" + in + " -o " + (d / "c").string() +
+                              " --method fp8_static --num-samples 8 --seq-len 32 --no-eval "
+                              "--method-opt weights=rtn --method-opt search_rows=512 --seed 2",
+                          &out),
+            0)
+      << out;
+  struct Bad {
+    std::string args, expect;
+  };
+  const std::vector<Bad> bad = {
+      {"--backend foo --quant-type int8", "--backend 'foo' is unknown"},
+      {"--quant-type int8", "--quant-type needs --backend ptq"},
+      {"--angelslim-method fp8_static", "--angelslim-method needs --backend angelslim"},
+      {"--backend ptq --quant-type fp8_static", "is not a ptq method"},
+      {"--backend ptq", "needs --quant-type"},
+      {"--backend ptq --quant-type int8 --angelslim-method fp8_static", "does not go with"},
+      {"--method int2 --backend ptq --quant-type int8", "contradicts"},
+      {"", "no method given"},
+      {"--method int8 --sym --asym", "mutually exclusive"},
+      {"--method int8 --method-opt x", "must be KEY=VALUE"},
+      {"--method int8 --method-opt a=1 --method-opt a=2", "given twice"},
+      {"--method int8 --format zip", "zip"},
+      {"--method nope", "unknown quantization method 'nope'"},
+      {"--backend angelslim --angelslim-method int4_gptq --bits 5", "int4_gptq"},
+  };
+  for (const Bad& b : bad) {
+    const fs::path o = d / "bad";
+    EXPECT_NE(test::run_cli("quantize" + in + " --output " + o.string() + " --no-eval " + b.args,
+                            &out),
+              0)
+        << b.args;
+    EXPECT_NE(out.find(b.expect), std::string::npos) << b.args << " -> " << out;
+    EXPECT_FALSE(fs::exists(o)) << b.args;
+  }
+}
+
+}  // namespace
+}  // namespace llmc
