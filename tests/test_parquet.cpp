@@ -3,6 +3,7 @@
 // node and tests/interop/node_modules are present (bash scripts/interop-deps.sh).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <array>
@@ -136,6 +137,23 @@ std::string error_of(const std::function<void()>& fn) {
   }
   return "(no error)";
 }
+
+// A scratch file for fuzz loops that rewrite a file thousands of times: in /dev/shm when there
+// is one (file rewrites on a loaded disk cost milliseconds each), else in a temp dir.
+struct ScratchFile {
+  fs::path path;
+  explicit ScratchFile(const std::string& tag) {
+    std::error_code ec;
+    if (fs::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0)
+      path = fs::path("/dev/shm") / ("llmc-test-" + tag + "-" + std::to_string(::getpid()) + ".parquet");
+    else
+      path = llmc::test::temp_dir(tag) / "scratch.parquet";
+  }
+  ~ScratchFile() {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+};
 
 void open_and_read_all(const fs::path& p) {
   auto f = llmc::open_parquet_checkpoint(p);
@@ -535,6 +553,123 @@ TEST(ParquetEncoding, RleHybridRoundTripAllWidths) {
   EXPECT_THROW(d.get(&x, 1), Error);
 }
 
+namespace {
+// Reference DELTA_BINARY_PACKED encoder (test-only): blocks of 128 values, 4 miniblocks.
+void put_uleb(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(char(uint8_t(v) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(char(v));
+}
+std::string dbp_encode(const std::vector<int64_t>& v) {
+  std::string out;
+  put_uleb(128, &out);
+  put_uleb(4, &out);
+  put_uleb(v.size(), &out);
+  const int64_t first = v.empty() ? 0 : v[0];
+  put_uleb((uint64_t(first) << 1) ^ uint64_t(first >> 63), &out);
+  for (size_t i = 1; i < v.size(); i += 128) {
+    std::vector<uint64_t> d;
+    for (size_t j = i; j < std::min(v.size(), i + 128); ++j) d.push_back(uint64_t(v[j]) - uint64_t(v[j - 1]));
+    int64_t min_delta = INT64_MAX;
+    for (uint64_t x : d) min_delta = std::min(min_delta, int64_t(x));
+    put_uleb((uint64_t(min_delta) << 1) ^ uint64_t(min_delta >> 63), &out);
+    std::vector<uint64_t> rel;
+    for (uint64_t x : d) rel.push_back(x - uint64_t(min_delta));
+    rel.resize(128, 0);
+    int widths[4] = {};
+    for (int m = 0; m < 4; ++m)
+      for (int k = 0; k < 32; ++k) widths[m] = std::max(widths[m], 64 - (rel[size_t(m * 32 + k)] ? __builtin_clzll(rel[size_t(m * 32 + k)]) : 64));
+    for (int m = 0; m < 4; ++m) out.push_back(char(widths[m]));
+    const size_t used = (d.size() + 31) / 32;
+    for (size_t m = 0; m < used; ++m) {
+      std::string packed(size_t(4 * widths[m]), '\0');
+      for (int k = 0; k < 32; ++k)
+        for (int b = 0; b < widths[m]; ++b)
+          if ((rel[m * 32 + size_t(k)] >> b) & 1) {
+            const size_t bit = size_t(k * widths[m] + b);
+            packed[bit / 8] = char(uint8_t(packed[bit / 8]) | uint8_t(1u << (bit % 8)));
+          }
+      out += packed;
+    }
+  }
+  return out;
+}
+}  // namespace
+
+TEST(ParquetEncoding, DeltaEncodings) {
+  const std::string ctx = "delta";
+  auto u8 = [](const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); };
+  // The spec's example 2: 7, 5, 3, 1, 2, 3, 4, 5 with blocks of 8 values, one miniblock.
+  {
+    const std::string enc("\x08\x01\x08\x0e\x03\x02\xc0\x3f", 8);
+    std::vector<int64_t> v;
+    EXPECT_EQ(pq::delta_binary_unpack(u8(enc), enc.size(), 8, &v, ctx), 8u);
+    EXPECT_EQ(v, (std::vector<int64_t>{7, 5, 3, 1, 2, 3, 4, 5}));
+    v.clear();
+    EXPECT_THROW(pq::delta_binary_unpack(u8(enc), enc.size(), 7, &v, ctx), Error);  // count mismatch
+    EXPECT_THROW(pq::delta_binary_unpack(u8(enc), 6, 8, &v, ctx), Error);           // truncated
+  }
+  // Round trips against the reference encoder: extremes, wrap-around, long and empty inputs.
+  std::mt19937_64 rng(3);
+  for (int t = 0; t < 40; ++t) {
+    std::vector<int64_t> v(size_t(rng() % 700));
+    for (auto& x : v) {
+      switch (t % 4) {
+        case 0: x = int64_t(rng()); break;
+        case 1: x = int64_t(rng() % 1000) - 500; break;
+        case 2: x = (rng() & 1) ? INT64_MAX : INT64_MIN; break;
+        default: x = int64_t(&x - v.data()); break;
+      }
+    }
+    const std::string enc = dbp_encode(v) + "tail";
+    std::vector<int64_t> got;
+    EXPECT_EQ(pq::delta_binary_unpack(u8(enc), enc.size(), v.size(), &got, ctx), enc.size() - 4);
+    EXPECT_EQ(got, v);
+  }
+  // DELTA_LENGTH_BYTE_ARRAY and DELTA_BYTE_ARRAY (the spec's examples).
+  {
+    const std::string dlba = dbp_encode({5, 5, 6, 6}) + "HelloWorldFoobarABCDEF";
+    std::vector<std::string_view> out;
+    pq::delta_length_byte_array(u8(dlba), dlba.size(), 4, &out, ctx);
+    EXPECT_EQ(out, (std::vector<std::string_view>{"Hello", "World", "Foobar", "ABCDEF"}));
+    out.clear();
+    EXPECT_THROW(pq::delta_length_byte_array(u8(dlba), dlba.size() - 1, 4, &out, ctx), Error);
+    const std::string dba = dbp_encode({0, 2, 0, 3}) + dbp_encode({4, 2, 6, 5}) + "axislebabbleyhood";
+    std::string storage;
+    out.clear();
+    pq::delta_byte_array(u8(dba), dba.size(), 4, &out, &storage, 1000, ctx);
+    EXPECT_EQ(out, (std::vector<std::string_view>{"axis", "axle", "babble", "babyhood"}));
+    out.clear();
+    EXPECT_THROW(pq::delta_byte_array(u8(dba), dba.size(), 4, &out, &storage, 10, ctx), Error);  // cap
+    const std::string bad = dbp_encode({0, 5, 0, 3}) + dbp_encode({4, 2, 6, 5}) + "axislebabbleyhood";
+    out.clear();
+    EXPECT_THROW(pq::delta_byte_array(u8(bad), bad.size(), 4, &out, &storage, 1000, ctx), Error);
+  }
+  // Bad layouts and garbage.
+  std::vector<int64_t> v;
+  const std::string bad_block("\x07\x01\x01\x00", 4);
+  EXPECT_THROW(pq::delta_binary_unpack(u8(bad_block), bad_block.size(), 1, &v, ctx), Error);
+  const std::string wide = std::string("\x08\x01\x02\x00\x00", 5) + char(65);
+  EXPECT_THROW(pq::delta_binary_unpack(u8(wide), wide.size(), 2, &v, ctx), Error);
+  std::mt19937 r32(4);
+  for (int it = 0; it < 5000; ++it) {
+    const std::string g = random_bytes(1 + r32() % 48, r32());
+    std::vector<int64_t> x;
+    std::vector<std::string_view> sv;
+    std::string st;
+    try {
+      pq::delta_binary_unpack(u8(g), g.size(), r32() % 40, &x, ctx);
+    } catch (const Error&) {
+    }
+    try {
+      pq::delta_byte_array(u8(g), g.size(), r32() % 8, &sv, &st, 1 << 16, ctx);
+    } catch (const Error&) {
+    }
+  }
+}
+
 TEST(ParquetEncoding, Codecs) {
   const std::string src = random_bytes(1000, 3) + std::string(5000, 'a') + random_bytes(100, 4);
   const auto* s = reinterpret_cast<const uint8_t*>(src.data());
@@ -549,6 +684,31 @@ TEST(ParquetEncoding, Codecs) {
                Error);
   EXPECT_THROW(pq::decompress(6, reinterpret_cast<const uint8_t*>(z.data()), z.size(), o, out.size() - 1, "c"),
                Error);
+  // ZSTD streaming (the reader's direct-to-tensor path)
+  {
+    pq::ZstdStream zs(reinterpret_cast<const uint8_t*>(z.data()), z.size(), "zs");
+    std::string a(10, '\0'), b(src.size() - 10, '\0');
+    zs.read(reinterpret_cast<uint8_t*>(a.data()), a.size());
+    zs.read(reinterpret_cast<uint8_t*>(b.data()), b.size());
+    zs.finish();
+    EXPECT_EQ(a + b, src);
+    pq::ZstdStream more(reinterpret_cast<const uint8_t*>(z.data()), z.size(), "zs");
+    std::string big(src.size() + 1, '\0');
+    EXPECT_THROW(more.read(reinterpret_cast<uint8_t*>(big.data()), big.size()), Error);
+    pq::ZstdStream less(reinterpret_cast<const uint8_t*>(z.data()), z.size(), "zs");
+    less.read(reinterpret_cast<uint8_t*>(big.data()), src.size() - 1);
+    EXPECT_THROW(less.finish(), Error);
+    const std::string trailing = z + "x";
+    pq::ZstdStream tr(reinterpret_cast<const uint8_t*>(trailing.data()), trailing.size(), "zs");
+    tr.read(reinterpret_cast<uint8_t*>(big.data()), src.size());
+    EXPECT_THROW(tr.finish(), Error);
+    std::string bad = z;
+    bad[0] = 'x';
+    pq::ZstdStream corrupt(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(), "zs");
+    EXPECT_THROW(corrupt.read(reinterpret_cast<uint8_t*>(big.data()), 4), Error);
+    pq::ZstdStream cut(reinterpret_cast<const uint8_t*>(z.data()), z.size() / 2, "zs");
+    EXPECT_THROW(cut.read(reinterpret_cast<uint8_t*>(big.data()), src.size()), Error);
+  }
   // GZIP (zlib stream accepted too: the header is auto-detected)
   uLongf zn = compressBound(uLong(src.size()));
   std::string gz(zn, '\0');
@@ -925,7 +1085,8 @@ TEST(Parquet, FuzzTruncationsAndByteFlips) {
     const fs::path src = dir / (zstd ? "z.parquet" : "u.parquet");
     write_parquet(src, ts, {.chunk = 24, .zstd = zstd, .row_group = 64, .kv = {{"config.json", "{}"}}});
     const std::string g = bytes_of(src);
-    const fs::path p = dir / "fuzz.parquet";
+    const ScratchFile scratch("pq-fuzz");
+    const fs::path& p = scratch.path;
     for (size_t n = 0; n < g.size(); n += 3) {
       put_file(p, g.substr(0, n));
       EXPECT_THROW(open_and_read_all(p), Error) << "truncated to " << n;
@@ -966,7 +1127,8 @@ std::vector<T> foreign_tensors() {
       make_tensor("ids", DType::I32, {5}, 5),
   };
 }
-const char* const kForeignFixtures[] = {"snappy_nullable", "plain_required", "zstd_dict", "gzip_required"};
+const char* const kForeignFixtures[] = {"snappy_nullable", "plain_required", "zstd_dict",
+                                        "gzip_required",   "delta_nullable", "delta_required"};
 }  // namespace
 
 TEST(Parquet, ReadsCheckedInHyparquetFiles) {
@@ -974,7 +1136,6 @@ TEST(Parquet, ReadsCheckedInHyparquetFiles) {
   // several row groups and pages, SNAPPY/GZIP/ZSTD), checked in so that this runs without node.
   const std::vector<T> ts = foreign_tensors();
   const std::map<std::string, std::string> kv = {{"llmc.format_version", "1"}, {"note", "written by hyparquet"}};
-  const fs::path dir = llmc::test::temp_dir("pq-foreign");
   size_t opened = 0, failed = 0;
   for (const char* name : kForeignFixtures) {
     SCOPED_TRACE(name);
@@ -987,7 +1148,8 @@ TEST(Parquet, ReadsCheckedInHyparquetFiles) {
     // Byte flips and truncations over these layouts too: llmc::Error or success, never a crash.
     const std::string g = bytes_of(p);
     std::mt19937 rng(21);
-    const fs::path q = dir / "f.parquet";
+    const ScratchFile scratch("pq-foreign");
+    const fs::path& q = scratch.path;
     for (int it = 0; it < 400; ++it) {
       std::string b = g;
       if (it % 10 == 0) {
@@ -1138,14 +1300,20 @@ TEST(ParquetInterop, LlmcReadsHyparquetWriterFiles) {
     bool nullable;
     int row_group;
     int page;
-    const char* encoding;
+    std::map<std::string, std::string> encodings;  // column -> encoding forced on the writer
     uint64_t chunk;
   };
   const Variant variants[] = {
-      {"snappy_nullable", "SNAPPY", true, 3, 1024, nullptr, 700},
-      {"plain_required", "UNCOMPRESSED", false, 1000, 1 << 20, "PLAIN", 1 << 20},
-      {"zstd_dict", "ZSTD", true, 4, 512, "RLE_DICTIONARY", 120},
-      {"gzip_required", "GZIP", false, 2, 4096, nullptr, 1000},
+      {"snappy_nullable", "SNAPPY", true, 3, 1024, {}, 700},
+      {"plain_required", "UNCOMPRESSED", false, 1000, 1 << 20, {{"data", "PLAIN"}}, 1 << 20},
+      {"zstd_dict", "ZSTD", true, 4, 512, {{"data", "RLE_DICTIONARY"}, {"name", "RLE_DICTIONARY"}}, 120},
+      {"gzip_required", "GZIP", false, 2, 4096, {}, 1000},
+      {"delta_nullable", "UNCOMPRESSED", true, 5, 2048,
+       {{"name", "DELTA_BYTE_ARRAY"}, {"dtype", "DELTA_LENGTH_BYTE_ARRAY"}, {"shape", "DELTA_BINARY_PACKED"},
+        {"chunk", "DELTA_BINARY_PACKED"}, {"data", "DELTA_LENGTH_BYTE_ARRAY"}},
+       64},
+      {"delta_required", "SNAPPY", false, 1000, 1 << 20,
+       {{"name", "DELTA_LENGTH_BYTE_ARRAY"}, {"chunk", "DELTA_BINARY_PACKED"}, {"data", "DELTA_BYTE_ARRAY"}}, 100},
   };
   const std::map<std::string, std::string> kv = {{"llmc.format_version", "1"}, {"note", "written by hyparquet"}};
   for (const auto& v : variants) {
@@ -1155,7 +1323,7 @@ TEST(ParquetInterop, LlmcReadsHyparquetWriterFiles) {
     spec["nullable"] = v.nullable;
     spec["rowGroupSize"] = v.row_group;
     spec["pageSize"] = v.page;
-    if (v.encoding) spec["dataEncoding"] = v.encoding;
+    spec["encodings"] = v.encodings;
     spec["kv"] = kv;
     spec["rows"] = nlohmann::json::array();
     for (size_t i = 0; i < ts.size(); ++i) {
@@ -1182,9 +1350,16 @@ TEST(ParquetInterop, LlmcReadsHyparquetWriterFiles) {
     // Confirm the variant exercised what it was meant to (the writer's choices, from the footer).
     const pq::FileMetaData m = read_footer(p);
     EXPECT_GT(m.row_groups.size(), v.row_group < 10 ? 1u : 0u);
-    const auto& enc = m.row_groups[0].columns[4].meta_data->encodings;
-    if (v.encoding && std::string(v.encoding) == "RLE_DICTIONARY")
-      EXPECT_NE(std::find(enc.begin(), enc.end(), 8), enc.end());
+    static const std::map<std::string, int32_t> kEnc = {
+        {"PLAIN", 0}, {"RLE_DICTIONARY", 8}, {"DELTA_BINARY_PACKED", 5}, {"DELTA_LENGTH_BYTE_ARRAY", 6},
+        {"DELTA_BYTE_ARRAY", 7}};
+    const char* const cols[] = {"name", "dtype", "shape", "chunk", "data"};
+    for (size_t c = 0; c < 5; ++c) {
+      const auto it = v.encodings.find(cols[c]);
+      if (it == v.encodings.end()) continue;
+      const auto& enc = m.row_groups[0].columns[c].meta_data->encodings;
+      EXPECT_NE(std::find(enc.begin(), enc.end(), kEnc.at(it->second)), enc.end()) << cols[c];
+    }
     EXPECT_EQ(m.schema[1].repetition_type, v.nullable ? 1 : 0);
     if (fixture_dir) fs::copy_file(p, fs::path(fixture_dir) / p.filename(), fs::copy_options::overwrite_existing);
   }

@@ -234,6 +234,7 @@ struct DecodedPage {
   std::vector<std::string_view> bytes;  // non-null values (BYTE_ARRAY)
   std::vector<int64_t> ints;            // non-null values (INT32/INT64)
   Bytes storage;                        // owns what `bytes` points into (with the dictionary)
+  std::string rebuilt;                  // DELTA_BYTE_ARRAY values
 };
 
 // Decompresses a page body into a new buffer of exactly out_size bytes (sizes checked first).
@@ -383,9 +384,17 @@ void decode_data_page(const File& f, const PageInfo& pi, int32_t codec, const Le
       if (is_bytes) out->bytes.push_back(dict.bytes[i]);
       else out->ints.push_back(dict.ints[i]);
     }
+  } else if (encoding == int32_t(Encoding::DELTA_BINARY_PACKED) && !is_bytes) {
+    pq::delta_binary_unpack(values, values_size, non_null, &out->ints, ctx);
+    if (leaf.type == int32_t(Type::INT32))
+      for (auto& v : out->ints) v = int32_t(uint32_t(uint64_t(v)));
+  } else if (encoding == int32_t(Encoding::DELTA_LENGTH_BYTE_ARRAY) && is_bytes) {
+    pq::delta_length_byte_array(values, values_size, non_null, &out->bytes, ctx);
+  } else if (encoding == int32_t(Encoding::DELTA_BYTE_ARRAY) && is_bytes) {
+    pq::delta_byte_array(values, values_size, non_null, &out->bytes, &out->rebuilt, kMaxPageBytes, ctx);
   } else {
     fail(ctx, ": unsupported value encoding ", pq::encoding_name(encoding), " (", encoding,
-         "); llmc reads PLAIN and dictionary encodings");
+         ") for this column; llmc reads PLAIN, dictionary and DELTA encodings");
   }
 }
 
@@ -738,6 +747,25 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
         if (len > e.info.nbytes - filled) too_long();
         reserve(len);
         file_.read(pi.body_off + 4, size_t(len), buf.get() + filled, ctx);
+        filled += len;
+        ++row;
+        continue;
+      }
+      // Fast path (llmc's ZSTD pages): stream-decompress the value straight into place.
+      if (n == 1 && leaf.max_def == 0 && dph && dph->encoding == int32_t(Encoding::PLAIN) &&
+          m.codec == int32_t(Codec::ZSTD) && pi.h.uncompressed_page_size >= 4) {
+        Bytes raw(size_t(pi.h.compressed_page_size));
+        file_.read(pi.body_off, raw.n, raw.data(), ctx);
+        pq::ZstdStream zs(raw.data(), raw.n, ctx);
+        uint8_t lenb[4];
+        zs.read(lenb, 4);
+        const uint64_t len = load_u32(lenb);
+        if (len + 4 != uint64_t(pi.h.uncompressed_page_size))
+          fail(ctx, ": PLAIN value length ", len, " disagrees with its page size");
+        if (len > e.info.nbytes - filled) too_long();
+        reserve(len);
+        zs.read(buf.get() + filled, size_t(len));
+        zs.finish();
         filled += len;
         ++row;
         continue;

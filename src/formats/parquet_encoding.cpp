@@ -134,6 +134,115 @@ void RleDecoder::get(uint32_t* out, size_t n) {
   }
 }
 
+// ---------------- DELTA encodings ----------------
+
+namespace {
+uint64_t read_uleb(const uint8_t** p, const uint8_t* end, const std::string& ctx) {
+  uint64_t v = 0;
+  for (int shift = 0;; shift += 7) {
+    if (*p >= end) fail(ctx, ": truncated DELTA header");
+    if (shift > 63) fail(ctx, ": over-long varint in DELTA data");
+    const uint8_t b = *(*p)++;
+    v |= uint64_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+}
+
+uint64_t unpack_bits(const uint8_t* p, uint64_t index, int w) {
+  uint64_t v = 0;
+  uint64_t bit = index * uint64_t(w);
+  for (int k = 0; k < w;) {
+    const int shift = int(bit % 8);
+    const int take = std::min(8 - shift, w - k);
+    v |= uint64_t((p[bit / 8] >> shift) & ((1u << take) - 1)) << k;
+    k += take;
+    bit += uint64_t(take);
+  }
+  return v;
+}
+}  // namespace
+
+size_t delta_binary_unpack(const uint8_t* p, size_t n, size_t count, std::vector<int64_t>* out,
+                           const std::string& ctx) {
+  const uint8_t* const begin = p;
+  const uint8_t* const end = p + n;
+  const uint64_t block = read_uleb(&p, end, ctx);
+  const uint64_t nmini = read_uleb(&p, end, ctx);
+  const uint64_t total = read_uleb(&p, end, ctx);
+  const uint64_t first_zz = read_uleb(&p, end, ctx);
+  // The spec asks for multiples of 128 / 32; accept any byte-aligned layout (its own examples
+  // use blocks of 8).
+  if (block == 0 || block > (1u << 20) || nmini == 0 || block % nmini != 0 || (block / nmini) % 8 != 0)
+    fail(ctx, ": bad DELTA_BINARY_PACKED block layout (", block, " values, ", nmini, " miniblocks)");
+  if (total != count) fail(ctx, ": DELTA_BINARY_PACKED holds ", total, " values, expected ", count);
+  const uint64_t per_mini = block / nmini;
+  out->reserve(out->size() + count);
+  if (count == 0) return size_t(p - begin);
+  uint64_t value = (first_zz >> 1) ^ (~(first_zz & 1) + 1);
+  out->push_back(int64_t(value));
+  size_t left = count - 1;
+  std::vector<uint8_t> widths(nmini);
+  while (left > 0) {
+    const uint64_t md_zz = read_uleb(&p, end, ctx);
+    const uint64_t min_delta = (md_zz >> 1) ^ (~(md_zz & 1) + 1);
+    if (uint64_t(end - p) < nmini) fail(ctx, ": truncated DELTA miniblock widths");
+    std::copy(p, p + nmini, widths.begin());
+    p += nmini;
+    for (uint64_t m = 0; m < nmini && left > 0; ++m) {
+      const int w = widths[m];
+      if (w > 64) fail(ctx, ": DELTA miniblock bit width ", w, " > 64");
+      const size_t take = size_t(std::min<uint64_t>(per_mini, left));
+      const uint64_t full = per_mini * uint64_t(w) / 8;
+      const uint64_t need = (uint64_t(take) * uint64_t(w) + 7) / 8;
+      if (uint64_t(end - p) < need) fail(ctx, ": truncated DELTA miniblock");
+      for (size_t i = 0; i < take; ++i) {
+        value += min_delta + (w ? unpack_bits(p, i, w) : 0);
+        out->push_back(int64_t(value));
+      }
+      p += size_t(std::min<uint64_t>(full, uint64_t(end - p)));  // the last one may be cut short
+      left -= take;
+    }
+  }
+  return size_t(p - begin);
+}
+
+void delta_length_byte_array(const uint8_t* p, size_t n, size_t count,
+                             std::vector<std::string_view>* out, const std::string& ctx) {
+  std::vector<int64_t> lens;
+  size_t off = delta_binary_unpack(p, n, count, &lens, ctx);
+  out->reserve(out->size() + count);
+  for (int64_t l : lens) {
+    if (l < 0 || uint64_t(l) > n - off) fail(ctx, ": DELTA_LENGTH_BYTE_ARRAY value runs past the page");
+    out->emplace_back(reinterpret_cast<const char*>(p + off), size_t(l));
+    off += size_t(l);
+  }
+}
+
+void delta_byte_array(const uint8_t* p, size_t n, size_t count, std::vector<std::string_view>* out,
+                      std::string* storage, size_t max_bytes, const std::string& ctx) {
+  std::vector<int64_t> prefix;
+  const size_t used = delta_binary_unpack(p, n, count, &prefix, ctx);
+  std::vector<std::string_view> suffix;
+  delta_length_byte_array(p + used, n - used, count, &suffix, ctx);
+  uint64_t total = 0, prev = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (prefix[i] < 0 || uint64_t(prefix[i]) > prev) fail(ctx, ": DELTA_BYTE_ARRAY prefix longer than the previous value");
+    prev = uint64_t(prefix[i]) + suffix[i].size();
+    total += prev;
+    if (total > max_bytes) fail(ctx, ": DELTA_BYTE_ARRAY values exceed ", max_bytes, " bytes");
+  }
+  storage->clear();
+  storage->reserve(size_t(total));  // no reallocation below: views stay valid
+  size_t prev_off = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t off = storage->size();
+    storage->append(*storage, prev_off, size_t(prefix[i]));  // fits the reservation: no aliasing
+    storage->append(suffix[i]);
+    prev_off = off;
+    out->emplace_back(storage->data() + off, storage->size() - off);
+  }
+}
+
 // ---------------- codecs ----------------
 
 void snappy_decompress(const uint8_t* src, size_t n, uint8_t* out, size_t out_size,
@@ -271,6 +380,39 @@ void decompress(int32_t codec, const uint8_t* src, size_t n, uint8_t* out, size_
   }
   fail(ctx, ": unsupported compression codec ", codec_name(codec), " (", codec,
        "); llmc reads UNCOMPRESSED, SNAPPY, GZIP and ZSTD");
+}
+
+ZstdStream::ZstdStream(const uint8_t* src, size_t n, const std::string& context)
+    : dctx_(ZSTD_createDCtx()), src_(src), n_(n), ctx_(context) {
+  if (!dctx_) fail(ctx_, ": cannot create a ZSTD decompression context");
+}
+
+ZstdStream::~ZstdStream() { ZSTD_freeDCtx(static_cast<ZSTD_DCtx*>(dctx_)); }
+
+void ZstdStream::read(uint8_t* out, size_t n) {
+  ZSTD_outBuffer ob{out, n, 0};
+  while (ob.pos < ob.size) {
+    if (pos_ >= n_ && last_ == 0) fail(ctx_, ": ZSTD page ends early");
+    ZSTD_inBuffer ib{src_, n_, pos_};
+    const size_t before_in = pos_, before_out = ob.pos;
+    last_ = ZSTD_decompressStream(static_cast<ZSTD_DCtx*>(dctx_), &ob, &ib);
+    if (ZSTD_isError(last_)) fail(ctx_, ": corrupt ZSTD page (", ZSTD_getErrorName(last_), ")");
+    pos_ = ib.pos;
+    if (pos_ == before_in && ob.pos == before_out) fail(ctx_, ": ZSTD page ends early");
+  }
+}
+
+void ZstdStream::finish() {
+  if (last_ != 0) {  // the frame may still hold its epilogue (checksum, empty last block)
+    uint8_t extra;
+    ZSTD_outBuffer ob{&extra, 1, 0};
+    ZSTD_inBuffer ib{src_, n_, pos_};
+    last_ = ZSTD_decompressStream(static_cast<ZSTD_DCtx*>(dctx_), &ob, &ib);
+    if (ZSTD_isError(last_)) fail(ctx_, ": corrupt ZSTD page (", ZSTD_getErrorName(last_), ")");
+    pos_ = ib.pos;
+    if (ob.pos != 0) fail(ctx_, ": ZSTD page holds more data than its header says");
+  }
+  if (last_ != 0 || pos_ != n_) fail(ctx_, ": ZSTD page has trailing or incomplete data");
 }
 
 std::string zstd_compress(const uint8_t* src, size_t n, int level) {

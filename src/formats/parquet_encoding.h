@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace llmc::parquet {
@@ -56,8 +57,39 @@ class RleDecoder {
 // llmc::Error naming `context` otherwise.
 void check_decoded_size(int32_t codec, const uint8_t* src, size_t src_size, size_t out_size,
                         const std::string& context);
+// DELTA_BINARY_PACKED: decodes exactly `count` values (64-bit wrapping arithmetic; INT32
+// callers truncate) from [p, p+n) and returns the bytes consumed. Throws on malformed input.
+size_t delta_binary_unpack(const uint8_t* p, size_t n, size_t count, std::vector<int64_t>* out,
+                           const std::string& context);
+// DELTA_LENGTH_BYTE_ARRAY / DELTA_BYTE_ARRAY: decodes `count` values; views point into [p, p+n)
+// or (DELTA_BYTE_ARRAY, which rebuilds values from prefixes) into *storage, capped at
+// `max_bytes` rebuilt bytes.
+void delta_length_byte_array(const uint8_t* p, size_t n, size_t count,
+                             std::vector<std::string_view>* out, const std::string& context);
+void delta_byte_array(const uint8_t* p, size_t n, size_t count, std::vector<std::string_view>* out,
+                      std::string* storage, size_t max_bytes, const std::string& context);
+
 void decompress(int32_t codec, const uint8_t* src, size_t src_size, uint8_t* out, size_t out_size,
                 const std::string& context);
+// Streaming ZSTD decoder over one page body: read() fills exactly n bytes (throws when the data
+// ends first), finish() checks that the input is used up and the last frame complete.
+class ZstdStream {
+ public:
+  ZstdStream(const uint8_t* src, size_t n, const std::string& context);
+  ~ZstdStream();
+  ZstdStream(const ZstdStream&) = delete;
+  ZstdStream& operator=(const ZstdStream&) = delete;
+  void read(uint8_t* out, size_t n);
+  void finish();
+
+ private:
+  void* dctx_;
+  const uint8_t* src_;
+  size_t n_, pos_ = 0;
+  size_t last_ = 1;  // last ZSTD_decompressStream result (0: a frame just ended)
+  const std::string& ctx_;
+};
+
 std::string zstd_compress(const uint8_t* src, size_t n, int level = 3);
 // Snappy raw-format decoder (exposed for tests).
 void snappy_decompress(const uint8_t* src, size_t src_size, uint8_t* out, size_t out_size,

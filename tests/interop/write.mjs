@@ -2,7 +2,7 @@
 // so llmc's reader can be checked against files it did not write.
 // Usage: node write.mjs SPEC.json OUT.parquet
 // SPEC: { codec: "UNCOMPRESSED"|"SNAPPY"|"GZIP"|"ZSTD", nullable: bool, rowGroupSize: n, pageSize: n,
-//         dataEncoding: optional encoding of the data column, kv: {k: v},
+//         encodings: optional {column: encoding} (e.g. {data: "DELTA_BYTE_ARRAY"}), kv: {k: v},
 //         rows: [{ name, dtype, shape: [..], chunk, file, offset, length }] }
 // Row data is read from `file` (bytes [offset, offset+length)).
 import { execFileSync } from 'node:child_process'
@@ -58,8 +58,6 @@ const schema = [
   { name: 'data', type: 'BYTE_ARRAY', repetition_type: rep },
 ]
 const rows = spec.rows
-const dataColumn = { name: 'data', data: rows.map(r => bytesOf(r.file, r.offset, r.length)) }
-if (spec.dataEncoding) dataColumn.encoding = spec.dataEncoding
 parquetWriteFile({
   filename: outPath,
   schema,
@@ -73,7 +71,7 @@ parquetWriteFile({
     { name: 'dtype', data: rows.map(r => r.dtype) },
     { name: 'shape', data: rows.map(r => r.shape.map(BigInt)) },
     { name: 'chunk', data: rows.map(r => r.chunk) },
-    dataColumn,
-  ],
+    { name: 'data', data: rows.map(r => bytesOf(r.file, r.offset, r.length)) },
+  ].map(c => spec.encodings?.[c.name] ? { ...c, encoding: spec.encodings[c.name] } : c),
 })
 console.log(`wrote ${rows.length} rows to ${outPath}`)
