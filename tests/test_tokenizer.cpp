@@ -436,6 +436,87 @@ TEST(Tokenizer, ByteLevelPrefixSpaceAndSplitBehaviors) {
   EXPECT_EQ(Tokenizer::from_json_text(r.dump(), "r").decode({int32_t('a'), int32_t('b')}), "a b");
 }
 
+TEST(Tokenizer, EmptyRegexMatchesSplitLikeOniguruma) {
+  // HF iterates Oniguruma matches; an empty match cuts the text but yields no piece, and an
+  // empty match right after a match is skipped.
+  json j = tiny_tokenizer({{"x", "x"}}, true);
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"Regex", "x*"}}}, {"behavior", "Isolated"},
+                           {"invert", false}},
+                          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
+  j["model"]["vocab"]["ab"] = 4000;
+  j["model"]["merges"].push_back("a b");
+  const Tokenizer t = Tokenizer::from_json_text(j.dump(), "empty");
+  EXPECT_EQ(pieces(t, "abxxc"), (Strs{"a", "b", "xx", "c"}));
+  EXPECT_EQ(pieces(t, "ab"), (Strs{"a", "b"}));  // every position is cut
+  EXPECT_EQ(t.encode_parallel("abxxcabxxxab", 1), t.encode("abxxcabxxxab"));
+  // A pattern that never matches leaves one piece.
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Regex", "q+"}};
+  EXPECT_EQ(pieces(Tokenizer::from_json_text(j.dump(), "none"), "ab ab"), (Strs{"ab", "\xC4\xA0", "ab"}));
+}
+
+TEST(Tokenizer, UnknownBytesUseUnkTokenOrVanish) {
+  json j = tiny_tokenizer({}, true);
+  j["model"]["vocab"].erase("z");
+  j["model"]["vocab"]["<unk>"] = 122;  // the id 'z' had
+  auto ids = [&](bool unk, bool fuse, const std::string& s) {
+    json k = j;
+    k["model"]["unk_token"] = unk ? json("<unk>") : json(nullptr);
+    k["model"]["fuse_unk"] = fuse;
+    return Tokenizer::from_json_text(k.dump(), "unk").encode(s);
+  };
+  EXPECT_EQ(ids(true, true, "azzb"), (Ids{97, 122, 98}));
+  EXPECT_EQ(ids(true, false, "azzb"), (Ids{97, 122, 122, 98}));
+  EXPECT_EQ(ids(true, false, "z"), (Ids{122}));
+  EXPECT_EQ(ids(false, false, "azzb"), (Ids{97, 98}));  // HF drops it without unk_token
+  json k = j;
+  k["model"]["unk_token"] = "<nope>";
+  EXPECT_EQ(Tokenizer::from_json_text(k.dump(), "unk").encode("azb"), (Ids{97, 98}));
+  // byte_fallback is harmless with a complete byte alphabet, refused without one.
+  json f = tiny_tokenizer({}, true);
+  f["model"]["byte_fallback"] = true;
+  EXPECT_EQ(Tokenizer::from_json_text(f.dump(), "bf").encode("hi"), (Ids{104, 105}));
+  j["model"]["byte_fallback"] = true;
+  EXPECT_THROW(Tokenizer::from_json_text(j.dump(), "bf"), Error);
+}
+
+TEST(Tokenizer, ByteLevelOnlyWithoutRegexEncodesWholeSegments) {
+  json j = tiny_tokenizer({{"a", "b"}, {"\xC4\xA0", "a"}}, true);
+  j["pre_tokenizer"]["use_regex"] = false;
+  j["decoder"] = {{"type", "Sequence"}, {"decoders", {{{"type", "ByteLevel"}}}}};
+  const Tokenizer t = Tokenizer::from_json_text(j.dump(), "bl");
+  // One word: (a,b) has the lowest rank, so both "ab" form before (Ġ,a) could apply.
+  EXPECT_EQ(pieces(t, "ab ab"), (Strs{"ab", "\xC4\xA0", "ab"}));
+  EXPECT_EQ(pieces(t, "b ab"), (Strs{"b", "\xC4\xA0", "ab"}));
+  EXPECT_EQ(pieces(t, "b a"), (Strs{"b", "\xC4\xA0" "a"}));
+  std::string long_text;
+  for (int i = 0; i < 3000; ++i) long_text += "ab ab\n";
+  EXPECT_EQ(t.encode_parallel(long_text, 100), t.encode(long_text));
+  EXPECT_EQ(t.decode(t.encode(long_text)), long_text);
+}
+
+TEST(Tokenizer, Utf8Helpers) {
+  std::string s;
+  for (uint32_t cp : {0x41u, 0x3A9u, 0x4E2Du, 0x1F600u}) tok::utf8_append(cp, s);
+  EXPECT_EQ(s, "A\xCE\xA9\xE4\xB8\xAD\xF0\x9F\x98\x80");
+  size_t len, i = 0;
+  std::vector<uint32_t> cps;
+  while (i < s.size()) {
+    cps.push_back(tok::utf8_decode(s, i, &len));
+    i += len;
+  }
+  EXPECT_EQ(cps, (std::vector<uint32_t>{0x41, 0x3A9, 0x4E2D, 0x1F600}));
+  EXPECT_EQ(tok::utf8_prev(s, s.size()), s.size() - 4);
+  EXPECT_TRUE(tok::is_white_space(0x3000));
+  EXPECT_FALSE(tok::is_white_space(0x180E));
+  EXPECT_TRUE(tok::is_word_char(0x4E2D));
+  EXPECT_TRUE(tok::is_word_char('_'));
+  EXPECT_FALSE(tok::is_word_char('-'));
+  EXPECT_EQ(tok::unicode_to_byte(0x120), 32);  // 'Ġ' is the space byte
+  EXPECT_EQ(tok::unicode_to_byte(0x4E2D), -1);
+}
+
 TEST(Tokenizer, AddedTokenFlags) {
   json j = tiny_tokenizer({}, true);
   auto add = [&](int id, const std::string& c, bool lstrip, bool rstrip, bool single, bool norm) {
@@ -478,6 +559,11 @@ TEST(Tokenizer, RegexUsesOnigurumaClasses) {
   EXPECT_EQ(b, 2u);
   EXPECT_EQ(e, 5u);
   EXPECT_EQ(tok::Regex::translate_onig("[]a]\\w"), "[]a][\\p{L}\\p{M}\\p{N}\\p{Pc}]");
+  EXPECT_EQ(tok::Regex::translate_onig("\\h\\H[\\h\\W]\\W"),
+            "[0-9a-fA-F][^0-9a-fA-F][0-9a-fA-F\\W][^\\p{L}\\p{M}\\p{N}\\p{Pc}]");
+  const tok::Regex hex("\\h+", false, "t");  // Oniguruma \h is a hex digit, not a blank
+  ASSERT_TRUE(hex.find("zz 0fA9 ", 0, &b, &e));
+  EXPECT_EQ(std::make_pair(b, e), std::make_pair(size_t(3), size_t(7)));
   const tok::Regex lit("a.b", true, "t");
   EXPECT_FALSE(lit.find("axb", 0, &b, &e));
   EXPECT_TRUE(lit.find("xa.b", 0, &b, &e));
@@ -541,6 +627,29 @@ TEST(Tokenizer, CorruptFilesThrowErrorsNamingTheFile) {
   with("decoder.json", [](json& j) { j["decoder"] = {{"type", "WordPiece"}}; }, "decoder");
   with("prefix.json", [](json& j) { j["model"]["continuing_subword_prefix"] = "##"; },
        "continuing_subword_prefix");
+  with("negid.json", [](json& j) { j["model"]["vocab"]["hello"] = -4; }, "invalid id");
+  with("mergesobj.json", [](json& j) { j["model"]["merges"] = json::object(); }, "merges must be an array");
+  with("mergenum.json", [](json& j) { j["model"]["merges"][1] = 7; }, "merges[1]");
+  with("mergepair.json", [](json& j) { j["model"]["merges"][2] = json::array({"a"}); }, "merges[2]");
+  with("vocabarr.json", [](json& j) { j["model"]["vocab"] = json::array(); }, "vocab must be an object");
+  with("unk.json", [](json& j) { j["model"]["unk_token"] = 3; }, "unk_token");
+  with("pattern.json",
+       [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Foo", "x"}}; },
+       "Regex");
+  with("ws.json", [](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, "Whitespace");
+  with("twobl.json",
+       [](json& j) {
+         j["pre_tokenizer"]["pretokenizers"].push_back(j["pre_tokenizer"]["pretokenizers"][1]);
+       },
+       "ByteLevel");
+  with("notype.json", [](json& j) { j["normalizer"] = json::object(); }, "type");
+  with("addedid.json", [](json& j) { j["added_tokens"][1]["id"] = "7"; }, "added_tokens[1]");
+  with("decseq.json",
+       [](json& j) { j["decoder"] = {{"type", "Sequence"}, {"decoders", {j["decoder"], j["decoder"]}}}; },
+       "decoder");
+  with("invert.json", [](json& j) { j["pre_tokenizer"]["pretokenizers"][0]["invert"] = true; },
+       "invert");
+  with("boolstr.json", [](json& j) { j["added_tokens"][0]["lstrip"] = "yes"; }, "lstrip");
 }
 
 }  // namespace

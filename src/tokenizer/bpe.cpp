@@ -22,7 +22,7 @@ class WordCache {
   static constexpr size_t kMinSlots = size_t(1) << 12;
   static constexpr size_t kMaxSlots = size_t(1) << 17;
   static constexpr size_t kMaxWordLen = 128;
-  static constexpr size_t kMaxArenaBytes = size_t(16) << 20;
+  static constexpr size_t kMaxArenaBytes = size_t(4) << 20;
 
   uint64_t owner = 0;
   uint64_t last_use = 0;
@@ -209,6 +209,14 @@ Bpe::Bpe(const std::vector<std::pair<std::string, int32_t>>& vocab,
     while (merges_[i].key != 0 && merges_[i].key != k) i = (i + 1) & mask_;
     merges_[i] = MergeSlot{k, int32_t(r), in};  // a repeated pair keeps its last rank
   }
+  byte_pairs_.assign(size_t(1) << 16, PairMerge{INT32_MAX, -1});
+  for (int a = 0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) {
+      if (byte_id_[a] < 0 || byte_id_[b] < 0) continue;
+      if (const MergeSlot* m = find_merge(byte_id_[a], byte_id_[b]))
+        byte_pairs_[(size_t(a) << 8) | size_t(b)] = PairMerge{m->rank, m->new_id};
+    }
+  }
 }
 
 void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& syms) const {
@@ -226,7 +234,7 @@ void Bpe::initial_symbols(std::string_view word, std::vector<int32_t>& syms) con
   }
 }
 
-void Bpe::merge_scan(std::vector<int32_t>& syms) const {
+void Bpe::merge_scan(std::vector<int32_t>& syms, std::string_view word) const {
   constexpr int32_t kNone = INT32_MAX;
   size_t n = syms.size();
   if (n < 2) return;
@@ -246,7 +254,16 @@ void Bpe::merge_scan(std::vector<int32_t>& syms) const {
     rank[i] = m ? m->rank : kNone;
     nid[i] = m ? m->new_id : -1;
   };
-  for (size_t i = 0; i + 1 < n; ++i) look(i);
+  if (n == word.size()) {
+    const auto* w = reinterpret_cast<const unsigned char*>(word.data());
+    for (size_t i = 0; i + 1 < n; ++i) {
+      const PairMerge& pm = byte_pairs_[(size_t(w[i]) << 8) | w[i + 1]];
+      rank[i] = pm.rank;
+      nid[i] = pm.new_id;
+    }
+  } else {
+    for (size_t i = 0; i + 1 < n; ++i) look(i);
+  }
   for (;;) {
     int32_t best = kNone;
     size_t bi = 0;
@@ -330,7 +347,7 @@ void Bpe::merge_word(std::string_view word, std::vector<int32_t>& out, Algo algo
   thread_local std::vector<int32_t> syms;
   initial_symbols(word, syms);
   if (algo == Algo::Auto) algo = syms.size() <= 96 ? Algo::Scan : Algo::Heap;
-  if (algo == Algo::Scan) merge_scan(syms);
+  if (algo == Algo::Scan) merge_scan(syms, word);
   else merge_heap(syms);
   out.insert(out.end(), syms.begin(), syms.end());
 }

@@ -120,7 +120,8 @@ class Bpe {
     }
   }
   void initial_symbols(std::string_view word, std::vector<int32_t>& syms) const;
-  void merge_scan(std::vector<int32_t>& syms) const;
+  // `word`: when syms are its bytes' ids one to one, the first pass reads byte_pairs_.
+  void merge_scan(std::vector<int32_t>& syms, std::string_view word) const;
   void merge_heap(std::vector<int32_t>& syms) const;
 
   StrMap vocab_;
@@ -128,6 +129,10 @@ class Bpe {
   std::vector<std::pair<uint32_t, uint32_t>> id_off_;  // id -> (offset, length); UINT32_MAX: none
   int32_t byte_id_[256];
   std::vector<MergeSlot> merges_;
+  struct PairMerge {
+    int32_t rank, new_id;  // rank INT32_MAX: no merge
+  };
+  std::vector<PairMerge> byte_pairs_;  // [first byte << 8 | second byte], dense (512 KiB)
   size_t mask_ = 0;
   int shift_ = 64;
   size_t num_merges_ = 0;
