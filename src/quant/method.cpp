@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "model/arch.h"
+#include "quant/method_awq.h"
+#include "quant/method_gptq.h"
 #include "quant/method_simple.h"
 #include "quant/rtn.h"
 
@@ -93,7 +95,42 @@ std::vector<MethodInfo> build_table() {
     m.factory = make_int8_dynamic_quantizer;
     t.push_back(m);
   }
-  // ---- GPTQ / AWQ (helper F): add rows here, factories declared in quant/gptq.h, awq.h ----
+  // ---- GPTQ / AWQ (weight-only, calibrated; quant/method_gptq.h, quant/method_awq.h) ----
+  {
+    MethodInfo m;
+    m.name = "int4_gptq";
+    m.default_bits = 4;
+    m.allowed_bits = {2, 3, 4, 8};
+    m.default_group = 128;
+    m.group_configurable = true;
+    m.symmetry_configurable = true;
+    m.needs_calibration = true;
+    m.layouts = {"gptq", "compressed-tensors", "pack-quantized"};
+    m.default_layout = gptq_default_layout;
+    m.description =
+        "GPTQ: Hessian-guided int weights (default 4-bit, group 128, symmetric), true-sequential, "
+        "optional act-order; --asym writes compressed-tensors";
+    m.factory = make_gptq_quantizer;
+    t.push_back(m);
+  }
+  {
+    MethodInfo m;
+    m.name = "int4_awq";
+    m.default_bits = 4;
+    m.allowed_bits = {2, 3, 4, 8};
+    m.default_group = 128;
+    m.group_configurable = true;
+    m.default_symmetric = false;
+    m.symmetry_configurable = true;
+    m.needs_calibration = true;
+    m.layouts = {"awq", "compressed-tensors", "pack-quantized"};
+    m.default_layout = awq_default_layout;
+    m.description =
+        "AWQ: activation-aware per-channel scales folded into norms/linears, per-group clipping "
+        "search, int weights (default 4-bit, group 128, asymmetric)";
+    m.factory = make_awq_quantizer;
+    t.push_back(m);
+  }
   return t;
 }
 
@@ -142,6 +179,7 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
   }
   if (o.layout.empty()) {
     s.layout = m.layouts.empty() ? std::string() : m.layouts.front();
+    if (m.default_layout) s.layout = m.default_layout(s);
   } else {
     if (std::find(m.layouts.begin(), m.layouts.end(), o.layout) == m.layouts.end()) {
       std::string known;
@@ -159,6 +197,10 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
   }
   if (o.act_order) s.act_order = *o.act_order;
   if (o.true_sequential) s.true_sequential = *o.true_sequential;
+  if (!o.extra.is_null() && !o.extra.empty()) {
+    if (!o.extra.is_object()) fail("method options must be key/value pairs");
+    s.extra = o.extra;
+  }
   return s;
 }
 

@@ -1,0 +1,390 @@
+// quant/method_awq.cpp — AWQ as a BlockQuantizer (quant/method_awq.h).
+#include "quant/method_awq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "backend/cpu/kernels.h"
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "quant/awq.h"
+#include "quant/layouts.h"
+#include "quant/method_gptq.h"
+
+namespace llmc {
+
+namespace {
+
+using S = LinearSlot;
+
+// A linear whose output is zero (disables the MLP inside a block run).
+class ZeroLinear : public Linear {
+ public:
+  ZeroLinear(int64_t out, int64_t in) : out_(out), in_(in) {}
+  int64_t in_features() const override { return in_; }
+  int64_t out_features() const override { return out_; }
+  void forward(const float*, int64_t rows, float* y) const override {
+    std::fill(y, y + rows * out_, 0.0f);
+  }
+  uint64_t bytes_held() const override { return 0; }
+
+ private:
+  int64_t out_, in_;
+};
+
+template <typename T>
+T extra_or(const QuantSpec& spec, const char* key, T def) {
+  if (!spec.extra.contains(key)) return def;
+  try {
+    return spec.extra.at(key).get<T>();
+  } catch (const std::exception& e) {
+    fail("method ", spec.method, ": option '", key, "' has the wrong type (", e.what(), ")");
+  }
+}
+
+struct AwqOptions {
+  QuantGrid grid;
+  int64_t group = 128;
+  int grid_points = 20;
+  bool duo = true;
+  int clip_steps = 20;
+  double max_shrink = 0.5;
+  int64_t loss_tokens = 4096;
+  bool module_loss = true;  // false: sum of the mapping's linear output errors (from H)
+  bool gptq = false;
+  GptqBlockOptions gptq_opts;
+};
+
+double mse(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    s += d * d;
+  }
+  return a.empty() ? 0.0 : s / double(a.size());
+}
+
+// Per-input statistics collected in one calibration run of the block.
+struct InputStats {
+  AbsMeanAccumulator absmean;
+  HessianAccumulator hessian;
+  explicit InputStats(int64_t n) : absmean(n), hessian(n) {}
+};
+
+struct MappingResult {
+  std::vector<float> scales;  // empty: mapping not applied
+  double alpha = -1, loss = 0, loss_identity = 0;
+};
+
+class AwqQuantizer : public BlockQuantizer {
+ public:
+  explicit AwqQuantizer(const QuantSpec& spec) : spec_(spec) {
+    static const std::set<std::string> known = {"grid", "clip_steps", "max_shrink",
+                                                "loss_tokens", "loss", "solver", "duo",
+                                                "act_order", "mse", "block_size",
+                                                "sym_full_range"};
+    for (const auto& [k, v] : spec.extra.items())
+      if (!known.count(k)) fail("method ", spec.method, ": unknown option '", k, "'");
+    o_.grid.bits = spec.bits;
+    o_.grid.symmetric = spec.symmetric;
+    o_.grid.fp16_scales =
+        !spec.layout.empty() && find_layout(spec.layout).scale_dtype == DType::F16;
+    o_.group = spec.group;
+    if (o_.group == 0) fail("method ", spec.method, ": AWQ needs a group size > 0 or -1");
+    o_.grid_points = extra_or<int>(spec, "grid", 20);
+    o_.clip_steps = extra_or<int>(spec, "clip_steps", 20);
+    o_.max_shrink = extra_or<double>(spec, "max_shrink", 0.5);
+    o_.loss_tokens = extra_or<int64_t>(spec, "loss_tokens", 4096);
+    const std::string loss = extra_or<std::string>(spec, "loss", "module");
+    if (loss != "module" && loss != "linear")
+      fail("method ", spec.method, ": unknown loss '", loss, "' (known: module, linear)");
+    o_.module_loss = loss == "module";
+    o_.duo = extra_or<bool>(spec, "duo", true);
+    const std::string solver = extra_or<std::string>(spec, "solver", "clip");
+    if (solver != "clip" && solver != "gptq")
+      fail("method ", spec.method, ": unknown solver '", solver, "' (known: clip, gptq)");
+    o_.gptq = solver == "gptq";
+    if (o_.grid_points < 1 || o_.grid_points > 1000 || o_.clip_steps < 0 ||
+        o_.clip_steps > 1000 || !(o_.max_shrink >= 0 && o_.max_shrink < 1) ||
+        o_.loss_tokens < 1)
+      fail("method ", spec.method, ": AWQ options out of range (grid 1..1000, clip_steps "
+           "0..1000, max_shrink [0, 1), loss_tokens >= 1)");
+    if (o_.gptq) o_.gptq_opts = gptq_block_options(spec);
+  }
+
+  void quantize_block(BlockJob& job) override;
+
+  void finish(nlohmann::json& summary) override {
+    nlohmann::json j = {{"linears", linears_},
+                        {"mean_rel_error", linears_ ? sum_rel_ / linears_ : 0.0},
+                        {"mean_rel_error_rtn", linears_ ? sum_rel_rtn_ / linears_ : 0.0},
+                        {"solver", o_.gptq ? "gptq" : "clip"},
+                        {"alphas", alphas_}};
+    if (o_.gptq) j["gptq"] = gstats_.to_json();
+    summary["awq"] = j;
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "awq: %d linears, mean relative output error %.5f (RTN %.5f), solver %s",
+                  linears_, linears_ ? sum_rel_ / linears_ : 0.0,
+                  linears_ ? sum_rel_rtn_ / linears_ : 0.0, o_.gptq ? "gptq" : "clip");
+    log_info(buf);
+  }
+
+ private:
+  QuantSpec spec_;
+  AwqOptions o_;
+  int linears_ = 0;
+  double sum_rel_ = 0, sum_rel_rtn_ = 0;
+  nlohmann::json alphas_ = nlohmann::json::object();
+  GptqRunStats gstats_;
+};
+
+void AwqQuantizer::quantize_block(BlockJob& job) {
+  LLMC_CHECK(job.inputs != nullptr && job.n_samples > 0, "AWQ needs calibration inputs");
+  const ModelConfig& cfg = job.config();
+  BlockWeights& bw = job.weights;
+  auto quantized = [&](S s) { return !job.ignored(s); };
+  auto any = [&](std::initializer_list<S> l) {
+    return std::any_of(l.begin(), l.end(), [&](S s) { return quantized(s); });
+  };
+  for (int s = 0; s < kNumLinearSlots; ++s)
+    if (quantized(S(s))) job.check_finite(S(s));
+
+  // ---- 1. statistics ----
+  // Attention loss: the first m whole windows; MLP loss: every stride-th row of all windows.
+  const int m = int(std::clamp<int64_t>((o_.loss_tokens + job.seq - 1) / job.seq, 1,
+                                        job.n_samples));
+  const int64_t stride = std::max<int64_t>(1, job.rows() / o_.loss_tokens);
+  int64_t seen_rows = 0;
+  std::map<int, InputStats> st;
+  for (S k : {S::Q, S::O, S::Gate, S::Down})
+    st.emplace(int(k), InputStats(job.dense(k).in_features()));
+  std::vector<float> mlp_x;  // MLP inputs (post-norm) of the first m windows
+  mlp_x.reserve(size_t((job.rows() / stride + 1) * job.hidden()));
+  {
+    LinearHook hook = [&](int, S s, const float* x, int64_t rows, int64_t cols) {
+      auto it = st.find(int(s));
+      if (it == st.end()) return;
+      it->second.absmean.add(x, rows);
+      it->second.hessian.add(x, rows);
+      if (s == S::Gate && o_.module_loss) {
+        for (int64_t r = 0; r < rows; ++r, ++seen_rows)
+          if (seen_rows % stride == 0) mlp_x.insert(mlp_x.end(), x + r * cols, x + (r + 1) * cols);
+      }
+    };
+    job.run(&hook);
+  }
+  std::map<int, std::vector<double>> H;
+  for (auto& [k, v] : st) H[k] = v.hessian.hessian();
+
+  // Original weights (for RTN's error in the report).
+  std::map<int, std::vector<float>> orig;
+  for (int s = 0; s < kNumLinearSlots; ++s)
+    if (quantized(S(s))) orig[s] = job.dense(S(s)).weight();
+
+  auto fq = [&](S s, const std::vector<float>& sc) {
+    const DenseLinear& d = job.dense(s);
+    return awq_fake_quant_scaled(d.weight().data(), d.out_features(), d.in_features(), sc,
+                                 o_.group, o_.grid);
+  };
+  auto wmean = [&](std::initializer_list<S> l) {
+    std::vector<const std::vector<float>*> ws;
+    for (S s : l) ws.push_back(&job.dense(s).weight());
+    return awq_weight_mean(ws, job.dense(*l.begin()).in_features(), o_.group);
+  };
+  auto search = [&](const std::vector<float>& xm, const std::vector<float>& wm,
+                    const std::function<double(const std::vector<float>&)>& loss) {
+    AwqSearchResult r = awq_grid_search(xm, wm, o_.grid_points, o_.duo, loss);
+    MappingResult mr;
+    mr.scales = std::move(r.scales);
+    mr.alpha = r.alpha;
+    mr.loss = r.loss;
+    mr.loss_identity = r.loss_identity;
+    return mr;
+  };
+  // Loss of a single linear from its input Hessian: tr(ΔW H ΔWᵀ).
+  auto hessian_loss = [&](S s, const std::vector<double>& h) {
+    const double* hp = h.data();
+    return [&, s, hp](const std::vector<float>& sc) {
+      const DenseLinear& d = job.dense(s);
+      std::vector<float> dq = fq(s, sc);
+      for (size_t i = 0; i < dq.size(); ++i) dq[i] -= d.weight()[i];
+      return hessian_quad_trace(dq.data(), d.out_features(), d.in_features(), hp);
+    };
+  };
+
+  AwqFold fold;
+  std::map<std::string, MappingResult> maps;
+
+  // ---- 2a. input_layernorm -> q/k/v (attention output) ----
+  auto linear_sum_loss = [&](std::initializer_list<S> l, const std::vector<double>& h) {
+    std::vector<std::function<double(const std::vector<float>&)>> parts;
+    for (S s : l)
+      if (quantized(s)) parts.push_back(hessian_loss(s, h));
+    return [parts](const std::vector<float>& sc) {
+      double t = 0;
+      for (const auto& f : parts) t += f(sc);
+      return t;
+    };
+  };
+  if (any({S::Q, S::K, S::V}) && !o_.module_loss) {
+    maps["qkv"] = search(st.at(int(S::Q)).absmean.mean(), wmean({S::Q, S::K, S::V}),
+                         linear_sum_loss({S::Q, S::K, S::V}, H.at(int(S::Q))));
+    fold.qkv = maps["qkv"].scales;
+  } else if (any({S::Q, S::K, S::V})) {
+    std::array<std::shared_ptr<Linear>, kNumLinearSlots> saved = bw.linear;
+    for (S s : {S::Gate, S::Up, S::Down})
+      bw.linear[int(s)] = std::make_shared<ZeroLinear>(saved[int(s)]->out_features(),
+                                                       saved[int(s)]->in_features());
+    std::vector<float> ref, cur;
+    try {
+      job.run(nullptr, &ref, nullptr, 0, m);
+      auto loss = [&](const std::vector<float>& sc) {
+        for (S s : {S::Q, S::K, S::V}) {
+          if (!quantized(s)) continue;
+          const auto* d = static_cast<const DenseLinear*>(saved[int(s)].get());
+          bw.linear[int(s)] = std::make_shared<DenseLinear>(
+              awq_fake_quant_scaled(d->weight().data(), d->out_features(), d->in_features(), sc,
+                                    o_.group, o_.grid),
+              d->out_features(), d->in_features(), d->bias());
+        }
+        job.run(nullptr, &cur, nullptr, 0, m);
+        return mse(cur, ref);
+      };
+      const auto wm = wmean({S::Q, S::K, S::V});
+      maps["qkv"] = search(st.at(int(S::Q)).absmean.mean(), wm, loss);
+    } catch (...) {
+      bw.linear = saved;
+      throw;
+    }
+    bw.linear = saved;
+    fold.qkv = maps["qkv"].scales;
+  }
+  // ---- 2b. v -> o (no GQA) ----
+  if (quantized(S::O) && awq_can_fold_vo(cfg)) {
+    maps["vo"] = search(st.at(int(S::O)).absmean.mean(), wmean({S::O}),
+                        hessian_loss(S::O, H.at(int(S::O))));
+    fold.vo = maps["vo"].scales;
+  }
+  // ---- 2c. post_attention_layernorm -> gate/up (MLP output) ----
+  if (any({S::Gate, S::Up}) && !o_.module_loss) {
+    maps["mlp"] = search(st.at(int(S::Gate)).absmean.mean(), wmean({S::Gate, S::Up}),
+                         linear_sum_loss({S::Gate, S::Up}, H.at(int(S::Gate))));
+    fold.mlp = maps["mlp"].scales;
+  } else if (any({S::Gate, S::Up})) {
+    const int64_t rows = int64_t(mlp_x.size()) / job.hidden();
+    const DenseLinear& g = job.dense(S::Gate);
+    const DenseLinear& u = job.dense(S::Up);
+    const DenseLinear& dn = job.dense(S::Down);
+    const int64_t F = g.out_features(), Hd = g.in_features();
+    std::vector<float> a(size_t(rows * F)), b(size_t(rows * F));
+    auto mlp = [&](const float* wg, const float* wu, std::vector<float>& y) {
+      gemm_xwt(mlp_x.data(), rows, Hd, wg, F, a.data());
+      gemm_xwt(mlp_x.data(), rows, Hd, wu, F, b.data());
+      cpu::silu_mul(a.data(), b.data(), a.data(), rows * F);
+      y.resize(size_t(rows * dn.out_features()));
+      gemm_xwt(a.data(), rows, F, dn.weight().data(), dn.out_features(), y.data());
+    };
+    std::vector<float> ref, cur;
+    mlp(g.weight().data(), u.weight().data(), ref);
+    auto loss = [&](const std::vector<float>& sc) {
+      const std::vector<float> gq = quantized(S::Gate) ? fq(S::Gate, sc) : g.weight();
+      const std::vector<float> uq = quantized(S::Up) ? fq(S::Up, sc) : u.weight();
+      mlp(gq.data(), uq.data(), cur);
+      return mse(cur, ref);
+    };
+    maps["mlp"] = search(st.at(int(S::Gate)).absmean.mean(), wmean({S::Gate, S::Up}), loss);
+    fold.mlp = maps["mlp"].scales;
+  }
+  // ---- 2d. up -> down ----
+  if (quantized(S::Down)) {
+    maps["down"] = search(st.at(int(S::Down)).absmean.mean(), wmean({S::Down}),
+                          hessian_loss(S::Down, H.at(int(S::Down))));
+    fold.down = maps["down"].scales;
+  }
+
+  // ---- 3. fold ----
+  apply_awq_fold(bw, fold, cfg);
+  nlohmann::json& al = alphas_[std::to_string(job.layer)];
+  for (const auto& [k, v] : maps) al[k] = v.alpha;
+
+  auto mapping_of = [](S s) -> const char* {
+    switch (s) {
+      case S::Q: case S::K: case S::V: return "qkv";
+      case S::O: return "vo";
+      case S::Gate: case S::Up: return "mlp";
+      case S::Down: return "down";
+    }
+    return "";
+  };
+  auto key_of = [](S s) {
+    return (s == S::K || s == S::V) ? S::Q : (s == S::Up ? S::Gate : s);
+  };
+  // RTN's error for the report (original weights, original Hessians).
+  std::map<int, double> rtn_err;
+  for (auto& [s, w] : orig) {
+    const DenseLinear& d = job.dense(S(s));
+    QuantGrid g = o_.grid;
+    const auto rq = quantize_grid_rtn(w.data(), d.out_features(), d.in_features(), o_.group, g);
+    rtn_err[s] = relative_output_error(w.data(), rq.dequantize().data(), d.out_features(),
+                                       d.in_features(), H.at(int(key_of(S(s)))).data());
+  }
+
+  // ---- 4. quantize ----
+  if (o_.gptq) {
+    gptq_quantize_block(job, o_.gptq_opts, &gstats_);
+    for (auto& [s, e] : rtn_err) {
+      nlohmann::json& r = job.report[s];
+      r["rel_error_rtn"] = e;
+      auto it = maps.find(mapping_of(S(s)));
+      r["awq_alpha"] = it == maps.end() ? -1.0 : it->second.alpha;
+      ++linears_;
+      sum_rel_ += r.value("rel_error", 0.0);
+      sum_rel_rtn_ += e;
+    }
+    return;
+  }
+  std::map<int, std::vector<double>> Hs;  // Hessians of the scaled inputs
+  Hs[int(S::Q)] = fold.qkv.empty() ? H.at(int(S::Q)) : scale_hessian(H.at(int(S::Q)), fold.qkv);
+  Hs[int(S::O)] = fold.vo.empty() ? H.at(int(S::O)) : scale_hessian(H.at(int(S::O)), fold.vo);
+  Hs[int(S::Gate)] =
+      fold.mlp.empty() ? H.at(int(S::Gate)) : scale_hessian(H.at(int(S::Gate)), fold.mlp);
+  Hs[int(S::Down)] =
+      fold.down.empty() ? H.at(int(S::Down)) : scale_hessian(H.at(int(S::Down)), fold.down);
+  for (int si = 0; si < kNumLinearSlots; ++si) {
+    const S s = S(si);
+    if (!quantized(s)) continue;
+    const DenseLinear& d = job.dense(s);
+    const std::vector<double>& h = Hs.at(int(key_of(s)));
+    const bool clip = s != S::Q && s != S::K;
+    QuantizedWeight qw = awq_clip_quantize(d.weight().data(), d.out_features(), d.in_features(),
+                                           o_.group, o_.grid, h.data(),
+                                           clip ? o_.clip_steps : 0, o_.max_shrink);
+    const double rel = relative_output_error(d.weight().data(), qw.dequantize().data(),
+                                             d.out_features(), d.in_features(), h.data());
+    auto it = maps.find(mapping_of(s));
+    nlohmann::json rep = {{"rel_error", rel},
+                          {"rel_error_rtn", rtn_err[si]},
+                          {"awq_alpha", it == maps.end() ? -1.0 : it->second.alpha},
+                          {"clip_search", clip && o_.clip_steps > 0}};
+    ++linears_;
+    sum_rel_ += rel;
+    sum_rel_rtn_ += rtn_err[si];
+    job.commit(s, std::move(qw), rep);
+  }
+}
+
+}  // namespace
+
+std::string awq_default_layout(const QuantSpec& spec) {
+  return spec.bits == 4 ? "awq" : "compressed-tensors";
+}
+
+std::unique_ptr<BlockQuantizer> make_awq_quantizer(const QuantSpec& spec) {
+  return std::make_unique<AwqQuantizer>(spec);
+}
+
+}  // namespace llmc

@@ -1,0 +1,267 @@
+// quant/method_gptq.cpp — GPTQ as a BlockQuantizer (quant/method_gptq.h).
+#include "quant/method_gptq.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "quant/layouts.h"
+
+namespace llmc {
+
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The slot whose input a slot shares (q/k/v -> q, gate/up -> gate).
+LinearSlot input_key(LinearSlot s) {
+  switch (s) {
+    case LinearSlot::K:
+    case LinearSlot::V: return LinearSlot::Q;
+    case LinearSlot::Up: return LinearSlot::Gate;
+    default: return s;
+  }
+}
+
+template <typename T>
+T extra_or(const QuantSpec& spec, const char* key, T def) {
+  if (!spec.extra.contains(key)) return def;
+  try {
+    return spec.extra.at(key).get<T>();
+  } catch (const std::exception& e) {
+    fail("method ", spec.method, ": option '", key, "' has the wrong type (", e.what(), ")");
+  }
+}
+
+struct ModeRow {
+  const char* name;
+  ActOrderMode mode;
+};
+constexpr ModeRow kModes[] = {{"static", ActOrderMode::Static},
+                              {"dynamic", ActOrderMode::Dynamic},
+                              {"permute", ActOrderMode::Permute}};
+
+}  // namespace
+
+GptqBlockOptions gptq_block_options(const QuantSpec& spec) {
+  GptqBlockOptions o;
+  GptqOptions& l = o.linear;
+  l.grid.bits = spec.bits;
+  l.grid.symmetric = spec.symmetric;
+  l.grid.fp16_scales =
+      !spec.layout.empty() && find_layout(spec.layout).scale_dtype == DType::F16;
+  l.grid.search_steps = extra_or<int>(spec, "mse", 0);
+  l.grid.sym_full_range = extra_or<bool>(spec, "sym_full_range", true);
+  if (l.grid.search_steps < 0 || l.grid.search_steps > 1000)
+    fail("method ", spec.method, ": option 'mse' must be in [0, 1000]");
+  l.group = spec.group;
+  if (l.group == 0) fail("method ", spec.method, ": GPTQ needs a group size > 0 or -1");
+  l.damp = spec.damp;
+  l.block_size = extra_or<int>(spec, "block_size", 128);
+  if (l.block_size < 1) fail("method ", spec.method, ": option 'block_size' must be >= 1");
+  o.true_sequential = spec.true_sequential;
+  const std::string solver = extra_or<std::string>(spec, "solver", "gptq");
+  if (solver != "gptq" && solver != "rtn")
+    fail("method ", spec.method, ": unknown solver '", solver, "' (known: gptq, rtn)");
+  o.rtn = solver == "rtn";
+  o.act_order = ActOrderMode::Off;
+  if (spec.act_order) {
+    const std::string m = extra_or<std::string>(spec, "act_order", "static");
+    bool found = false;
+    for (const ModeRow& r : kModes)
+      if (m == r.name) o.act_order = r.mode, found = true;
+    if (!found)
+      fail("method ", spec.method, ": unknown act-order mode '", m,
+           "' (known: static, dynamic, permute)");
+  }
+  return o;
+}
+
+void GptqRunStats::add(const std::string& module, const GptqReport& r) {
+  ++linears;
+  sum_rel += r.rel_error;
+  if (r.rel_error_rtn >= 0) sum_rel_rtn += r.rel_error_rtn;
+  if (r.rel_error > max_rel || worst.empty()) {
+    max_rel = r.rel_error;
+    worst = module;
+  }
+  if (r.fallback) fallbacks.push_back(module);
+}
+
+nlohmann::json GptqRunStats::to_json() const {
+  return {{"linears", linears},
+          {"mean_rel_error", linears ? sum_rel / linears : 0.0},
+          {"mean_rel_error_rtn", linears ? sum_rel_rtn / linears : 0.0},
+          {"max_rel_error", max_rel},
+          {"worst", worst},
+          {"fallbacks_rtn", fallbacks},
+          {"seconds_inputs", seconds_inputs},
+          {"seconds_solve", seconds_solve}};
+}
+
+std::string GptqRunStats::line() const {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "mean relative output error %.5f (RTN %.5f), worst %.5f",
+                linears ? sum_rel / linears : 0.0, linears ? sum_rel_rtn / linears : 0.0,
+                max_rel);
+  return cat("gptq: ", linears, " linears, ", buf, " (", worst, "), ", fallbacks.size(),
+             " fallback(s) to RTN");
+}
+
+void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats* stats) {
+  using S = LinearSlot;
+  std::vector<std::vector<S>> stages;
+  if (o.true_sequential)
+    stages = {{S::Q, S::K, S::V}, {S::O}, {S::Gate, S::Up}, {S::Down}};
+  else
+    stages = {{S::Q, S::K, S::V, S::O, S::Gate, S::Up, S::Down}};
+  LLMC_CHECK(job.inputs != nullptr && job.n_samples > 0, "GPTQ needs calibration inputs");
+
+  std::vector<int32_t> down_perm;  // permutation trick: position -> original channel
+  for (const auto& stage : stages) {
+    std::vector<S> slots;
+    for (S s : stage)
+      if (!job.ignored(s)) slots.push_back(s);
+    if (slots.empty()) continue;
+    const double t_stage = now_s();
+    // Hessians of the distinct inputs of this stage.
+    std::map<int, HessianAccumulator> acc;
+    for (S s : slots) {
+      const S k = input_key(s);
+      if (!acc.count(int(k))) acc.emplace(int(k), HessianAccumulator(job.dense(s).in_features()));
+    }
+    if (acc.size() == 1) {
+      HessianAccumulator& a = acc.begin()->second;
+      job.for_each_input(S(acc.begin()->first),
+                         [&](const float* x, int64_t rows, int64_t) { a.add(x, rows); });
+    } else {
+      LinearHook hook = [&](int, S s, const float* x, int64_t rows, int64_t) {
+        auto it = acc.find(int(s));  // only key slots: q (not k/v), gate (not up), o, down
+        if (it != acc.end()) it->second.add(x, rows);
+      };
+      job.run(&hook);
+    }
+    std::map<int, std::vector<double>> H;
+    for (auto& [k, a] : acc) H[k] = a.hessian();
+    const double t_solve = now_s();
+    if (stats) stats->seconds_inputs += t_solve - t_stage;
+
+    for (S s : slots) {
+      job.check_finite(s);
+      DenseLinear& d = job.dense(s);
+      const int64_t out = d.out_features(), in = d.in_features();
+      const std::string name = job.module_name(s);
+      GptqOptions lo = o.linear;
+      lo.act_order = o.act_order == ActOrderMode::Dynamic ? ActOrder::Dynamic
+                     : o.act_order == ActOrderMode::Off   ? ActOrder::None
+                                                          : ActOrder::Static;
+      const std::vector<double>& h = H[int(input_key(s))];
+      GptqResult r;
+      if (o.rtn) {
+        // Baseline: round to nearest on the same grid (report from the same Hessian).
+        std::vector<float> imp(static_cast<size_t>(in));
+        for (int64_t i = 0; i < in; ++i) imp[size_t(i)] = float(h[size_t(i * in + i)]);
+        r.qw = quantize_grid_rtn(d.weight().data(), out, in, lo.group, lo.grid, imp.data());
+        r.report.rel_error = relative_output_error(d.weight().data(), r.qw.dequantize().data(),
+                                                   out, in, h.data());
+        r.report.rel_error_rtn = r.report.rel_error;
+        r.qw.bias = d.bias();
+      } else if (s == S::Down && o.act_order == ActOrderMode::Permute) {
+        // Reorder down's input channels by decreasing diag(H); process them in that order
+        // with natural contiguous groups.
+        down_perm = diag_order(h.data(), in);
+        std::vector<float> wp(size_t(out * in));
+        std::vector<double> hp(size_t(in * in));
+        for (int64_t j = 0; j < in; ++j) {
+          const int64_t pj = down_perm[size_t(j)];
+          for (int64_t r2 = 0; r2 < out; ++r2) wp[size_t(r2 * in + j)] = d.weight()[size_t(r2 * in + pj)];
+          for (int64_t k = 0; k < in; ++k) hp[size_t(j * in + k)] = h[size_t(pj * in + down_perm[size_t(k)])];
+        }
+        lo.act_order = ActOrder::None;
+        r = gptq_quantize(wp.data(), out, in, hp.data(), lo, name);
+        r.qw.bias = d.bias();
+      } else {
+        r = gptq_quantize(d.weight().data(), out, in, h.data(), lo, name);
+      }
+      if (lo.act_order == ActOrder::Static) r.qw.g_idx.clear();  // trivial: col / group
+      if (stats) stats->add(name, r.report);
+      nlohmann::json rep = r.report.to_json();
+      rep["rows"] = job.rows();
+      if (s == S::Down && !down_perm.empty()) rep["permuted_input_channels"] = true;
+      job.commit(s, std::move(r.qw), rep);
+    }
+    if (stats) stats->seconds_solve += now_s() - t_solve;
+  }
+  // Fold the down permutation into gate/up's output rows (quantized or dense).
+  if (!down_perm.empty()) {
+    for (S s : {S::Gate, S::Up}) {
+      if (job.quantized[int(s)]) {
+        QuantizedWeight p = permute_rows(*job.quantized[int(s)], down_perm);
+        job.commit(s, std::move(p), job.report[int(s)]);
+      } else {
+        const DenseLinear& d = job.dense(s);
+        const int64_t out = d.out_features(), in = d.in_features();
+        std::vector<float> w(size_t(out * in)), b;
+        for (int64_t i = 0; i < out; ++i)
+          std::copy_n(d.weight().begin() + down_perm[size_t(i)] * in, in, w.begin() + i * in);
+        if (!d.bias().empty())
+          for (int64_t i = 0; i < out; ++i) b.push_back(d.bias()[size_t(down_perm[size_t(i)])]);
+        job.weights.linear[int(s)] = std::make_shared<DenseLinear>(std::move(w), out, in, std::move(b));
+      }
+    }
+  }
+}
+
+std::string gptq_default_layout(const QuantSpec& spec) {
+  return spec.symmetric ? "gptq" : "compressed-tensors";
+}
+
+namespace {
+
+class GptqQuantizer : public BlockQuantizer {
+ public:
+  explicit GptqQuantizer(const QuantSpec& spec) : spec_(spec), opt_(gptq_block_options(spec)) {
+    for (const auto& [k, v] : spec.extra.items())
+      if (k != "act_order" && k != "mse" && k != "block_size" && k != "sym_full_range" &&
+          k != "solver")
+        fail("method ", spec.method, ": unknown option '", k,
+             "' (known: act_order, mse, block_size, sym_full_range, solver)");
+    if (spec.layout == "gptq" && !spec.symmetric)
+      fail("--layout gptq cannot store asymmetric GPTQ (it stores zero-1 and zero would be -1); "
+           "use --layout compressed-tensors (the default for --asym) or --sym");
+  }
+  void quantize_block(BlockJob& job) override { gptq_quantize_block(job, opt_, &stats_); }
+  void finish(nlohmann::json& summary) override {
+    summary["gptq"] = stats_.to_json();
+    summary["gptq"]["act_order"] =
+        opt_.act_order == ActOrderMode::Off ? "off" : kModes[int(opt_.act_order) - 1].name;
+    log_info(stats_.line());
+    for (const auto& f : stats_.fallbacks) log_warn("gptq: " + f + " fell back to RTN");
+  }
+  nlohmann::json config_extra() const override {
+    if (spec_.layout != "gptq") return nlohmann::json::object();
+    return {{"damp_percent", spec_.damp},
+            {"true_sequential", opt_.true_sequential},
+            {"desc_act", opt_.act_order == ActOrderMode::Dynamic},
+            {"static_groups", opt_.act_order == ActOrderMode::Static ||
+                                  opt_.act_order == ActOrderMode::Permute}};
+  }
+
+ private:
+  QuantSpec spec_;
+  GptqBlockOptions opt_;
+  GptqRunStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<BlockQuantizer> make_gptq_quantizer(const QuantSpec& spec) {
+  return std::make_unique<GptqQuantizer>(spec);
+}
+
+}  // namespace llmc
