@@ -11,7 +11,8 @@
 // Errors: empty input, a token id outside [0, vocab_size), or a sequence longer than
 // max_position_embeddings throw llmc::Error; so do missing tensors, tensors of the wrong shape
 // and non-finite weights (naming the tensor and the checkpoint file).
-// Incremental decoding (generate) uses a KVCache: forward_cached() runs only the new positions
+// A Model keeps scratch buffers: calls on one Model must not run concurrently (each call is
+// multithreaded inside). Incremental decoding (generate) uses a KVCache: forward_cached() runs only the new positions
 // and appends their keys/values.
 #pragma once
 #include <array>
