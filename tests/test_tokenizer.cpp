@@ -431,6 +431,14 @@ TEST(Tokenizer, ByteLevelPrefixSpaceAndSplitBehaviors) {
                           {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}};
   const Tokenizer rt = Tokenizer::from_json_text(r.dump(), "r");
   EXPECT_EQ(pieces(rt, "a--b---c"), (Strs{"a", "b", "-", "c"}));
+  // ByteLevel after a Split prefixes every piece of the split (HF prepends per split).
+  json q = tiny_tokenizer({{"\xC4\xA0", "a"}}, true);
+  q["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", "Isolated"}},
+                          {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", false}}}}};
+  EXPECT_EQ(pieces(Tokenizer::from_json_text(q.dump(), "q"), "a-b"),
+            (Strs{"\xC4\xA0" "a", "\xC4\xA0", "-", "\xC4\xA0", "b"}));
   // No decoder: tokens joined with spaces, as HF does.
   r["decoder"] = nullptr;
   EXPECT_EQ(Tokenizer::from_json_text(r.dump(), "r").decode({int32_t('a'), int32_t('b')}), "a b");

@@ -7,7 +7,8 @@
 //    Removed, invert false) steps ending in ByteLevel (add_prefix_space, use_regex = GPT-2
 //    regex). Regexes use Oniguruma semantics (what HF uses) executed by PCRE2;
 //  * model: BPE (merges by rank, "a b" or ["a","b"] merges, ignore_merges, unk_token/fuse_unk;
-//    no dropout, no byte_fallback, no subword prefix/suffix);
+//    no dropout, no subword prefix/suffix; byte_fallback only with a complete byte alphabet,
+//    where it never applies);
 //  * added_tokens: matched in the raw text (normalized=false) or in the normalized text
 //    (normalized=true), leftmost-longest, honouring lstrip/rstrip/single_word; never split;
 //  * decoder: ByteLevel (or null: tokens joined by spaces).
@@ -20,6 +21,9 @@
 //
 // Thread safety: all const methods may be called concurrently. Copies share the loaded state
 // (cheap). A default-constructed Tokenizer is empty: every method except empty() throws.
+// Speed: each thread keeps a bounded word -> ids cache per tokenizer (at most ~6 MiB each, for
+// the last 4 tokenizers that thread used). Unicode tables: NFC comes from ICU, \p{..} classes from PCRE2; a
+// character newer than their Unicode versions may differ from HF's tables.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -45,10 +49,15 @@ class Tokenizer {
   // Token ids of `text`; no special tokens are added (special tokens written in the text are
   // matched as added tokens, like HF with add_special_tokens=False).
   std::vector<int32_t> encode(std::string_view text) const;
-  // Identical result to encode(), computed on all threads (core/threads.h). The text is cut
-  // into chunks of about `chunk_bytes` (0: automatic); each chunk is pre-tokenized on the whole
-  // text from its start and the chunks are stitched where their piece boundaries agree with
-  // the serial pass, so the result equals encode() for any split pattern.
+  // Identical result to encode(), computed on all threads (core/threads.h). Added tokens and
+  // normalization are found serially; each normalized segment is cut into chunks of about
+  // `chunk_bytes` (0: automatic), preferably after a '\n' followed by a non-space. A chunk's
+  // thread pre-tokenizes from its start with the regex seeing the whole text (but never more
+  // than one chunk past its end: PCRE2 partial-hard matching says when that would matter) and
+  // records where each piece starts; the stitching pass keeps a chunk's tokens from the first
+  // piece start that the serial pass also reaches and runs the serial pass itself where they
+  // disagree (a cut inside a piece, a piece longer than the window). So the result never
+  // depends on where the cuts fall.
   std::vector<int32_t> encode_parallel(std::string_view text, size_t chunk_bytes = 0) const;
 
   // Text of `ids`. Unknown ids are skipped (as HF does); bytes that do not form valid UTF-8
