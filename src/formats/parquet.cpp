@@ -1014,7 +1014,9 @@ struct ParquetTensorWriter::Impl {
     row_groups.push_back(std::move(rg));
     total_rows += n;
     rows.clear();
-    data = ChunkBuf();
+    data.bytes.clear();  // keeps its capacity: no re-allocation or page faults per row group
+    data.uncompressed = 0;
+    data.values = 0;
   }
 };
 
@@ -1065,6 +1067,9 @@ void ParquetTensorWriter::add(const std::string& name, DType dtype, const Shape&
   const uint64_t pieces = nbytes == 0 ? 1 : (nbytes + w.chunk_bytes - 1) / w.chunk_bytes;
   if (pieces > uint64_t(INT32_MAX)) fail(w.path, ": tensor '", name, "' needs too many chunks");
   w.names.insert(name);
+  if (w.data.bytes.capacity() == 0)  // one row group plus one chunk: appends rarely re-allocate
+    w.data.bytes.reserve(size_t(std::min<uint64_t>(w.row_group_bytes, kDefaultRowGroupBytes) +
+                                std::min<uint64_t>(w.chunk_bytes, kDefaultRowGroupBytes) + 4096));
   const auto* src = static_cast<const uint8_t*>(data);
   for (uint64_t c = 0; c < pieces; ++c) {
     const uint64_t off = c * w.chunk_bytes;
