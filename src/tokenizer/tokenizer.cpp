@@ -3,7 +3,6 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <deque>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
@@ -38,7 +37,7 @@ struct Tokenizer::Impl {
   // The text of one encode call cut into added tokens and normalized text segments.
   struct Prepared {
     std::string sanitized;
-    std::deque<std::string> owned;
+    std::vector<std::unique_ptr<std::string>> owned;  // stable addresses for the views below
     struct Seg {
       int32_t id;  // added token, or -1
       std::string_view text;
@@ -495,7 +494,7 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir_or_file) {
 void Tokenizer::Impl::push_text(std::string_view t, Prepared& p) const {
   if (t.empty()) return;
   if (pretok.first_step_prefixes() && t[0] != ' ') {
-    std::string& s = p.owned.emplace_back();
+    std::string& s = *p.owned.emplace_back(std::make_unique<std::string>());
     s.reserve(t.size() + 1);
     s += ' ';
     s.append(t);
@@ -523,7 +522,7 @@ void Tokenizer::Impl::prepare(std::string_view text, Prepared& p) const {
     }
     std::string_view t = text.substr(s.begin, s.end - s.begin);
     if (nfc && !nfc_is_normalized(t)) {
-      std::string& n = p.owned.emplace_back();
+      std::string& n = *p.owned.emplace_back(std::make_unique<std::string>());
       nfc_append(t, n);
       t = n;
     }
