@@ -453,6 +453,10 @@ TEST(LoaderCli, EvalGenerateInspectConvertAcceptPeers) {
     WeightLoader a(peer(name)), b(pq), c(back);
     EXPECT_EQ(b.quantized_modules(), a.quantized_modules());
     EXPECT_EQ(c.checkpoint().aux_files, a.checkpoint().aux_files);
+    for (const char* aux : {"chat_template.jinja", "tokenizer.json", "generation_config.json"})
+      EXPECT_EQ(c.checkpoint().aux_files.count(aux), 1u) << aux;
+    if (std::string(name) == "fp8_static")
+      EXPECT_EQ(c.checkpoint().aux_files.count("hf_quant_config.json"), 1u);
     for (const TensorInfo& t : a.raw_tensors()) {
       TensorRef x = a.raw(t.name), y = c.raw(t.name);
       ASSERT_EQ(y.info.dtype, t.dtype) << t.name;
@@ -462,4 +466,43 @@ TEST(LoaderCli, EvalGenerateInspectConvertAcceptPeers) {
     const std::string m = "model.layers.3.mlp.gate_proj.weight";
     EXPECT_EQ(a.get_f32(m), b.get_f32(m));
   }
+}
+
+// QuantLinear on its own: bias and activation quantization, against a direct computation.
+TEST(QuantLinearUnit, ForwardWithBiasAndInt8Activations) {
+  QuantizedWeight q;
+  q.bits = 8;
+  q.out = 3;
+  q.in = 4;
+  q.q8 = {1, -2, 3, 4, 0, 5, -6, 7, 127, -128, 1, 2};
+  q.scales = {0.5f, 0.25f, 0.125f};
+  q.bias = {1.0f, -2.0f, 0.5f};
+  q.act = ActQuant::INT8DynamicToken;
+  const Layout& L = find_layout("int-quantized");
+  QuantConfigSpec spec;
+  spec.scheme = q;
+  auto qc = std::make_shared<const json>(L.quantization_config(spec));
+  MemoryTensorReader r("mem");
+  for (auto& t : L.encode("lin", q)) r.add(std::move(t));
+  QuantLinear ql(L, qc, "lin", r, 3, 4);
+  EXPECT_EQ(ql.act(), ActQuant::INT8DynamicToken);
+  EXPECT_EQ(ql.module(), "lin");
+  EXPECT_STREQ(ql.layout().name, "int-quantized");
+  EXPECT_EQ(ql.bytes_held(), r.bytes());
+  const std::vector<float> x = {127.0f, 63.4f, -1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  std::vector<float> y(6);
+  ql.forward(x.data(), 2, y.data());
+  // Row 0 quantized with scale 1: [127, 63, -1, 0]; row 1 all zero -> bias only.
+  const std::vector<float> xq = {127.0f, 63.0f, -1.0f, 0.0f};
+  const std::vector<float> w = q.dequantize();
+  for (int o = 0; o < 3; ++o) {
+    double acc = q.bias[o];
+    for (int i = 0; i < 4; ++i) acc += double(xq[i]) * w[o * 4 + i];
+    EXPECT_NEAR(y[o], acc, 1e-4) << o;
+    EXPECT_EQ(y[3 + o], q.bias[o]);
+  }
+  ql.forward(x.data(), 0, y.data());  // no rows: nothing to do
+  // A mismatched model shape fails at construction, naming the module.
+  EXPECT_NE(error_of([&] { QuantLinear bad(L, qc, "lin", r, 4, 4); }).find("lin out_features is 3"),
+            std::string::npos);
 }
