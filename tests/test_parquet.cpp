@@ -475,6 +475,24 @@ TEST(ParquetMeta, UnknownFieldsAreSkippedAndRequiredFieldsChecked) {
   w.field_bool(22, true);
   w.field_byte(23, 1);
   w.end_struct();
+  // A known list field with an unexpected element type (bools) is skipped element by element.
+  {
+    ThriftWriter k;
+    k.begin_struct();
+    k.field_i32(1, 1);
+    k.field_list_begin(2, TType::BoolTrue, 3);  // schema: expected a list of structs
+    k.bool_elem(true);
+    k.bool_elem(false);
+    k.bool_elem(true);
+    k.field_i64(3, 7);
+    k.field_list_begin(4, TType::Struct, 0);
+    k.end_struct();
+    ThriftReader kr(reinterpret_cast<const uint8_t*>(k.bytes().data()), k.bytes().size(), "k");
+    const pq::FileMetaData fm = pq::decode_file_metadata(kr);
+    EXPECT_EQ(kr.remaining(), 0u);
+    EXPECT_TRUE(fm.schema.empty());
+    EXPECT_EQ(fm.num_rows, 7);
+  }
   ThriftReader r(reinterpret_cast<const uint8_t*>(w.bytes().data()), w.bytes().size(), "p");
   const pq::PageHeader h = pq::decode_page_header(r);
   EXPECT_EQ(r.remaining(), 0u);
@@ -970,6 +988,7 @@ TEST(Parquet, ReaderRejectsBrokenFiles) {
     EXPECT_NE(msg.find(needle), std::string::npos) << "expected '" << needle << "' in: " << msg;
   };
   expect_error(dir / "missing.parquet", "cannot open");
+  expect_error(dir, "not a regular file");
   put_file(dir / "short.parquet", "PAR1PAR1");
   expect_error(dir / "short.parquet", "too short");
   const std::string g = bytes_of(good);
@@ -1066,6 +1085,11 @@ TEST(Parquet, ReaderRejectsBrokenFiles) {
     both.replace(body + values + 16, 1, "\x05");
     put_file(dir / "shape2.parquet", both);
     expect_error(dir / "shape2.parquet", "need 80");  // 5x8 bf16 = 80 bytes, data holds 64
+    both = b;
+    both.replace(body + values, 1, "\x03");  // aa: [3, 8] = 48 bytes, its chunks hold 64
+    both.replace(body + values + 16, 1, "\x03");
+    put_file(dir / "shape4.parquet", both);
+    expect_error(dir / "shape4.parquet", "holds more than the 48 bytes");
     both = b;
     both.replace(body + values + 7, 1, "\x80");  // negative dimension
     both.replace(body + values + 16 + 7, 1, "\x80");

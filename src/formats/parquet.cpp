@@ -1067,9 +1067,10 @@ void ParquetTensorWriter::add(const std::string& name, DType dtype, const Shape&
   const uint64_t pieces = nbytes == 0 ? 1 : (nbytes + w.chunk_bytes - 1) / w.chunk_bytes;
   if (pieces > uint64_t(INT32_MAX)) fail(w.path, ": tensor '", name, "' needs too many chunks");
   w.names.insert(name);
-  if (w.data.bytes.capacity() == 0)  // one row group plus one chunk: appends rarely re-allocate
-    w.data.bytes.reserve(size_t(std::min<uint64_t>(w.row_group_bytes, kDefaultRowGroupBytes) +
-                                std::min<uint64_t>(w.chunk_bytes, kDefaultRowGroupBytes) + 4096));
+  // Room for one row group plus one chunk, so appends rarely re-allocate (kept across groups).
+  const size_t want = size_t(std::min<uint64_t>(w.row_group_bytes, kDefaultRowGroupBytes) +
+                             std::min<uint64_t>(w.chunk_bytes, kDefaultRowGroupBytes) + 4096);
+  if (w.data.bytes.capacity() < want) w.data.bytes.reserve(want);
   const auto* src = static_cast<const uint8_t*>(data);
   for (uint64_t c = 0; c < pieces; ++c) {
     const uint64_t off = c * w.chunk_bytes;

@@ -43,7 +43,7 @@ void read_list(ThriftReader& r, const Field& f, TType elem, std::vector<T>* out,
   const thrift::ListHeader l = r.read_list_header();
   if (l.elem != elem) {
     // Wrong element type: skip the elements, keep nothing.
-    for (uint32_t i = 0; i < l.size; ++i) r.skip(l.elem);
+    for (uint32_t i = 0; i < l.size; ++i) r.skip_elem(l.elem);
     return;
   }
   out->clear();

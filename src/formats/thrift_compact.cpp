@@ -158,10 +158,7 @@ void ThriftReader::skip(TType t) {
     case TType::Set: {
       enter();
       const ListHeader l = read_list_header();
-      for (uint32_t i = 0; i < l.size; ++i) {
-        if (l.elem == TType::BoolTrue || l.elem == TType::BoolFalse) byte();
-        else skip(l.elem);
-      }
+      for (uint32_t i = 0; i < l.size; ++i) skip_elem(l.elem);
       --depth_;
       return;
     }
@@ -169,8 +166,8 @@ void ThriftReader::skip(TType t) {
       enter();
       const MapHeader m = read_map_header();
       for (uint32_t i = 0; i < m.size; ++i) {
-        if (m.key == TType::BoolTrue || m.key == TType::BoolFalse) byte(); else skip(m.key);
-        if (m.value == TType::BoolTrue || m.value == TType::BoolFalse) byte(); else skip(m.value);
+        skip_elem(m.key);
+        skip_elem(m.value);
       }
       --depth_;
       return;
@@ -185,6 +182,11 @@ void ThriftReader::skip(TType t) {
     case TType::Stop: break;
   }
   error("cannot skip Thrift type " + std::to_string(int(t)));
+}
+
+void ThriftReader::skip_elem(TType t) {
+  if (t == TType::BoolTrue || t == TType::BoolFalse) byte();
+  else skip(t);
 }
 
 // ---- writer ----

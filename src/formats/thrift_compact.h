@@ -83,6 +83,8 @@ class ThriftReader {
 
   // Skips one value of the given wire type (recursively for containers and structs).
   void skip(TType t);
+  // Skips one list/set/map element (bools are a byte there, unlike in field headers).
+  void skip_elem(TType t);
 
   // Throws llmc::Error "<context>: <what> (at byte N)".
   [[noreturn]] void error(const std::string& what) const;
