@@ -66,7 +66,13 @@ TEST(MethodTable, RowsAreConsistent) {
   }
   EXPECT_TRUE(find_method("fp8_static").needs_calibration);
   EXPECT_FALSE(find_method("int8").needs_calibration);
-  EXPECT_FALSE(find_method("fp8_dynamic").needs_calibration);
+  // fp8_dynamic needs data for its GPTQ rounding only.
+  const MethodInfo& fd = find_method("fp8_dynamic");
+  QuantOverrides rtn;
+  rtn.extra = {{"weights", "rtn"}};
+  EXPECT_TRUE(needs_calibration(fd, resolve_spec(fd, {})));
+  EXPECT_FALSE(needs_calibration(fd, resolve_spec(fd, rtn)));
+  EXPECT_FALSE(needs_calibration(find_method("int8"), resolve_spec(find_method("int8"), {})));
 }
 
 TEST(MethodTable, ResolveSpecRejectsWhatAMethodFixes) {
@@ -420,7 +426,7 @@ TEST(Quantize, ParquetOutputHoldsTheSameTensors) {
   EXPECT_TRUE(fs::is_directory(d / "dir.parquet"));
 }
 
-TEST(Quantize, Fp8StaticIsDeterministicAndReportsTheSearch) {
+TEST(Quantize, Fp8StaticIsDeterministicAndGptqBeatsRounding) {
   const fs::path d = test::temp_dir("q-det");
   QuantizeOptions o = tiny_options("fp8_static", d / "a");
   o.overrides.seed = 5;
@@ -433,21 +439,54 @@ TEST(Quantize, Fp8StaticIsDeterministicAndReportsTheSearch) {
   const json& k = rep["layers"]["model.layers.1.self_attn.k_proj"];
   EXPECT_EQ(q["input_scale"], k["input_scale"]) << "q/k/v share one input scale";
   EXPECT_EQ(q["weight_scale"], k["weight_scale"]) << "q/k/v share one weight scale";
-  EXPECT_LE(q["group_out_rel_error"].get<double>(), q["group_out_rel_error_absmax"].get<double>());
-  EXPECT_LE(q["input_clip_ratio"].get<double>(), 1.0);
-  EXPECT_EQ(q["weights"], "gptq");
-  // Other seed -> other windows -> (almost surely) other input scales.
+  EXPECT_EQ(q["input_clip_ratio"], 1.0);
+  EXPECT_FLOAT_EQ(q["input_scale"].get<float>(), q["input_absmax"].get<float>() / 448.0f);
+  EXPECT_EQ(q["weights"], "gptq_aa");
+  // Other seed -> other windows -> other input scales.
   o.overrides.seed = 6;
   o.output = d / "c";
   quantize_model(o);
   EXPECT_NE(read_text_file(d / "a" / "model.safetensors"), read_text_file(d / "c" / "model.safetensors"));
-  // RTN weights and no search are selectable.
-  o.overrides.extra = {{"weights", "rtn"}, {"search", false}};
-  o.output = d / "e";
+  // Plain GPTQ on the fp8 grid: lower output error than rounding on every linear.
+  o.overrides.extra = {{"weights", "gptq"}};
+  o.output = d / "g";
   quantize_model(o);
-  const json rep2 = json::parse(read_text_file(d / "e" / "llmc_quant_report.json"));
-  EXPECT_EQ(rep2["layers"]["model.layers.0.mlp.up_proj"]["weights"], "rtn");
-  EXPECT_EQ(rep2["layers"]["model.layers.0.mlp.up_proj"]["input_clip_ratio"], 1.0);
+  const json g = json::parse(read_text_file(d / "g" / "llmc_quant_report.json"));
+  for (const auto& [m, r] : g["layers"].items()) {
+    EXPECT_EQ(r["weights"], "gptq") << m;
+    EXPECT_LT(r["rel_output_error"].get<double>(), r["rel_output_error_rtn"].get<double>()) << m;
+    EXPECT_GT(r["rel_output_error"].get<double>(), 0.0) << m;
+  }
+  // The clipping search never does worse than the abs-max scale on its own objective.
+  o.overrides.extra = {{"weights", "rtn"}, {"search", true}, {"search_rows", 256}};
+  o.output = d / "s";
+  quantize_model(o);
+  const json sr = json::parse(read_text_file(d / "s" / "llmc_quant_report.json"));
+  for (const auto& [m, r] : sr["layers"].items()) {
+    EXPECT_EQ(r["weights"], "rtn") << m;
+    EXPECT_LE(r["group_out_rel_error"].get<double>(), r["group_out_rel_error_absmax"].get<double>())
+        << m;
+    EXPECT_LE(r["input_clip_ratio"].get<double>(), 1.0) << m;
+    EXPECT_EQ(r["search_rows"], 256) << m;
+  }
+}
+
+TEST(Quantize, Fp8DynamicWithRoundingNeedsNoCalibration) {
+  const fs::path d = test::temp_dir("q-fp8d-rtn");
+  QuantizeOptions o = tiny_options("fp8_dynamic", d / "out");
+  o.calibration_data = d / "does-not-exist.jsonl";  // never read
+  o.overrides.extra = {{"weights", "rtn"}};
+  const QuantizeResult r = quantize_model(o);
+  EXPECT_EQ(r.num_samples, 0);
+  WeightLoader wl(d / "out");
+  Checkpoint base = open_checkpoint(test::model_dir("qwen3-tiny"));
+  const std::string m = "model.layers.0.mlp.gate_proj";
+  const std::vector<float> w = base.tensors->get(m + ".weight").to_f32();
+  EXPECT_EQ(wl.get_f32(m + ".weight"), quantize_fp8_rtn(w.data(), 384, 128, -1).dequantize());
+  // The default (GPTQ) does read it.
+  o.overrides.extra = json::object();
+  o.output = d / "out2";
+  EXPECT_NE(error_of([&] { quantize_model(o); }).find("does-not-exist.jsonl"), std::string::npos);
 }
 
 TEST(Quantize, QwenTwoBiasesAndLlamaModels) {

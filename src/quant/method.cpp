@@ -66,8 +66,8 @@ std::vector<MethodInfo> build_table() {
     m.needs_calibration = true;
     m.layouts = {"float-quantized"};
     m.description =
-        "W8A8 FP8 e4m3: per-tensor weight scale, static per-tensor input scale chosen by an "
-        "output-error search over clipping ratios on calibration data";
+        "W8A8 FP8 e4m3: per-tensor weight scale with GPTQ rounding, static per-tensor input "
+        "scale from calibration data";
     m.factory = make_fp8_static_quantizer;
     t.push_back(m);
   }
@@ -78,7 +78,11 @@ std::vector<MethodInfo> build_table() {
     m.allowed_bits = {8};
     m.default_group = -1;
     m.layouts = {"float-quantized"};
-    m.description = "W8A8 FP8 e4m3: per-channel weight scale, dynamic per-token activations";
+    m.needs_calibration = true;
+    m.calibration_for = fp8_dynamic_needs_calibration;
+    m.description =
+        "W8A8 FP8 e4m3: per-channel weight scale (GPTQ rounding on calibration data; "
+        "--method-opt weights=rtn needs none), dynamic per-token activations";
     m.factory = make_fp8_dynamic_quantizer;
     t.push_back(m);
   }
@@ -151,6 +155,10 @@ const MethodInfo& find_method(const std::string& name) {
   for (const auto& m : method_table())
     if (m.name == name) return m;
   fail("unknown quantization method '", name, "' (known: ", method_names(), ")");
+}
+
+bool needs_calibration(const MethodInfo& m, const QuantSpec& s) {
+  return m.calibration_for ? m.calibration_for(s) : m.needs_calibration;
 }
 
 QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {

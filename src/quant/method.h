@@ -106,6 +106,9 @@ struct MethodInfo {
   bool default_symmetric = true;
   bool symmetry_configurable = false;  // --sym/--asym accepted
   bool needs_calibration = false;
+  // Optional: decides from the resolved spec (overrides needs_calibration), e.g. fp8_dynamic
+  // needs data only for its GPTQ weight rounding, not with --method-opt weights=rtn.
+  std::function<bool(const QuantSpec&)> calibration_for;
   std::vector<std::string> layouts;  // output layouts, first = default; empty = dense output
   // Optional: the default layout chosen from the resolved spec when no --layout is given
   // (e.g. GPTQ: gptq when symmetric, compressed-tensors when asymmetric). Must name a row of
@@ -123,6 +126,8 @@ const std::vector<MethodInfo>& method_table();
 const MethodInfo& find_method(const std::string& name);
 // Comma-separated list of every method name (for help texts and errors).
 std::string method_names();
+// Whether this spec of method m needs calibration data (calibration_for, else needs_calibration).
+bool needs_calibration(const MethodInfo& m, const QuantSpec& s);
 // Merges defaults and overrides; throws llmc::Error for an option the method does not accept
 // (bits outside allowed_bits, group/symmetry on a method that fixes them, unknown layout).
 QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o);

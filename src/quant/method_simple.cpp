@@ -84,15 +84,6 @@ std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec) {
   });
 }
 
-std::unique_ptr<BlockQuantizer> make_fp8_dynamic_quantizer(const QuantSpec& spec) {
-  check_method_opts(spec, {});
-  return std::make_unique<RtnQuantizer>([](const DenseLinear& d) {
-    QuantizedWeight qw = quantize_fp8_rtn(d.weight().data(), d.out_features(), d.in_features(), -1);
-    qw.act = ActQuant::FP8DynamicToken;
-    return qw;
-  });
-}
-
 std::unique_ptr<BlockQuantizer> make_int8_dynamic_quantizer(const QuantSpec& spec) {
   check_method_opts(spec, {});
   return std::make_unique<RtnQuantizer>([](const DenseLinear& d) {

@@ -12,8 +12,10 @@ namespace llmc {
 // Weight-only INT, round to nearest: bits/group/symmetry from the spec; for bits <= 3 each
 // group's range is shrunk by an MSE search (quant/rtn.h clip_search).
 std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec);
-// FP8 e4m3 weights per output channel, dynamic per-token fp8 activations.
+// FP8 e4m3 weights per output channel (GPTQ rounding on calibration data unless
+// --method-opt weights=rtn), dynamic per-token fp8 activations (method_fp8_static.cpp).
 std::unique_ptr<BlockQuantizer> make_fp8_dynamic_quantizer(const QuantSpec& spec);
+bool fp8_dynamic_needs_calibration(const QuantSpec& spec);
 // INT8 per-channel symmetric weights, dynamic per-token symmetric int8 activations.
 std::unique_ptr<BlockQuantizer> make_int8_dynamic_quantizer(const QuantSpec& spec);
 // Leaves every weight dense (the writer casts to MethodInfo::dense_dtype).

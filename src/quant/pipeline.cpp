@@ -189,6 +189,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const MethodInfo& method = find_method(opt.method);
   QuantSpec spec = resolve_spec(method, opt.overrides);
   const Layout* layout = spec.layout.empty() ? nullptr : &find_layout(spec.layout);
+  const bool calibrate = needs_calibration(method, spec);
 
   // 1. Input: mmap'ed, blocks loaded lazily.
   std::error_code ec;
@@ -206,7 +207,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
 
   // 2. Calibration windows -> embeddings = block 0's inputs.
   std::vector<float> x, y;
-  if (method.needs_calibration) {
+  if (calibrate) {
     auto tok_it = ck.aux_files.find("tokenizer.json");
     if (tok_it == ck.aux_files.end())
       fail(opt.input.string(), ": no tokenizer.json (needed to tokenize calibration data for ",
@@ -239,7 +240,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     BlockJob job(*model, i, spec, model->block(i));
     job.batch = std::max(1, opt.batch);
     job.ignored = [&](LinearSlot s) { return !layout || ignore_rules.match(job.module_name(s)); };
-    if (method.needs_calibration) {
+    if (calibrate) {
       job.inputs = x.data();
       job.n_samples = spec.num_samples;
       job.seq = spec.seq_len;
@@ -262,7 +263,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
         ignore_list.push_back(m);
       }
     }
-    if (method.needs_calibration && i + 1 < cfg.num_layers) {
+    if (calibrate && i + 1 < cfg.num_layers) {
       job.run(nullptr, &y);
       x.swap(y);
     }

@@ -1,15 +1,16 @@
-// quant/method_fp8_static.cpp — fp8_static: FP8 e4m3 per-tensor weights and static per-tensor
-// input scales chosen on calibration data (docs/methods.md).
+// quant/method_fp8.cpp — fp8_static and fp8_dynamic (docs/methods.md).
 //
 // Per group of linears sharing one input (q/k/v, o, gate/up, down; true-sequential order, so
 // each group's inputs come from the block with the earlier groups already quantized):
 //  1. one streaming pass over the group's calibration inputs: abs-max, a strided subsample of
-//     rows (search_rows) and, for the GPTQ weight solver, H = Σ x xᵀ (fp64);
-//  2. weights: one per-tensor scale for the group (absmax / 448 over its linears: vLLM fuses
-//     q/k/v and gate/up and would otherwise requantize to the largest scale), codes by
-//     round-to-nearest ("rtn") or by GPTQ's error feedback on the fp8 grid ("gptq", default);
-//  3. input scale: s = r · absmax / 448 with the clipping ratio r minimizing the squared error
-//     of the group's outputs Σ‖Q_s(X) Wqᵀ − X Wᵀ‖² on the subsample (coarse grid, then finer).
+//     rows (search_rows) and, for the GPTQ weight solvers, H = Σ x xᵀ (fp64);
+//  2. weights: fp8_static — one per-tensor scale for the group (absmax / 448 over its linears:
+//     vLLM fuses q/k/v and gate/up and would otherwise requantize to the largest scale);
+//     fp8_dynamic — one scale per output channel. Codes by GPTQ's error feedback on the fp8
+//     grid ("gptq"), the same towards the activation-aware target ("gptq_aa"), or plain
+//     round-to-nearest ("rtn", which for fp8_dynamic needs no calibration at all);
+//  3. fp8_static input scale: absmax / 448 of the calibration inputs, optionally refined by a
+//     search over clipping ratios minimizing Σ‖Q_s(X) Wqᵀ − X Wᵀ‖² on the subsample.
 #include <cblas.h>
 #include <lapack.h>
 
@@ -89,9 +90,9 @@ bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
 
 inline float fp8_round(float v, float s) { return fp8e4m3_to_f32(f32_to_fp8e4m3(v / s)) * s; }
 
-// GPTQ on the fp8 grid with a fixed per-tensor scale: column by column, each row's rounding
-// error is spread over the later columns through U = chol((H + λI)⁻¹). Returns false (weights
-// untouched) when H cannot be factorized even with raised damping.
+// GPTQ on the fp8 grid with fixed scales (per tensor or per row): column by column, each row's
+// rounding error is spread over the later columns through U = chol((H + λI)⁻¹). Returns false
+// (weights untouched) when H cannot be factorized even with raised damping.
 bool fp8_gptq(QuantizedWeight& qw, const float* w, std::vector<double> H, double damp,
               double* damp_used) {
   const int64_t n = qw.in, out = qw.out;
@@ -112,10 +113,10 @@ bool fp8_gptq(QuantizedWeight& qw, const float* w, std::vector<double> H, double
   }
   if (!ok) return false;
   std::vector<float> Uf(U.begin(), U.end());
-  const float s = qw.scales[0];
   parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
     std::vector<float> row(static_cast<size_t>(n));
     for (size_t r = r0; r < r1; ++r) {
+      const float s = qw.scales[qw.group == 0 ? 0 : r];
       for (int64_t i = 0; i < n; ++i) row[size_t(i)] = dead[size_t(i)] ? 0.0f : w[r * n + i];
       for (int64_t i = 0; i < n; ++i) {
         const float v = row[size_t(i)];
@@ -153,18 +154,50 @@ bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<do
   return true;
 }
 
-class Fp8StaticQuantizer : public BlockQuantizer {
+// tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Wq − W: the relative output error on the calibration
+// inputs (H = Σ x xᵀ); 0 when the denominator is 0.
+double rel_output_error(const float* w, const std::vector<float>& wq, int64_t out, int64_t n,
+                        const std::vector<double>& H) {
+  std::vector<double> num(size_t(out), 0.0), den(size_t(out), 0.0);
+  parallel_for(0, size_t(out), 8, [&](size_t r0, size_t r1) {
+    std::vector<double> d(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+    for (size_t r = r0; r < r1; ++r) {
+      for (int64_t i = 0; i < n; ++i) {
+        v[size_t(i)] = w[r * n + i];
+        d[size_t(i)] = double(wq[r * n + i]) - w[r * n + i];
+      }
+      double a = 0, b = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double* h = H.data() + i * n;
+        double hd = 0, hv = 0;
+        for (int64_t j = 0; j < n; ++j) hd += h[j] * d[size_t(j)], hv += h[j] * v[size_t(j)];
+        a += d[size_t(i)] * hd;
+        b += v[size_t(i)] * hv;
+      }
+      num[r] = a;
+      den[r] = b;
+    }
+  });
+  double a = 0, b = 0;
+  for (int64_t r = 0; r < out; ++r) a += num[size_t(r)], b += den[size_t(r)];
+  return b > 0 ? a / b : 0.0;
+}
+
+class Fp8Quantizer : public BlockQuantizer {
  public:
-  explicit Fp8StaticQuantizer(const QuantSpec& spec) : damp_(spec.damp) {
-    check_method_opts(spec, {"search", "search_rows", "weights"});
-    search_ = spec.extra.value("search", true);
+  Fp8Quantizer(const QuantSpec& spec, bool is_static) : static_(is_static), damp_(spec.damp) {
+    if (static_) check_method_opts(spec, {"search", "search_rows", "weights", "report_errors"});
+    else check_method_opts(spec, {"search_rows", "weights", "report_errors"});
+    report_errors_ = spec.extra.value("report_errors", true);
+    search_ = spec.extra.value("search", false);
     max_rows_ = spec.extra.value("search_rows", int64_t(2048));
-    if (max_rows_ < 1) fail("fp8_static: search_rows must be positive");
-    const std::string wm = spec.extra.value("weights", std::string("gptq"));
+    if (max_rows_ < 1) fail(spec.method, ": search_rows must be positive");
+    const std::string wm = spec.extra.value("weights", std::string("gptq_aa"));
     if (wm != "gptq" && wm != "rtn" && wm != "gptq_aa")
-      fail("fp8_static: --method-opt weights must be gptq, gptq_aa or rtn, got '", wm, "'");
+      fail(spec.method, ": --method-opt weights must be gptq, gptq_aa or rtn, got '", wm, "'");
     gptq_ = wm != "rtn";
     aa_ = wm == "gptq_aa";
+    act_ = static_ ? ActQuant::FP8StaticTensor : ActQuant::FP8DynamicToken;
   }
 
   void quantize_block(BlockJob& job) override {
@@ -177,49 +210,58 @@ class Fp8StaticQuantizer : public BlockQuantizer {
   }
 
  private:
+  // absmax / 448 of the group's original weights (the RTN reference scale).
+  static float wscale(const BlockJob& job, const std::vector<LinearSlot>& slots) {
+    float m = 0.0f;
+    for (LinearSlot s : slots)
+      for (float v : job.dense(s).weight()) m = std::max(m, std::fabs(v));
+    return m > 0.0f ? m / 448.0f : 1.0f;
+  }
+  // Weight scale(s) of `w` [out, in]: the group's shared per-tensor scale, or per row.
+  QuantizedWeight rtn(const float* w, int64_t out, int64_t in, float tensor_scale) const {
+    return quantize_fp8_rtn(w, out, in, static_ ? 0 : -1, static_ ? tensor_scale : 0.0f);
+  }
+
   void quantize_group(BlockJob& job, const std::vector<LinearSlot>& slots) {
-    const auto t_collect = std::chrono::steady_clock::now();
-    float wmax = 0.0f;
-    for (LinearSlot s : slots) {
-      job.check_finite(s);
-      for (float v : job.dense(s).weight()) wmax = std::max(wmax, std::fabs(v));
-    }
-    const float wscale = wmax > 0.0f ? wmax / 448.0f : 1.0f;
     const int64_t in = job.dense(slots[0]).in_features();
+    for (LinearSlot s : slots) job.check_finite(s);
+    const bool calibrated = static_ || gptq_;
 
     // 1. One pass over the group's inputs.
-    const int64_t total = job.rows();
-    const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
+    const auto t_collect = std::chrono::steady_clock::now();
     float amax = 0.0f;
     std::vector<float> sub;
     std::unique_ptr<Gram> gram;
-    if (gptq_) gram = std::make_unique<Gram>(in);
-    int64_t seen = 0;
-    job.for_each_input(slots[0], [&](const float* x, int64_t rows, int64_t cols) {
-      for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
-      for (int64_t r = 0; r < rows; ++r, ++seen)
-        if (seen % stride == 0) sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
-      if (gram) gram->add(x, rows);
-    });
-    if (!std::isfinite(amax))
-      fail(job.module_name(slots[0]), ": non-finite calibration activations");
+    if (calibrated) {
+      const int64_t total = job.rows();
+      const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
+      if (gptq_) gram = std::make_unique<Gram>(in);
+      int64_t seen = 0;
+      job.for_each_input(slots[0], [&](const float* x, int64_t rows, int64_t cols) {
+        for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (int64_t r = 0; r < rows; ++r, ++seen)
+          if (seen % stride == 0) sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
+        if (gram) gram->add(x, rows);
+      });
+      if (!std::isfinite(amax))
+        fail(job.module_name(slots[0]), ": non-finite calibration activations");
+    }
     const float base_scale = amax > 0.0f ? amax / 448.0f : 1.0f;
     const int64_t n = int64_t(sub.size()) / in;
     const double collect_s = seconds_since(t_collect);
 
-    // 2. Weights.
+    // 2. Weights (targets: W, or the activation-aware W̃).
     const auto t_weights = std::chrono::steady_clock::now();
-    std::vector<QuantizedWeight> qws;
-    std::vector<nlohmann::json> wrep;
-    std::vector<double> H;
+    std::vector<double> H, H0;
     if (gram) H = gram->matrix();
-    // Activation-aware: input rounding energy per channel at the abs-max scale, from the
-    // subsample, scaled to the row count of H.
+    if (gram && report_errors_) H0 = H;
     std::vector<std::vector<float>> targets(slots.size());
-    float tscale = wscale;
+    for (size_t k = 0; k < slots.size(); ++k) targets[k] = job.dense(slots[k]).weight();
     if (aa_) {
+      // Input rounding energy per channel (at the abs-max static scale, or per token), from
+      // the subsample, scaled to the row count of H.
       std::vector<float> xq = sub;
-      quantize_activations(ActQuant::FP8StaticTensor, base_scale, xq.data(), n, in);
+      quantize_activations(act_, base_scale, xq.data(), n, in);
       std::vector<double> d(size_t(in), 0.0);
       for (int64_t r = 0; r < n; ++r)
         for (int64_t i = 0; i < in; ++i) {
@@ -228,65 +270,77 @@ class Fp8StaticQuantizer : public BlockQuantizer {
         }
       const double f = n > 0 ? double(gram->count()) / double(n) : 0.0;
       for (auto& v : d) v *= f;
-      float tmax = 0.0f;
       for (size_t k = 0; k < slots.size(); ++k) {
         const DenseLinear& dl = job.dense(slots[k]);
-        if (!wiener_weights(dl.weight().data(), dl.out_features(), in, H, d, &targets[k]))
-          targets[k] = dl.weight();
-        for (float v : targets[k]) tmax = std::max(tmax, std::fabs(v));
+        std::vector<float> t;
+        if (wiener_weights(dl.weight().data(), dl.out_features(), in, H, d, &t))
+          targets[k] = std::move(t);
       }
-      tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
       for (int64_t i = 0; i < in; ++i) H[size_t(i * in + i)] += d[size_t(i)];
     }
+    float tmax = 0.0f;
+    for (const auto& t : targets)
+      for (float v : t) tmax = std::max(tmax, std::fabs(v));
+    const float tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
+    std::vector<QuantizedWeight> qws;
+    std::vector<nlohmann::json> wrep;
     for (size_t k = 0; k < slots.size(); ++k) {
-      const DenseLinear& dl = job.dense(slots[k]);
-      const float* src = aa_ ? targets[k].data() : dl.weight().data();
-      QuantizedWeight qw = quantize_fp8_rtn(src, dl.out_features(), in, 0, tscale);
+      const int64_t out = job.dense(slots[k]).out_features();
+      QuantizedWeight qw = rtn(targets[k].data(), out, in, tscale);
       nlohmann::json r = {{"weights", "rtn"}};
       if (gram) {
         double used = 0;
-        if (fp8_gptq(qw, src, H, damp_, &used)) {
+        if (fp8_gptq(qw, targets[k].data(), H, damp_, &used)) {
           r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", used}};
         } else {
           log_warn(job.module_name(slots[k]) + ": fp8 GPTQ failed (Hessian not positive "
                    "definite); using round-to-nearest");
+          qw = rtn(targets[k].data(), out, in, tscale);
           r = {{"weights", "rtn"}, {"fallback", true}};
         }
+      }
+      if (!H0.empty()) {
+        // Output error of these codes and of plain rounding, on the calibration inputs.
+        const float* w = job.dense(slots[k]).weight().data();
+        r["rel_output_error"] = rel_output_error(w, qw.dequantize(), out, in, H0);
+        r["rel_output_error_rtn"] =
+            rel_output_error(w, rtn(w, out, in, wscale(job, slots)).dequantize(), out, in, H0);
       }
       qws.push_back(std::move(qw));
       wrep.push_back(std::move(r));
     }
     H.clear();
+    H0.clear();
     const double weights_s = seconds_since(t_weights);
 
-    // 3. Input scale search.
+    // 3. fp8_static: the input scale (abs-max, or the clipping search).
     const auto t_search = std::chrono::steady_clock::now();
-    std::vector<float> wcat, wqcat;
-    int64_t out_total = 0;
-    for (size_t i = 0; i < slots.size(); ++i) {
-      const DenseLinear& d = job.dense(slots[i]);
-      const auto dq = qws[i].dequantize();
-      wcat.insert(wcat.end(), d.weight().begin(), d.weight().end());
-      wqcat.insert(wqcat.end(), dq.begin(), dq.end());
-      out_total += d.out_features();
-    }
-    std::vector<float> yref(size_t(n * out_total)), y(yref.size()), xq(sub.size());
-    gemm_xwt(sub.data(), n, in, wcat.data(), out_total, yref.data());
-    auto loss = [&](float scale) {
-      xq = sub;
-      quantize_activations(ActQuant::FP8StaticTensor, scale, xq.data(), n, in);
-      gemm_xwt(xq.data(), n, in, wqcat.data(), out_total, y.data());
-      double e = 0;
-      for (size_t i = 0; i < y.size(); ++i) {
-        const double d = double(y[i]) - yref[i];
-        e += d * d;
-      }
-      return e;
-    };
-    const double base_loss = loss(base_scale);
     float best_ratio = 1.0f;
-    double best = base_loss;
-    if (search_ && amax > 0.0f) {
+    double base_loss = -1, best = -1, yden = 0;
+    if (static_ && search_ && amax > 0.0f && n > 0) {
+      std::vector<float> wcat, wqcat;
+      int64_t out_total = 0;
+      for (size_t i = 0; i < slots.size(); ++i) {
+        const DenseLinear& d = job.dense(slots[i]);
+        const auto dq = qws[i].dequantize();
+        wcat.insert(wcat.end(), d.weight().begin(), d.weight().end());
+        wqcat.insert(wqcat.end(), dq.begin(), dq.end());
+        out_total += d.out_features();
+      }
+      std::vector<float> yref(size_t(n * out_total)), y(yref.size()), xq(sub.size());
+      gemm_xwt(sub.data(), n, in, wcat.data(), out_total, yref.data());
+      auto loss = [&](float scale) {
+        xq = sub;
+        quantize_activations(ActQuant::FP8StaticTensor, scale, xq.data(), n, in);
+        gemm_xwt(xq.data(), n, in, wqcat.data(), out_total, y.data());
+        double e = 0;
+        for (size_t i = 0; i < y.size(); ++i) {
+          const double d = double(y[i]) - yref[i];
+          e += d * d;
+        }
+        return e;
+      };
+      base_loss = best = loss(base_scale);
       auto consider = [&](float r) {
         const double e = loss(base_scale * r);
         if (e < best) best = e, best_ratio = r;
@@ -295,38 +349,50 @@ class Fp8StaticQuantizer : public BlockQuantizer {
       const float c = best_ratio;
       for (float d : {-0.05f, 0.05f})
         if (c + d <= 1.0f && c + d > 0.0f) consider(c + d);
+      for (float v : yref) yden += double(v) * v;
     }
     const float input_scale = base_scale * best_ratio;
-    double yden = 0;
-    for (float v : yref) yden += double(v) * v;
     const double search_s = seconds_since(t_search);
 
     for (size_t i = 0; i < slots.size(); ++i) {
       QuantizedWeight& qw = qws[i];
-      qw.act = ActQuant::FP8StaticTensor;
-      qw.input_scale = input_scale;
+      qw.act = act_;
       nlohmann::json rep = wrep[i];
-      rep.update({{"input_absmax", amax},
-                  {"input_clip_ratio", best_ratio},
-                  {"input_scale", input_scale},
-                  {"weight_scale", tscale},
-                  {"search_rows", n},
-                  {"group_out_rel_error_absmax", yden > 0 ? std::sqrt(base_loss / yden) : 0.0},
-                  {"group_out_rel_error", yden > 0 ? std::sqrt(best / yden) : 0.0},
-                  {"seconds", {{"collect", collect_s}, {"weights", weights_s}, {"search", search_s}}}});
+      if (static_) {
+        qw.input_scale = input_scale;
+        rep.update({{"input_absmax", amax},
+                    {"input_clip_ratio", best_ratio},
+                    {"input_scale", input_scale},
+                    {"weight_scale", tscale}});
+        if (base_loss >= 0 && yden > 0)
+          rep.update({{"search_rows", n},
+                      {"group_out_rel_error_absmax", std::sqrt(base_loss / yden)},
+                      {"group_out_rel_error", std::sqrt(best / yden)}});
+      }
+      rep["seconds"] = {{"collect", collect_s}, {"weights", weights_s}, {"search", search_s}};
       job.commit(slots[i], std::move(qw), std::move(rep));
     }
   }
 
+  bool static_;
   double damp_;
   int64_t max_rows_ = 2048;
-  bool search_ = true, gptq_ = true, aa_ = false;
+  bool search_ = false, gptq_ = true, aa_ = true, report_errors_ = true;
+  ActQuant act_;
 };
 
 }  // namespace
 
 std::unique_ptr<BlockQuantizer> make_fp8_static_quantizer(const QuantSpec& spec) {
-  return std::make_unique<Fp8StaticQuantizer>(spec);
+  return std::make_unique<Fp8Quantizer>(spec, true);
+}
+
+std::unique_ptr<BlockQuantizer> make_fp8_dynamic_quantizer(const QuantSpec& spec) {
+  return std::make_unique<Fp8Quantizer>(spec, false);
+}
+
+bool fp8_dynamic_needs_calibration(const QuantSpec& spec) {
+  return !(spec.extra.is_object() && spec.extra.value("weights", std::string()) == "rtn");
 }
 
 }  // namespace llmc
