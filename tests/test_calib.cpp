@@ -9,6 +9,7 @@
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/checkpoint.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -294,6 +295,35 @@ TEST(CalibCli, WindowsWithModelAndDocumentsWithout) {
             0);
   EXPECT_NE(out.find("tokens, need"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(c));
+}
+
+TEST(CalibCli, TokenizerFromAParquetModel) {
+  const fs::path d = test::temp_dir("calib-parquet");
+  const float one = 1.0f;
+  {
+    auto w = make_checkpoint_writer(d / "m.parquet", CheckpointFormat::Parquet);
+    w->add_tensor("x", DType::F32, {1}, &one, 4);
+    w->commit(nlohmann::json::object(),
+              {{"tokenizer.json", read_text_file(test::model_dir("qwen3-tiny") / "tokenizer.json")}});
+  }
+  {
+    auto w = make_checkpoint_writer(d / "notok.parquet", CheckpointFormat::Parquet);
+    w->add_tensor("x", DType::F32, {1}, &one, 4);
+    w->commit(nlohmann::json::object(), {});
+  }
+  std::string out;
+  const std::string from = " --from " + (test::repo_root() / "data" / "calibration.txt").string();
+  ASSERT_EQ(test::run_cli("calib -o " + (d / "a.jsonl").string() + from + " --model " +
+                              (d / "m.parquet").string() + " --num-samples 2 --seq-len 16",
+                          &out),
+            0)
+      << out;
+  EXPECT_EQ(read_calibration_records(d / "a.jsonl").size(), 2u);
+  EXPECT_NE(test::run_cli("calib -o " + (d / "b.jsonl").string() + from + " --model " +
+                              (d / "notok.parquet").string(),
+                          &out),
+            0);
+  EXPECT_NE(out.find("no tokenizer.json"), std::string::npos) << out;
 }
 
 }  // namespace

@@ -590,6 +590,26 @@ TEST(QuantizeErrors, NothingIsLeftBehind) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
 }
 
+TEST(QuantizeQuality, SkipsWhenTheTextIsTooShortAndComparesOtherwise) {
+  const fs::path d = test::temp_dir("q-quality");
+  std::ofstream(d / "short.txt") << "only a few words";
+  QualityOptions q;
+  q.data = d / "short.txt";
+  const QualityResult r = quality_check(test::model_dir("qwen3-tiny"), test::model_dir("qwen3-tiny"), q);
+  EXPECT_FALSE(r.measured);
+  // A model against itself: ratio 1, KL 0, full agreement.
+  QualityOptions self;
+  self.tokens = 512;
+  self.seq_len = 128;
+  const QualityResult s =
+      quality_check(test::model_dir("qwen3-tiny"), test::model_dir("qwen3-tiny"), self);
+  ASSERT_TRUE(s.measured);
+  EXPECT_EQ(s.tokens, 512);
+  EXPECT_DOUBLE_EQ(s.ppl_ratio, 1.0);
+  EXPECT_NEAR(s.kl, 0.0, 1e-12);
+  EXPECT_DOUBLE_EQ(s.top1, 1.0);
+}
+
 TEST(QuantizeSummary, MentionsSizesAndQuality) {
   QuantizeResult r;
   r.output = "out";
