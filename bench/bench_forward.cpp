@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   std::printf("| ceiling: pure OpenBLAS sgemm, %2d threads | %10.1f   |\n", nt, ceiling);
   std::printf("| pure llmc gemm_xwt (tiled), same shapes  | %10.1f   |\n", tiled);
   std::printf("| achieved / ceiling                       | %9.1f %%  |\n", 100 * achieved / ceiling);
-  std::printf("| whole forward GFLOP/s (linear flops / total) | %6.1f   |\n", linear_flops / total / 1e9);
+  std::printf("| linear flops / whole forward time GFLOP/s | %9.1f   |\n", linear_flops / total / 1e9);
 
   utsname u{};
   uname(&u);

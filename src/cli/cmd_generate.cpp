@@ -26,21 +26,25 @@ struct Opts {
 class Streamer {
  public:
   explicit Streamer(const Tokenizer& t) : tok_(t) {}
-  void add(int32_t id, bool final) {
+  void add(int32_t id) {
     ids_.push_back(id);
+    emit(false);
+  }
+  void finish() { emit(true); }
+
+ private:
+  void emit(bool final) {
     const std::string text = tok_.decode(ids_);
     static const std::string kRepl = "\xEF\xBF\xBD";
     const bool partial = !final && text.size() >= kRepl.size() &&
                          text.compare(text.size() - kRepl.size(), kRepl.size(), kRepl) == 0;
-    if (partial || text.size() <= printed_ || text.compare(0, printed_, out_.substr(0, printed_)) != 0)
-      return;
+    if (partial || text.size() <= printed_ || text.compare(0, printed_, out_) != 0) return;
     std::fwrite(text.data() + printed_, 1, text.size() - printed_, stdout);
     std::fflush(stdout);
     out_ = text;
     printed_ = text.size();
   }
 
- private:
   const Tokenizer& tok_;
   std::vector<int32_t> ids_;
   std::string out_;
@@ -62,8 +66,9 @@ int run(const Opts& o) {
   std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
   Streamer s(tok);
   const GenerateResult r = generate(*model, prompt, g, [&](int32_t id) {
-    if (std::find(g.stop_ids.begin(), g.stop_ids.end(), id) == g.stop_ids.end()) s.add(id, false);
+    if (std::find(g.stop_ids.begin(), g.stop_ids.end(), id) == g.stop_ids.end()) s.add(id);
   });
+  s.finish();
   std::fputs("\n", stdout);
   std::fflush(stdout);
   log_info(cat(prompt.size(), " prompt tokens, ", r.tokens.size(), " generated",
