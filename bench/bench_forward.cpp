@@ -41,6 +41,13 @@ std::string cpu_model() {
   return "unknown";
 }
 
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string a;
+  f >> a;
+  return a.empty() ? "unknown" : a;
+}
+
 struct Shape3 {
   int64_t m, k, n;
   int count;  // occurrences per forward pass
@@ -120,7 +127,8 @@ int main(int argc, char** argv) {
   const double tiled = linear_flops / tiled_s / 1e9;
   std::printf("bench_forward: %s  (%s, %d layers, hidden %lld, ffn %lld, vocab %lld)\n", dir.filename().c_str(),
               c.architecture.c_str(), L, (long long)H, (long long)F, (long long)V);
-  std::printf("machine: %s, %d threads\n\n", cpu_model().c_str(), nt);
+  std::printf("machine: %s, %d threads, load average %s (other processes share the cores)\n\n",
+              cpu_model().c_str(), nt, load_average().c_str());
   std::printf("| metric                                   | value        |\n");
   std::printf("|------------------------------------------|--------------|\n");
   std::printf("| batch x ctx                              | %3d x %-6d |\n", batch, ctx);
@@ -157,6 +165,7 @@ int main(int argc, char** argv) {
       {"machine",
        {{"cpu", cpu_model()},
         {"threads", nt},
+        {"load_average_1m_at_end", load_average()},
         {"hardware_concurrency", std::thread::hardware_concurrency()},
         {"kernel", std::string(u.sysname) + " " + u.release},
         {"openblas", openblas_get_config()}}}};
