@@ -155,32 +155,17 @@ bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<do
 }
 
 // tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Wq − W: the relative output error on the calibration
-// inputs (H = Σ x xᵀ); 0 when the denominator is 0.
+// inputs (H = Σ x xᵀ, fp32 copy); 0 when the denominator is 0.
 double rel_output_error(const float* w, const std::vector<float>& wq, int64_t out, int64_t n,
-                        const std::vector<double>& H) {
-  std::vector<double> num(size_t(out), 0.0), den(size_t(out), 0.0);
-  parallel_for(0, size_t(out), 8, [&](size_t r0, size_t r1) {
-    std::vector<double> d(static_cast<size_t>(n)), v(static_cast<size_t>(n));
-    for (size_t r = r0; r < r1; ++r) {
-      for (int64_t i = 0; i < n; ++i) {
-        v[size_t(i)] = w[r * n + i];
-        d[size_t(i)] = double(wq[r * n + i]) - w[r * n + i];
-      }
-      double a = 0, b = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double* h = H.data() + i * n;
-        double hd = 0, hv = 0;
-        for (int64_t j = 0; j < n; ++j) hd += h[j] * d[size_t(j)], hv += h[j] * v[size_t(j)];
-        a += d[size_t(i)] * hd;
-        b += v[size_t(i)] * hv;
-      }
-      num[r] = a;
-      den[r] = b;
-    }
-  });
-  double a = 0, b = 0;
-  for (int64_t r = 0; r < out; ++r) a += num[size_t(r)], b += den[size_t(r)];
-  return b > 0 ? a / b : 0.0;
+                        const std::vector<float>& Hf) {
+  std::vector<float> d(size_t(out * n)), y(size_t(out * n));
+  for (size_t i = 0; i < d.size(); ++i) d[i] = wq[i] - w[i];
+  double num = 0, den = 0;
+  gemm_xwt(d.data(), out, n, Hf.data(), n, y.data());  // H symmetric: ΔW H
+  for (size_t i = 0; i < d.size(); ++i) num += double(d[i]) * y[i];
+  gemm_xwt(w, out, n, Hf.data(), n, y.data());
+  for (size_t i = 0; i < d.size(); ++i) den += double(w[i]) * y[i];
+  return den > 0 ? num / den : 0.0;
 }
 
 class Fp8Quantizer : public BlockQuantizer {
@@ -252,9 +237,10 @@ class Fp8Quantizer : public BlockQuantizer {
 
     // 2. Weights (targets: W, or the activation-aware W̃).
     const auto t_weights = std::chrono::steady_clock::now();
-    std::vector<double> H, H0;
+    std::vector<double> H;
+    std::vector<float> H0;
     if (gram) H = gram->matrix();
-    if (gram && report_errors_) H0 = H;
+    if (gram && report_errors_) H0.assign(H.begin(), H.end());
     std::vector<std::vector<float>> targets(slots.size());
     for (size_t k = 0; k < slots.size(); ++k) targets[k] = job.dense(slots[k]).weight();
     if (aa_) {
