@@ -439,8 +439,10 @@ TEST(Quantize, Fp8StaticIsDeterministicAndGptqBeatsRounding) {
   const json& k = rep["layers"]["model.layers.1.self_attn.k_proj"];
   EXPECT_EQ(q["input_scale"], k["input_scale"]) << "q/k/v share one input scale";
   EXPECT_EQ(q["weight_scale"], k["weight_scale"]) << "q/k/v share one weight scale";
-  EXPECT_EQ(q["input_clip_ratio"], 1.0);
-  EXPECT_FLOAT_EQ(q["input_scale"].get<float>(), q["input_absmax"].get<float>() / 448.0f);
+  EXPECT_LE(q["input_clip_ratio"].get<double>(), 1.0);
+  EXPECT_FLOAT_EQ(q["input_scale"].get<float>(),
+                  q["input_absmax"].get<float>() / 448.0f * q["input_clip_ratio"].get<float>());
+  EXPECT_LE(q["group_out_rel_error"].get<double>(), q["group_out_rel_error_absmax"].get<double>());
   EXPECT_EQ(q["weights"], "gptq_aa");
   // Other seed -> other windows -> other input scales.
   o.overrides.seed = 6;
@@ -448,12 +450,14 @@ TEST(Quantize, Fp8StaticIsDeterministicAndGptqBeatsRounding) {
   quantize_model(o);
   EXPECT_NE(read_text_file(d / "a" / "model.safetensors"), read_text_file(d / "c" / "model.safetensors"));
   // Plain GPTQ on the fp8 grid: lower output error than rounding on every linear.
-  o.overrides.extra = {{"weights", "gptq"}};
+  o.overrides.extra = {{"weights", "gptq"}, {"search", false}};
   o.output = d / "g";
   quantize_model(o);
   const json g = json::parse(read_text_file(d / "g" / "llmc_quant_report.json"));
   for (const auto& [m, r] : g["layers"].items()) {
     EXPECT_EQ(r["weights"], "gptq") << m;
+    EXPECT_EQ(r["input_clip_ratio"], 1.0) << m << " (search=false: abs-max scale)";
+    EXPECT_FALSE(r.contains("group_out_rel_error")) << m;
     EXPECT_LT(r["rel_output_error"].get<double>(), r["rel_output_error_rtn"].get<double>()) << m;
     EXPECT_GT(r["rel_output_error"].get<double>(), 0.0) << m;
   }

@@ -174,7 +174,7 @@ class Fp8Quantizer : public BlockQuantizer {
     if (static_) check_method_opts(spec, {"search", "search_rows", "weights", "report_errors"});
     else check_method_opts(spec, {"search_rows", "weights", "report_errors"});
     report_errors_ = spec.extra.value("report_errors", true);
-    search_ = spec.extra.value("search", false);
+    search_ = static_ && spec.extra.value("search", true);
     max_rows_ = spec.extra.value("search_rows", int64_t(2048));
     if (max_rows_ < 1) fail(spec.method, ": search_rows must be positive");
     const std::string wm = spec.extra.value("weights", std::string("gptq_aa"));
