@@ -510,6 +510,12 @@ TEST(Quantize, QwenTwoBiasesAndLlamaModels) {
                     {"tie_word_embeddings", false},
                     {"torch_dtype", "bfloat16"}};
   Checkpoint syn = test::synthetic_checkpoint(cfg, 3, DType::BF16);
+  // Input channel 5 of layer 1's q/k/v is always zero: a dead column for GPTQ.
+  {
+    std::vector<float> norm = syn.tensors->get("model.layers.1.input_layernorm.weight").to_f32();
+    norm[5] = 0.0f;
+    test::mem_of(syn).put("model.layers.1.input_layernorm.weight", {64}, norm, DType::BF16);
+  }
   {
     auto w = make_checkpoint_writer(d / "qwen2", CheckpointFormat::HF);
     for (const TensorInfo& t : syn.tensors->list()) {
@@ -531,6 +537,10 @@ TEST(Quantize, QwenTwoBiasesAndLlamaModels) {
   ASSERT_EQ(q.bias.size(), bias.size());
   EXPECT_EQ(wl.get_f32("model.layers.1.self_attn.k_proj.bias"), bias);
   EXPECT_TRUE(wl.reader().has("lm_head.weight")) << "untied lm_head copied";
+  const std::vector<float> wq = wl.get_f32("model.layers.1.self_attn.q_proj.weight");
+  for (int64_t o = 0; o < 64; ++o) EXPECT_EQ(wq[size_t(o * 64 + 5)], 0.0f) << "dead column, row " << o;
+  const json rep = json::parse(read_text_file(d / "out" / "llmc_quant_report.json"));
+  EXPECT_EQ(rep["layers"]["model.layers.1.self_attn.q_proj"]["weights"], "gptq_aa");
 
   // Llama fixture.
   QuantizeOptions l = tiny_options("int8_dynamic", d / "llama");
@@ -612,6 +622,24 @@ TEST(QuantizeQuality, SkipsWhenTheTextIsTooShortAndComparesOtherwise) {
   EXPECT_DOUBLE_EQ(s.ppl_ratio, 1.0);
   EXPECT_NEAR(s.kl, 0.0, 1e-12);
   EXPECT_DOUBLE_EQ(s.top1, 1.0);
+}
+
+TEST(QuantizeErrors, ModelWithoutTokenizer) {
+  const fs::path d = test::temp_dir("q-notok");
+  fs::create_directories(d / "m");
+  for (const char* f : {"config.json", "model.safetensors"})
+    fs::copy_file(test::model_dir("qwen3-tiny") / f, d / "m" / f);
+  QuantizeOptions o = tiny_options("fp8_static", d / "out");
+  o.input = d / "m";
+  EXPECT_NE(error_of([&] { quantize_model(o); }).find("no tokenizer.json"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d / "out"));
+  // Uncalibrated methods work; the quality check is skipped with a warning.
+  QuantizeOptions i = tiny_options("int8", d / "out");
+  i.input = d / "m";
+  i.quality.enabled = true;
+  const QuantizeResult r = quantize_model(i);
+  EXPECT_FALSE(r.quality.measured);
+  EXPECT_EQ(r.quantized_linears, 28);
 }
 
 TEST(QuantizeSummary, MentionsSizesAndQuality) {
