@@ -2,8 +2,16 @@
 // (output loads through WeightLoaderV2, tensors match the layout table, quality sane),
 // --ignore, Parquet output, AI-OS spellings, errors leave no output.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <cmath>
+#include <fcntl.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -640,6 +648,36 @@ TEST(QuantizeErrors, ModelWithoutTokenizer) {
   const QuantizeResult r = quantize_model(i);
   EXPECT_FALSE(r.quality.measured);
   EXPECT_EQ(r.quantized_linears, 28);
+}
+
+TEST(QuantizeErrors, InterruptLeavesNothing) {
+  const fs::path d = test::temp_dir("q-sigint");
+  const std::string out = (d / "out").string(), in = test::model_dir("qwen3-tiny").string();
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    execl(LLMC_CLI_PATH, LLMC_CLI_PATH, "quantize", "--input", in.c_str(), "--output",
+          out.c_str(), "--method", "fp8_static", "--num-samples", "256", "--seq-len", "256",
+          "--seed", "1", (char*)nullptr);
+    _exit(127);
+  }
+  // Wait until the temporary output exists, then interrupt.
+  bool seen = false;
+  for (int i = 0; i < 600 && !seen; ++i) {
+    for (const auto& e : fs::directory_iterator(d))
+      seen |= e.path().filename().string().find(".tmp-") != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(seen) << "the temporary output never appeared";
+  kill(pid, SIGINT);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  EXPECT_FALSE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& e : fs::directory_iterator(d)) ADD_FAILURE() << "left behind: " << e.path();
 }
 
 TEST(QuantizeSummary, MentionsSizesAndQuality) {
