@@ -51,16 +51,17 @@ double now_s() {
 
 // Targets from the GPTQ/AWQ issue (ppl ratio on qwen3-small); 0 = report only.
 const json kDefaultRuns = json::parse(R"([
-  {"name": "rtn int4 g128 sym",   "method": "int4_gptq", "sym": true,  "extra": {"solver": "rtn"}},
+  {"name": "rtn int4 g128 sym",   "method": "int4_gptq", "sym": true,  "extra": {"solver": "rtn", "mse": 0}},
   {"name": "gptq int4 g128 sym",  "method": "int4_gptq", "sym": true,  "target": 1.013},
   {"name": "gptq int4 g128 sym act-order", "method": "int4_gptq", "sym": true, "act_order": true, "target": 1.013},
-  {"name": "rtn int4 g128 asym",  "method": "int4_gptq", "sym": false, "extra": {"solver": "rtn"}},
+  {"name": "rtn int4 g128 asym",  "method": "int4_gptq", "sym": false, "extra": {"solver": "rtn", "mse": 0}},
   {"name": "gptq int4 g128 asym", "method": "int4_gptq", "sym": false, "target": 1.007},
   {"name": "awq int4 g128",       "method": "int4_awq",  "target": 1.016},
   {"name": "awq+gptq int4 g128",  "method": "int4_awq",  "extra": {"solver": "gptq"}, "target": 1.005},
-  {"name": "rtn int3 g128 asym",  "method": "int4_gptq", "bits": 3, "sym": false, "extra": {"solver": "rtn"}},
+  {"name": "gptq int4 g128 asym act-order", "method": "int4_gptq", "sym": false, "act_order": true, "target": 1.007},
+  {"name": "rtn int3 g128 asym",  "method": "int4_gptq", "bits": 3, "sym": false, "extra": {"solver": "rtn", "mse": 0}},
   {"name": "gptq int3 g128 asym", "method": "int4_gptq", "bits": 3, "sym": false, "target": 1.04},
-  {"name": "rtn int2 g64 asym",   "method": "int4_gptq", "bits": 2, "group": 64, "sym": false, "extra": {"solver": "rtn"}},
+  {"name": "rtn int2 g64 asym",   "method": "int4_gptq", "bits": 2, "group": 64, "sym": false, "extra": {"solver": "rtn", "mse": 0}},
   {"name": "gptq int2 g64 asym",  "method": "int4_gptq", "bits": 2, "group": 64, "sym": false, "target": 1.33}
 ])");
 
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
   fs::path calib = fs::path(LLMC_SOURCE_DIR).parent_path() / "shared/data/calib/calibration.txt";
   fs::path evalf = fs::path(LLMC_SOURCE_DIR).parent_path() / "shared/data/eval/heldout.txt";
   fs::path out = fs::path(LLMC_SOURCE_DIR) / "bench/results/gptq.json";
-  int samples = 128, seq = 256, eval_windows = 0, threads = 0;
+  int samples = 128, seq = 256, eval_windows = 0, threads = 0, kl_windows = 40;
   std::vector<std::string> runs_json;
   std::string only;
   app.add_option("--model", model);
@@ -82,6 +83,7 @@ int main(int argc, char** argv) {
   app.add_option("--seq", seq);
   app.add_option("--eval-windows", eval_windows, "0 = all");
   app.add_option("--threads", threads);
+  app.add_option("--kl-windows", kl_windows, "windows for KL / top-1 vs the base (0 = skip)");
   app.add_option("--only", only, "comma-separated run names (substring match)");
   app.add_option("--out", out);
   app.add_option("--run", runs_json, "JSON variant");
@@ -107,16 +109,13 @@ int main(int argc, char** argv) {
   const std::vector<int32_t> ids = tok.encode_parallel(read_text_file(evalf));
   EvalOptions eo;
   eo.progress = false;
-  double base_ppl;
-  {
-    std::unique_ptr<Model> base = load_model_for_inference(base_ck);
-    base_ppl = evaluate_ppl(*base, ids, 256, eval_windows, eo).ppl;
-  }
+  std::unique_ptr<Model> base = load_model_for_inference(base_ck);
+  const double base_ppl = evaluate_ppl(*base, ids, 256, eval_windows, eo).ppl;
   std::printf("base %s: heldout ppl %.4f (%s windows of 256), %d threads\n",
               model.filename().string().c_str(), base_ppl,
               eval_windows ? std::to_string(eval_windows).c_str() : "all", num_threads());
-  std::printf("%-34s %9s %8s %7s %8s %8s %8s %10s\n", "variant", "ppl", "ratio", "target",
-              "quant s", "cpu s", "gemm s", "peak RSS");
+  std::printf("%-34s %9s %8s %7s %9s %7s %8s %8s %8s %10s\n", "variant", "ppl", "ratio", "target",
+              "KL", "top-1", "quant s", "cpu s", "gemm s", "peak RSS");
   json results = json::array();
   const fs::path tmp = fs::temp_directory_path() / ("bench_gptq-" + std::to_string(::getpid()));
   for (const json& r : runs) {
@@ -157,9 +156,15 @@ int main(int argc, char** argv) {
     std::unique_ptr<Model> qm = load_model_for_inference(qck);
     const double ppl = evaluate_ppl(*qm, ids, 256, eval_windows, eo).ppl;
     const double ratio = ppl / base_ppl;
+    double kl = -1, top1 = -1;
+    if (kl_windows > 0) {
+      const CompareResult c = compare_models(*qm, *base, ids, 256, kl_windows, eo);
+      kl = c.kl_mean;
+      top1 = c.top1_agreement;
+    }
     const double target = r.value("target", 0.0);
-    std::printf("%-34s %9.4f %8.5f %7s %8.2f %8.2f %8.2f %10s%s\n", name.c_str(), ppl, ratio,
-                target > 0 ? cat(target).c_str() : "-", qs, qcpu, gs.seconds,
+    std::printf("%-34s %9.4f %8.5f %7s %9.6f %7.4f %8.2f %8.2f %8.2f %10s%s\n", name.c_str(), ppl,
+                ratio, target > 0 ? cat(target).c_str() : "-", kl, top1, qs, qcpu, gs.seconds,
                 human_bytes(double(q.peak_rss)).c_str(),
                 target > 0 && ratio > target ? "  MISSED" : "");
     std::fflush(stdout);
@@ -169,6 +174,9 @@ int main(int argc, char** argv) {
     row["ppl"] = ppl;
     row["ppl_base"] = base_ppl;
     row["ppl_ratio"] = ratio;
+    row["kl"] = kl;
+    row["top1"] = top1;
+    row["kl_windows"] = kl_windows;
     row["quantize_seconds"] = qs;
     row["quantize_cpu_seconds"] = qcpu;
     row["gemm_seconds"] = gs.seconds;

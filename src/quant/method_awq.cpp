@@ -52,7 +52,7 @@ struct AwqOptions {
   bool duo = true;
   int clip_steps = 20;
   double max_shrink = 0.5;
-  int64_t loss_tokens = 4096;
+  int64_t loss_tokens = 2048;
   bool module_loss = true;  // false: sum of the mapping's linear output errors (from H)
   bool gptq = false;
   GptqBlockOptions gptq_opts;
@@ -97,7 +97,7 @@ class AwqQuantizer : public BlockQuantizer {
     o_.grid_points = extra_or<int>(spec, "grid", 20);
     o_.clip_steps = extra_or<int>(spec, "clip_steps", 20);
     o_.max_shrink = extra_or<double>(spec, "max_shrink", 0.5);
-    o_.loss_tokens = extra_or<int64_t>(spec, "loss_tokens", 4096);
+    o_.loss_tokens = extra_or<int64_t>(spec, "loss_tokens", 2048);
     const std::string loss = extra_or<std::string>(spec, "loss", "module");
     if (loss != "module" && loss != "linear")
       fail("method ", spec.method, ": unknown loss '", loss, "' (known: module, linear)");
@@ -380,7 +380,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
 }  // namespace
 
 std::string awq_default_layout(const QuantSpec& spec) {
-  return spec.bits == 4 ? "awq" : "compressed-tensors";
+  return first_layout_holding({"awq", "compressed-tensors"}, spec);
 }
 
 std::unique_ptr<BlockQuantizer> make_awq_quantizer(const QuantSpec& spec) {

@@ -19,8 +19,8 @@
 //     spec.extra["solver"] = "gptq" quantizes the scaled block with GPTQ instead
 //     (quant/method_gptq.h, true-sequential; the same extras as int4_gptq apply).
 //  * spec.extra: "grid" (α points, default 20), "clip_steps" (20), "max_shrink" (0.5),
-//    "loss_tokens" (calibration tokens the attention/MLP losses use, default 4096: the first
-//    ceil(4096 / seq) windows for attention, every k-th token for the MLP), "loss"
+//    "loss_tokens" (calibration tokens the attention/MLP losses use, default 2048: the first
+//    ceil(2048 / seq) windows for attention, every k-th token for the MLP), "loss"
 //    ("module" | "linear": sum of the mapping's linear output errors from their input Hessian,
 //    much cheaper), "solver" ("clip" | "gptq"), "duo" (duo scaling, default true).
 //  * Per-linear report: α of its mapping, relative output error from H (and RTN's).
@@ -33,7 +33,8 @@
 namespace llmc {
 
 std::unique_ptr<BlockQuantizer> make_awq_quantizer(const QuantSpec& spec);
-// Default layout for the table row: awq for 4-bit, else compressed-tensors.
+// Default layout for the table row: awq when it can hold the scheme (4-bit groups), else
+// compressed-tensors.
 std::string awq_default_layout(const QuantSpec& spec);
 
 }  // namespace llmc

@@ -55,7 +55,7 @@ GptqBlockOptions gptq_block_options(const QuantSpec& spec) {
   l.grid.symmetric = spec.symmetric;
   l.grid.fp16_scales =
       !spec.layout.empty() && find_layout(spec.layout).scale_dtype == DType::F16;
-  l.grid.search_steps = extra_or<int>(spec, "mse", 0);
+  l.grid.search_steps = extra_or<int>(spec, "mse", 20);
   l.grid.sym_full_range = extra_or<bool>(spec, "sym_full_range", true);
   if (l.grid.search_steps < 0 || l.grid.search_steps > 1000)
     fail("method ", spec.method, ": option 'mse' must be in [0, 1000]");
@@ -217,8 +217,19 @@ void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats*
   }
 }
 
+std::string first_layout_holding(const std::vector<std::string>& layouts, const QuantSpec& spec) {
+  QuantizedWeight rep;  // shape-free representative of the scheme
+  rep.kind = QKind::INT;
+  rep.bits = spec.bits;
+  rep.symmetric = spec.symmetric;
+  rep.group = spec.group;
+  for (const auto& l : layouts)
+    if (find_layout(l).why_not(rep).empty()) return l;
+  return layouts.empty() ? std::string() : layouts.back();
+}
+
 std::string gptq_default_layout(const QuantSpec& spec) {
-  return spec.symmetric ? "gptq" : "compressed-tensors";
+  return first_layout_holding({"gptq", "compressed-tensors"}, spec);
 }
 
 namespace {

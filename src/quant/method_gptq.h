@@ -18,7 +18,9 @@
 //                decreasing diag(H) and the permutation is folded into gate/up's output rows
 //                (exact: the MLP computes the same function), so down's groups stay contiguous
 //                with no g_idx; the other linears use "static".
-//  * spec.extra also accepts: "mse" (int, per-group shrink search steps, 0 = min/max range),
+//  * spec.extra also accepts: "mse" (int, default 20: per-group range shrink search over
+//    {1, 0.975, ..., 0.5} minimizing the diag(H)-weighted rounding error when the solver reaches
+//    the group; 0 = plain min/max range),
 //    "block_size" (int, lazy batch size, default 128), "sym_full_range" (bool), "solver"
 //    ("gptq" | "rtn": plain round-to-nearest on the same grid, the baseline GPTQ is measured
 //    against; reports and layouts unchanged).
@@ -63,7 +65,10 @@ struct GptqRunStats {
 void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats* stats);
 
 std::unique_ptr<BlockQuantizer> make_gptq_quantizer(const QuantSpec& spec);
-// Default layout for the table row: gptq when symmetric, else compressed-tensors.
+// The first of `layouts` that can hold the spec's scheme (bits, symmetry, group; shape-free).
+std::string first_layout_holding(const std::vector<std::string>& layouts, const QuantSpec& spec);
+// Default layout for the table row: gptq when it can hold the scheme (symmetric), else
+// compressed-tensors.
 std::string gptq_default_layout(const QuantSpec& spec);
 
 }  // namespace llmc
