@@ -186,6 +186,28 @@ TEST(Rtn, Int2GroupAsymmetricAndClipSearch) {
                 0.5f * plain.scales[r * 4 + i / 64] * 1.0001f);
 }
 
+TEST(Rtn, GroupParamsAndZeroGroups) {
+  const std::vector<float> v = {-1.0f, 0.5f, 3.0f};
+  float s = 0;
+  int32_t z = -1;
+  int_group_params(v.data(), 3, 4, true, &s, &z);
+  EXPECT_FLOAT_EQ(s, 3.0f / 7.0f);
+  EXPECT_EQ(z, 0);
+  int_group_params(v.data(), 3, 4, false, &s, &z);
+  EXPECT_FLOAT_EQ(s, 4.0f / 15.0f);
+  EXPECT_EQ(z, 4);  // round(1 / (4/15)) = round(3.75)
+  EXPECT_EQ(int_quantize_value(3.0f, s, z, 4, false), 15);
+  EXPECT_EQ(int_quantize_value(-1.0f, s, z, 4, false), 0);
+  EXPECT_EQ(int_quantize_value(100.0f, s, z, 4, false), 15) << "clamped";
+  const std::vector<float> zeros(8, 0.0f);
+  int_group_params(zeros.data(), 8, 2, false, &s, &z);
+  EXPECT_EQ(s, 1.0f);
+  EXPECT_EQ(z, 0);
+  const QuantizedWeight q = quantize_int_rtn(zeros.data(), 2, 4, 2, 2, false, true);
+  for (float sc : q.scales) EXPECT_EQ(sc, 1.0f);
+  for (float x : q.dequantize()) EXPECT_EQ(x, 0.0f);
+}
+
 TEST(Rtn, Fp8ScalesAndZeroRows) {
   const std::vector<float> w = {448.0f, -1.0f, 0.5f, 0.25f, 0.0f, 0.0f, 0.0f, 0.0f};
   const QuantizedWeight t = quantize_fp8_rtn(w.data(), 2, 4, 0);
