@@ -449,6 +449,15 @@ TEST(Quantize, ParquetOutputHoldsTheSameTensors) {
   }
   WeightLoader wl(d / "model.parquet");
   EXPECT_EQ(wl.quantized_modules().size(), 28u);
+  // A Parquet input (the fp16 method writes one) quantizes like a directory.
+  QuantizeOptions p16 = tiny_options("fp16", d / "in.parquet");
+  quantize_model(p16);
+  QuantizeOptions fromp = tiny_options("fp8_static", d / "from-parquet");
+  fromp.input = d / "in.parquet";
+  fromp.num_samples = 4;
+  EXPECT_EQ(quantize_model(fromp).quantized_linears, 28);
+  EXPECT_EQ(open_checkpoint(d / "from-parquet").aux_files.at("tokenizer.json"),
+            read_text_file(test::model_dir("qwen3-tiny") / "tokenizer.json"));
   // Explicit --format hf on a .parquet-looking name writes a directory.
   QuantizeOptions f = tiny_options("int8", d / "dir.parquet");
   f.format = CheckpointFormat::HF;
