@@ -263,6 +263,15 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
         ignore_list.push_back(m);
       }
     }
+    // vLLM fuses q/k/v and gate/up: a partly ignored group cannot be loaded there.
+    for (const auto& g : {std::vector<int>{int(LinearSlot::Q), int(LinearSlot::K), int(LinearSlot::V)},
+                          std::vector<int>{int(LinearSlot::Gate), int(LinearSlot::Up)}}) {
+      int q = 0;
+      for (int s : g) q += job.quantized[s].has_value();
+      if (q != 0 && q != int(g.size()))
+        log_warn(cat(job.module_name(LinearSlot(g[0])), ": --ignore leaves only part of a group "
+                     "that vLLM fuses (q/k/v or gate/up) unquantized; vLLM needs all or none"));
+    }
     if (calibrate && i + 1 < cfg.num_layers) {
       job.run(nullptr, &y);
       x.swap(y);
