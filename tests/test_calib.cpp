@@ -4,12 +4,14 @@
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/checkpoint.h"
+#include "formats/parquet.h"
 #include "testing.h"
 #include "tokenizer/tokenizer.h"
 
@@ -137,7 +139,7 @@ TEST(CalibFiles, ClearErrors) {
                 .find("empty"),
             std::string::npos);
   EXPECT_NE(error_of([&] { read_calibration_records(write_file(d, "x.parquet", "PAR1")); })
-                .find("Parquet"),
+                .find("not a Parquet file"),
             std::string::npos);
 }
 
@@ -324,6 +326,105 @@ TEST(CalibCli, TokenizerFromAParquetModel) {
                           &out),
             0);
   EXPECT_NE(out.find("no tokenizer.json"), std::string::npos) << out;
+}
+
+// Datasets written by an independent Parquet writer (hyparquet-writer, tests/interop/
+// write_text.mjs): PLAIN/SNAPPY in one row group, GZIP over 5 row groups with small pages,
+// DELTA_LENGTH_BYTE_ARRAY uncompressed; null and blank rows are skipped. expected.jsonl holds the
+// same documents as {"text"} records.
+TEST(CalibParquet, TextColumnOfForeignDatasetFiles) {
+  const auto expected = read_calibration_records(test::data_path("calib-parquet/expected.jsonl"));
+  ASSERT_EQ(expected.size(), 94u);
+  for (const char* f : {"snappy_plain.parquet", "gzip_rowgroups.parquet", "delta_uncompressed.parquet"}) {
+    SCOPED_TRACE(f);
+    const auto recs = read_calibration_records(test::data_path(std::string("calib-parquet/") + f));
+    ASSERT_EQ(recs.size(), expected.size());
+    for (size_t i = 0; i < recs.size(); ++i) {
+      EXPECT_EQ(recs[i].text, expected[i].text) << "record " << i;
+      EXPECT_FALSE(recs[i].is_chat());
+    }
+  }
+}
+
+TEST(CalibParquet, StringColumnReaderRowsNullsDictionaryAndErrors) {
+  const fs::path f = test::data_path("calib-parquet/gzip_rowgroups.parquet");
+  // "source" is dictionary-encoded (RLE_DICTIONARY) in every row group: i % 3 ? brown : wiki.
+  std::vector<std::string> src;
+  const ParquetColumnStats st = read_parquet_string_column(f, "source", [&](uint64_t row, std::string_view v) {
+    EXPECT_EQ(row, src.size());
+    src.emplace_back(v);
+  });
+  EXPECT_EQ(st.rows, 120u);
+  EXPECT_EQ(st.nulls, 0u);
+  ASSERT_EQ(src.size(), 120u);
+  for (size_t i = 0; i < src.size(); ++i) EXPECT_EQ(src[i], i % 3 ? "brown" : "wiki") << i;
+  // "text" is OPTIONAL: rows 3, 10, 17, ... are null and reported with their row numbers skipped.
+  std::vector<uint64_t> rows;
+  const ParquetColumnStats t = read_parquet_string_column(f, "text", [&](uint64_t row, std::string_view) {
+    rows.push_back(row);
+  });
+  EXPECT_EQ(t.rows, 120u);
+  EXPECT_EQ(t.nulls, 17u);
+  EXPECT_EQ(rows.size(), 103u);
+  for (uint64_t r : rows) EXPECT_NE(r % 7, 3u);
+  auto nothing = [](uint64_t, std::string_view) {};
+  const std::string missing = error_of([&] { read_parquet_string_column(f, "content", nothing); });
+  EXPECT_NE(missing.find("no column 'content' (columns: id, text, tags.list.element, source)"),
+            std::string::npos)
+      << missing;
+  EXPECT_NE(error_of([&] { read_parquet_string_column(f, "id", nothing); }).find("not a plain string column"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { read_parquet_string_column(f, "tags", nothing); }).find("not a plain string column"),
+            std::string::npos);
+}
+
+TEST(CalibParquet, CorruptOrTextlessFilesNameTheFile) {
+  const fs::path d = test::temp_dir("calib-parquet-bad");
+  const std::string good = read_text_file(test::data_path("calib-parquet/snappy_plain.parquet"));
+  // Truncations and byte flips: an llmc::Error naming the file, never a crash.
+  for (size_t cut : {size_t(8), good.size() / 2, good.size() - 9, good.size() - 1}) {
+    const fs::path p = write_file(d, "cut.parquet", good.substr(0, cut));
+    const std::string msg = error_of([&] { read_calibration_records(p); });
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << cut << ": " << msg;
+  }
+  std::mt19937 rng(7);
+  int errors = 0;
+  for (int i = 0; i < 300; ++i) {
+    std::string bad = good;
+    bad[rng() % bad.size()] ^= char(1 + rng() % 255);
+    const fs::path p = write_file(d, "flip.parquet", bad);
+    try {
+      read_calibration_records(p);  // a flip inside text bytes may still parse
+    } catch (const Error& e) {
+      ++errors;
+      EXPECT_NE(std::string(e.what()).find(p.string()), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_GT(errors, 0);
+  // A tensor file has no "text" column.
+  const fs::path t = d / "tensors.parquet";
+  {
+    const float one = 1.0f;
+    auto w = make_checkpoint_writer(t, CheckpointFormat::Parquet);
+    w->add_tensor("x", DType::F32, {1}, &one, 4);
+    w->commit(nlohmann::json::object(), {});
+  }
+  const std::string msg = error_of([&] { read_calibration_records(t); });
+  EXPECT_NE(msg.find("no column 'text'"), std::string::npos) << msg;
+}
+
+TEST(CalibParquet, WindowsAndCliFromAParquetDataset) {
+  const Tokenizer tok = qwen_tiny_tokenizer();
+  const fs::path f = test::data_path("calib-parquet/snappy_plain.parquet");
+  const CalibWindows a = load_calibration_windows(f, tok, 8, 64, 5, 4096);
+  const CalibWindows b =
+      load_calibration_windows(test::data_path("calib-parquet/expected.jsonl"), tok, 8, 64, 5, 4096);
+  EXPECT_EQ(a.ids, b.ids);
+  EXPECT_EQ(a.tokens_available, b.tokens_available);
+  const fs::path d = test::temp_dir("calib-parquet-cli");
+  std::string out;
+  ASSERT_EQ(test::run_cli("calib -o " + (d / "c.jsonl").string() + " --from " + f.string(), &out), 0) << out;
+  EXPECT_EQ(read_calibration_records(d / "c.jsonl").size(), 94u);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/parquet.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmc {
@@ -125,9 +126,13 @@ std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& p
   const std::string name = path.filename().string();
   std::vector<CalibRecord> recs;
   if (has_suffix(name, ".parquet")) {
-    fail("calibration data ", path.string(),
-         ": Parquet calibration data is not supported yet; convert it to .jsonl with "
-         "{\"text\"} records");
+    // A dataset file (e.g. a HuggingFace datasets shard): one plain document per non-empty row
+    // of its "text" column; null rows are skipped.
+    read_parquet_string_column(path, "text", [&](uint64_t, std::string_view v) {
+      if (v.find_first_not_of(" \t\r\n") != std::string_view::npos) recs.push_back({std::string(v), {}});
+    });
+    if (recs.empty()) fail("calibration data ", path.string(), ": its \"text\" column holds no text");
+    return recs;
   }
   const std::string bytes = read_text_file(path);
   if (has_suffix(name, ".jsonl") || has_suffix(name, ".json")) {

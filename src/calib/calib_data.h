@@ -11,8 +11,9 @@
 //   {"applied_message": "..."}                             text already rendered by a template
 // Blank lines are skipped. Any other shape, invalid JSON, or a field of the wrong type throws
 // llmc::Error naming "<file>:<line>" and listing the accepted shapes.
-// A .txt file is ONE document (its bytes, as UTF-8). A .parquet file is read through the
-// Parquet reader when it holds a "text" column (see calib/calibration.h).
+// A .txt file is ONE document (its bytes, as UTF-8). A .parquet file (any writer, e.g. a
+// HuggingFace datasets shard) must have a top-level string column "text": each non-null,
+// non-blank row is one plain document (formats/parquet.h read_parquet_string_column).
 //
 // Rendering: chats become ChatML ("<|im_start|>role\ncontent<|im_end|>\n" per message) when
 // `chatml` is true (the caller checks that the tokenizer has both tokens), else the contents
@@ -48,7 +49,7 @@ struct CalibRecord {
 // Parses the records of a .jsonl document; `origin` names the file in errors.
 std::vector<CalibRecord> parse_jsonl_records(std::string_view bytes, const std::string& origin);
 // .jsonl -> records; .txt (or any other non-JSON text) -> one plain record.
-// .parquet -> one record per row of its "text" column. Throws naming the file when it is
+// .parquet -> one record per non-null, non-blank row of its "text" column. Throws naming the file when it is
 // missing, empty, or holds no text at all.
 std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& path);
 

@@ -464,28 +464,49 @@ class ParquetTensorFile : public TensorReader {
   std::unordered_map<std::string, size_t> by_name_;
 };
 
-void ParquetTensorFile::read_footer(std::map<std::string, std::string>* kv) {
-  const uint64_t size = file_.size();
-  if (size < 12) fail(origin_, ": not a Parquet file (", size, " bytes is too short)");
+// Reads and validates the magic bytes and the footer of `f`; returns where the footer starts.
+uint64_t read_file_metadata(const File& f, const std::string& origin, pq::FileMetaData* meta,
+                            std::map<std::string, std::string>* kv) {
+  const uint64_t size = f.size();
+  if (size < 12) fail(origin, ": not a Parquet file (", size, " bytes is too short)");
   uint8_t head[4], tail[8];
-  file_.read(0, 4, head, origin_);
-  file_.read(size - 8, 8, tail, origin_);
-  if (std::memcmp(head, kMagic, 4) != 0) fail(origin_, ": not a Parquet file (no PAR1 magic at the start)");
-  if (std::memcmp(tail + 4, "PARE", 4) == 0) fail(origin_, ": encrypted Parquet files are not supported");
+  f.read(0, 4, head, origin);
+  f.read(size - 8, 8, tail, origin);
+  if (std::memcmp(head, kMagic, 4) != 0) fail(origin, ": not a Parquet file (no PAR1 magic at the start)");
+  if (std::memcmp(tail + 4, "PARE", 4) == 0) fail(origin, ": encrypted Parquet files are not supported");
   if (std::memcmp(tail + 4, kMagic, 4) != 0)
-    fail(origin_, ": not a Parquet file or truncated (no PAR1 magic at the end)");
+    fail(origin, ": not a Parquet file or truncated (no PAR1 magic at the end)");
   const uint64_t footer_len = load_u32(tail);
-  if (footer_len > size - 12) fail(origin_, ": footer length ", footer_len, " exceeds the file");
-  if (footer_len > kMaxFooterBytes) fail(origin_, ": footer of ", footer_len, " bytes is too large");
-  data_end_ = size - 8 - footer_len;
+  if (footer_len > size - 12) fail(origin, ": footer length ", footer_len, " exceeds the file");
+  if (footer_len > kMaxFooterBytes) fail(origin, ": footer of ", footer_len, " bytes is too large");
+  const uint64_t data_end = size - 8 - footer_len;
   Bytes buf{size_t(footer_len)};
-  file_.read(data_end_, buf.n, buf.data(), origin_);
-  thrift::ThriftReader r(buf.data(), buf.n, origin_ + ": footer");
-  meta_ = pq::decode_file_metadata(r);
-  for (const auto& e : meta_.key_value_metadata) {
+  f.read(data_end, buf.n, buf.data(), origin);
+  thrift::ThriftReader r(buf.data(), buf.n, origin + ": footer");
+  *meta = pq::decode_file_metadata(r);
+  for (const auto& e : meta->key_value_metadata) {
     if (!kv->emplace(e.key, e.value.value_or("")).second)
-      fail(origin_, ": duplicate key-value metadata key '", e.key, "'");
+      fail(origin, ": duplicate key-value metadata key '", e.key, "'");
   }
+  return data_end;
+}
+
+// Byte range [start, end) of one column chunk (dictionary page included), checked against the
+// data region that ends at `data_end`.
+void column_chunk_range(const pq::ColumnMetaData& m, uint64_t data_end, uint64_t* start, uint64_t* end,
+                        const std::string& ctx) {
+  int64_t s = m.data_page_offset;
+  if (m.dictionary_page_offset && *m.dictionary_page_offset > 0 && *m.dictionary_page_offset < s)
+    s = *m.dictionary_page_offset;
+  if (s < 4 || uint64_t(s) > data_end || m.total_compressed_size < 0 ||
+      uint64_t(m.total_compressed_size) > data_end - uint64_t(s))
+    fail(ctx, ": column chunk [", s, ", +", m.total_compressed_size, ") lies outside the data region");
+  *start = uint64_t(s);
+  *end = uint64_t(s) + uint64_t(m.total_compressed_size);
+}
+
+void ParquetTensorFile::read_footer(std::map<std::string, std::string>* kv) {
+  data_end_ = read_file_metadata(file_, origin_, &meta_, kv);
   if (meta_.num_rows < 0 || uint64_t(meta_.num_rows) > kMaxRows)
     fail(origin_, ": bad row count ", meta_.num_rows);
   leaves_ = SchemaWalker(meta_.schema, origin_ + ": schema").walk();
@@ -518,16 +539,8 @@ void ParquetTensorFile::bind_columns() {
 
 void ParquetTensorFile::chunk_range(size_t g, int col, uint64_t* start, uint64_t* end,
                                     const std::string& ctx) const {
-  const auto& cc = meta_.row_groups[g].columns[size_t(col_index_[col])];
-  const auto& m = *cc.meta_data;
-  int64_t s = m.data_page_offset;
-  if (m.dictionary_page_offset && *m.dictionary_page_offset > 0 && *m.dictionary_page_offset < s)
-    s = *m.dictionary_page_offset;
-  if (s < 4 || uint64_t(s) > data_end_ || m.total_compressed_size < 0 ||
-      uint64_t(m.total_compressed_size) > data_end_ - uint64_t(s))
-    fail(ctx, ": column chunk [", s, ", +", m.total_compressed_size, ") lies outside the data region");
-  *start = uint64_t(s);
-  *end = uint64_t(s) + uint64_t(m.total_compressed_size);
+  column_chunk_range(*meta_.row_groups[g].columns[size_t(col_index_[col])].meta_data, data_end_, start,
+                     end, ctx);
 }
 
 RowValues ParquetTensorFile::read_small_column(size_t g, int col) const {
@@ -801,6 +814,78 @@ ParquetCheckpointFile open_parquet_checkpoint(const std::filesystem::path& path)
   ParquetCheckpointFile out;
   out.tensors = std::make_unique<ParquetTensorFile>(path, &out.kv);
   return out;
+}
+
+ParquetColumnStats read_parquet_string_column(
+    const std::filesystem::path& path, const std::string& column,
+    const std::function<void(uint64_t row, std::string_view value)>& fn) {
+  const std::string origin = path.string();
+  try {
+    File f(path);
+    pq::FileMetaData meta;
+    std::map<std::string, std::string> kv;
+    const uint64_t data_end = read_file_metadata(f, origin, &meta, &kv);
+    if (meta.num_rows < 0) fail(origin, ": bad row count ", meta.num_rows);
+    const std::vector<Leaf> leaves = SchemaWalker(meta.schema, origin + ": schema").walk();
+    int found = -1;
+    std::string names;
+    for (size_t i = 0; i < leaves.size(); ++i) {
+      names += (names.empty() ? "" : ", ") + leaves[i].dotted();
+      if (leaves[i].path[0] != column) continue;
+      if (found >= 0) fail(origin, ": column '", column, "' is a group with several leaves (", leaves[i].dotted(), ")");
+      found = int(i);
+    }
+    if (found < 0) fail(origin, ": no column '", column, "' (columns: ", names.empty() ? "none" : names, ")");
+    const Leaf& leaf = leaves[size_t(found)];
+    if (leaf.type != int32_t(Type::BYTE_ARRAY) || leaf.max_rep != 0 || leaf.path.size() != 1)
+      fail(origin, ": column '", leaf.dotted(), "' is not a plain string column (type ", leaf.type,
+           leaf.max_rep ? ", repeated" : "", ")");
+    ParquetColumnStats st;
+    for (size_t g = 0; g < meta.row_groups.size(); ++g) {
+      const auto& rg = meta.row_groups[g];
+      const std::string ctx = origin + ": row group " + std::to_string(g) + ", column '" + column + "'";
+      if (rg.num_rows < 0) fail(ctx, ": bad row count ", rg.num_rows);
+      if (rg.columns.size() != leaves.size())
+        fail(ctx, ": has ", rg.columns.size(), " column chunks, the schema has ", leaves.size(), " columns");
+      const auto& cc = rg.columns[size_t(found)];
+      if (cc.file_path) fail(ctx, ": lives in another file (", *cc.file_path, ")");
+      if (!cc.meta_data) fail(ctx, ": has no metadata");
+      const auto& m = *cc.meta_data;
+      if (m.type != leaf.type) fail(ctx, ": type differs from the schema");
+      if (m.num_values < 0) fail(ctx, ": negative value count");
+      uint64_t start, end;
+      column_chunk_range(m, data_end, &start, &end, ctx);
+      PageCursor cur(f, start, end, ctx);
+      Dictionary dict;
+      int64_t entries = 0;
+      while (!cur.done() && entries < m.num_values) {
+        const PageInfo pi = cur.next();
+        if (pi.h.type == int32_t(PageType::DICTIONARY_PAGE)) {
+          decode_dictionary_page(f, pi, m.codec, leaf, &dict, ctx);
+          continue;
+        }
+        if (!is_data_page(pi.h.type)) continue;
+        DecodedPage dp;
+        decode_data_page(f, pi, m.codec, leaf, dict, &dp, ctx);
+        entries += int64_t(dp.num_values);
+        size_t vi = 0;
+        for (size_t i = 0; i < dp.num_values; ++i, ++st.rows) {
+          if (leaf.max_def && dp.def[i] != uint32_t(leaf.max_def)) {
+            ++st.nulls;
+            continue;
+          }
+          fn(st.rows, dp.bytes[vi++]);
+        }
+      }
+      if (entries != m.num_values || entries != rg.num_rows)
+        fail(ctx, ": holds ", entries, " values, metadata says ", m.num_values, " values in ", rg.num_rows, " rows");
+    }
+    if (st.rows != uint64_t(meta.num_rows))
+      fail(origin, ": row groups hold ", st.rows, " rows, the footer says ", meta.num_rows);
+    return st;
+  } catch (const std::bad_alloc&) {
+    fail(origin, ": out of memory while reading column '", column, "' (corrupt sizes?)");
+  }
 }
 
 // ---------------- writer ----------------

@@ -23,9 +23,11 @@
 //    offsets, corrupt Thrift or pages) throws llmc::Error naming the file and tensor.
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "formats/tensor_store.h"
 
@@ -39,6 +41,19 @@ struct ParquetCheckpointFile {
 // Opens an AI-OS Parquet weight file (any conformant writer). Throws llmc::Error naming the
 // file (and tensor) on corrupt, truncated or hostile input.
 ParquetCheckpointFile open_parquet_checkpoint(const std::filesystem::path& path);
+
+// Any Parquet file (a dataset, not a tensor file): streams the top-level string column `column`
+// (BYTE_ARRAY, REQUIRED or OPTIONAL, not inside a list or struct) row group by row group and page
+// by page, calling fn(row, value) for every non-null value in row order; the view is valid only
+// during the call. Returns the rows seen and how many were null. Same encodings and codecs as the
+// tensor reader. Throws llmc::Error naming the file when the column is missing (listing the
+// columns there are), has another type, or the file is corrupt.
+struct ParquetColumnStats {
+  uint64_t rows = 0, nulls = 0;
+};
+ParquetColumnStats read_parquet_string_column(
+    const std::filesystem::path& path, const std::string& column,
+    const std::function<void(uint64_t row, std::string_view value)>& fn);
 
 class ParquetTensorWriter : public TensorWriter {
  public:
