@@ -603,6 +603,64 @@ fs::path poisoned_model(const fs::path& dir) {
   return dir;
 }
 
+// The awq layout's kernels (AutoAWQ GEMM, vLLM awq) run float16 only: the whole checkpoint is
+// float16 and says so in config.json; a value float16 cannot hold is refused by name.
+TEST(Quantize, AwqLayoutWritesAFloat16Model) {
+  const fs::path d = test::temp_dir("q-awq-f16");
+  QuantizeOptions o = tiny_options("int4_awq", d / "out");
+  o.num_samples = 8;
+  quantize_model(o);
+  const Checkpoint ck = open_checkpoint(d / "out");
+  EXPECT_EQ(ck.config["quantization_config"]["quant_method"], "awq");
+  const std::string key = ck.config.contains("torch_dtype") ? "torch_dtype" : "dtype";
+  EXPECT_EQ(ck.config[key], "float16");
+  int dense = 0;
+  for (const TensorInfo& t : ck.tensors->list()) {
+    if (t.name.ends_with(".qweight") || t.name.ends_with(".qzeros")) {
+      EXPECT_EQ(t.dtype, DType::I32) << t.name;
+      continue;
+    }
+    EXPECT_EQ(t.dtype, DType::F16) << t.name;  // scales, norms, embeddings
+    ++dense;
+  }
+  EXPECT_GT(dense, 28 + 2 * 4);
+  // Embeddings are copied, rounded to float16 (half an ulp; subnormal spacing 2^-24).
+  const Checkpoint in = open_checkpoint(test::model_dir("qwen3-tiny"));
+  const std::vector<float> e16 = ck.tensors->get("model.embed_tokens.weight").to_f32();
+  const std::vector<float> e = in.tensors->get("model.embed_tokens.weight").to_f32();
+  ASSERT_EQ(e16.size(), e.size());
+  for (size_t i = 0; i < e.size(); ++i)
+    ASSERT_LE(std::fabs(e16[i] - e[i]), std::fabs(e[i]) * 0x1p-11f + 0x1p-25f) << i;
+  // Other layouts keep the input's dtype (bf16).
+  QuantizeOptions g = tiny_options("int4_gptq", d / "gptq");
+  g.num_samples = 8;
+  quantize_model(g);
+  const Checkpoint gk = open_checkpoint(d / "gptq");
+  EXPECT_EQ(gk.tensors->get("model.embed_tokens.weight").info.dtype, DType::BF16);
+
+  // 1e5 in the embedding table (last token row) does not fit float16.
+  const fs::path big = d / "big-model";
+  fs::copy(test::model_dir("qwen3-tiny"), big, fs::copy_options::recursive);
+  {
+    const fs::path st = big / "model.safetensors";
+    std::string bytes = read_text_file(st);
+    uint64_t n = 0;
+    std::memcpy(&n, bytes.data(), 8);
+    const json h = json::parse(bytes.substr(8, n));
+    const uint64_t end = h["model.embed_tokens.weight"]["data_offsets"][1].get<uint64_t>();
+    const uint16_t v = 0x47C3;  // bf16 99840
+    std::memcpy(bytes.data() + 8 + n + end - 2, &v, 2);
+    std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  QuantizeOptions b = tiny_options("int4_awq", d / "big-out");
+  b.input = big;
+  b.num_samples = 8;
+  const std::string msg = error_of([&] { quantize_model(b); });
+  EXPECT_NE(msg.find("model.embed_tokens.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("does not fit float16"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(d / "big-out"));
+}
+
 TEST(QuantizeErrors, NothingIsLeftBehind) {
   const fs::path d = test::temp_dir("q-errors");
   const fs::path bad = poisoned_model(d / "nan-model");

@@ -1020,7 +1020,7 @@ std::vector<Layout> build_table() {
        gptq_encode, gptq_decode, gptq_config, gptq_shape},
       {"awq", "awq", "", true, DType::F16,
        "AutoAWQ GEMM: 4-bit, interleaved nibbles, raw zeros, scales fp16", awq_why, awq_encode,
-       awq_decode, awq_config, awq_shape},
+       awq_decode, awq_config, awq_shape, DType::F16},
       {"fp8", "fp8", "", false, DType::F32,
        "vLLM fp8: e4m3 weight + weight_scale or 128x128 weight_scale_inv (read only)",
        read_only_why, no_encode, fp8_decode, no_config, plain_shape},

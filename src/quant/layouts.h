@@ -35,6 +35,7 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -77,6 +78,9 @@ struct Layout {
   nlohmann::json (*config_fn)(const Layout& self, const QuantConfigSpec& spec);
   // [out, in] of a stored module from its tensors' shapes (no unpacking).
   Shape (*shape_fn)(const TensorReader& r, const std::string& prefix, const nlohmann::json& qconfig);
+  // Dtype the rest of the checkpoint must use (dense tensors and config torch_dtype) when the
+  // layout's kernels require it: awq -> float16 (vLLM's AWQ kernels run fp16 activations only).
+  std::optional<DType> model_dtype = std::nullopt;
 
   // Throws llmc::Error naming `module` when w is invalid or this layout cannot hold it.
   void check(const QuantizedWeight& w, const std::string& module) const;

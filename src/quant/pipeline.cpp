@@ -84,6 +84,7 @@ class OutputTensors {
     const DType t = dense_dtype_for(name);
     std::vector<uint8_t> buf(v.size() * dtype_size(t));
     convert(DType::F32, v.data(), t, buf.data(), v.size());
+    check_f16_range(name, t, buf);
     add(name, t, shape, buf.data(), buf.size());
   }
   // Copies an input tensor (converted to the dense dtype for float tensors when one is set).
@@ -93,9 +94,20 @@ class OutputTensors {
       const DType t = *dense_dtype_;
       std::vector<uint8_t> buf(size_t(r.info.numel()) * dtype_size(t));
       convert(r.info.dtype, r.data, t, buf.data(), size_t(r.info.numel()));
+      check_f16_range(name, t, buf);
       add(name, t, r.info.shape, buf.data(), buf.size());
     } else {
       add(name, r.info.dtype, r.info.shape, r.data, r.info.nbytes);
+    }
+  }
+  // A value beyond float16's range would silently become inf: refuse, naming the tensor.
+  static void check_f16_range(const std::string& name, DType t, const std::vector<uint8_t>& buf) {
+    if (t != DType::F16) return;
+    for (size_t i = 0; i + 1 < buf.size(); i += 2) {
+      const uint16_t h = uint16_t(buf[i] | buf[i + 1] << 8);
+      if ((h & 0x7C00) == 0x7C00)
+        fail(name, ": value ", i / 2, " does not fit float16 (|x| > 65504 or not finite), which this "
+             "output requires");
     }
   }
   // Marks an input tensor as replaced by what was written (e.g. a quantized module's weight).
@@ -155,12 +167,19 @@ BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchS
   return st;
 }
 
+// The dtype every dense float tensor is written in: the method's (fp16) or the layout's (awq).
+std::optional<DType> dense_dtype_of(const MethodInfo& m, const Layout* layout) {
+  if (m.dense_dtype) return m.dense_dtype;
+  if (layout) return layout->model_dtype;
+  return std::nullopt;
+}
+
 json output_config(const Checkpoint& ck, const MethodInfo& m, const Layout* layout,
                    const QuantizedWeight* scheme, const std::vector<std::string>& ignore,
                    const json& extra) {
   json cfg = ck.config;
-  if (m.dense_dtype) {
-    const std::string name = *m.dense_dtype == DType::F16 ? "float16" : "float32";
+  if (const std::optional<DType> dense = dense_dtype_of(m, layout)) {
+    const std::string name = *dense == DType::F16 ? "float16" : "float32";
     for (const char* key : {"torch_dtype", "dtype"})
       if (cfg.contains(key)) cfg[key] = name;
     if (!cfg.contains("torch_dtype") && !cfg.contains("dtype")) cfg["torch_dtype"] = name;
@@ -230,7 +249,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const CheckpointFormat fmt = opt.format.value_or(
       opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet : CheckpointFormat::HF);
   std::unique_ptr<CheckpointWriter> writer = make_checkpoint_writer(opt.output, fmt, opt.writer);
-  OutputTensors out(*writer, *ck.tensors, method.dense_dtype);
+  OutputTensors out(*writer, *ck.tensors, dense_dtype_of(method, layout));
   std::unique_ptr<BlockQuantizer> quantizer = method.factory(spec);
   std::vector<std::string> ignore_list = {"lm_head"};
   std::optional<QuantizedWeight> scheme;
