@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "core/dtype.h"
 #include "core/fs.h"
 #include "core/threads.h"
@@ -26,21 +27,12 @@ using nlohmann::json;
 
 namespace {
 
+using llmc::bench::cpu_model;
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto c = line.find(':');
-      return c == std::string::npos ? line : line.substr(c + 2);
-    }
-  }
-  return "unknown";
-}
 
 struct Row {
   std::string name;

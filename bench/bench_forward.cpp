@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "backend/cpu/kernels.h"
 #include "core/fs.h"
 #include "core/threads.h"
@@ -31,15 +32,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+using llmc::bench::cpu_model;
+
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
 
 std::string load_average() {
   std::ifstream f("/proc/loadavg");

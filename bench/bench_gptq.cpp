@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
@@ -191,6 +192,9 @@ int main(int argc, char** argv) {
               {"calibration", {{"samples", samples}, {"seq_len", seq}}},
               {"eval_windows", eval_windows},
               {"threads", num_threads()},
+              {"machine", bench::machine_info(num_threads())},
+              {"note", "peak_rss_bytes is the process high-water mark so far (base model and eval "
+                       "included); llmc quantize prints the per-run figure"},
               {"ppl_base", base_ppl},
               {"results", results}};
   fs::create_directories(out.parent_path());

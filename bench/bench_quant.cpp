@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/vmath.h"
 #include "core/error.h"
@@ -52,18 +53,13 @@ using nlohmann::json;
 
 namespace {
 
+using llmc::bench::cpu_model;
+
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
 
 // Targets of issues 4 and 5 (ppl ratio quantized / base on heldout.txt); 0 = reported only.
 double target_of(const std::string& m) {

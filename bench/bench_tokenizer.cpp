@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_common.h"
 #include "core/fs.h"
 #include "core/threads.h"
 #include "tokenizer/tokenizer.h"
@@ -27,6 +28,8 @@ using namespace llmc;
 using nlohmann::json;
 
 namespace {
+
+using llmc::bench::cpu_model;
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -47,17 +50,6 @@ std::string loadavg() {
   return a + " " + b + " " + c;
 }
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto c = line.find(':');
-      return c == std::string::npos ? line : line.substr(c + 2);
-    }
-  }
-  return "unknown";
-}
 
 fs::path first_existing(std::initializer_list<fs::path> paths) {
   for (const auto& p : paths)
