@@ -1,6 +1,7 @@
 #include "core/fs.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +14,8 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "core/error.h"
 
@@ -90,20 +93,54 @@ std::set<std::string>& live_temps() {
 }
 std::atomic<uint64_t> g_tmp_counter{0};
 
+// Signal handling must not allocate or take locks (the interrupted thread may hold malloc's or
+// g_tmp_mu): the handler only writes the signal number into a pipe; a dedicated thread reads it
+// in normal context, removes the live temporaries and then dies by the same signal.
+int g_sig_pipe[2] = {-1, -1};
+
 void on_signal(int sig) {
-  // Best effort: remove live temporaries, then die with the default action.
-  for (const auto& p : live_temps()) {
-    std::error_code ec;
-    fs::remove_all(p, ec);
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] const ssize_t n = ::write(g_sig_pipe[1], &b, 1);
+  errno = saved;
+}
+
+void cleanup_thread() {
+  unsigned char b = 0;
+  for (;;) {
+    const ssize_t n = ::read(g_sig_pipe[0], &b, 1);
+    if (n == 1) break;
+    if (n < 0 && errno == EINTR) continue;
+    return;  // pipe closed
   }
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
+  std::vector<std::string> temps;
+  {
+    std::lock_guard<std::mutex> g(g_tmp_mu);
+    temps.assign(live_temps().begin(), live_temps().end());
+  }
+  // Other threads keep running meanwhile and may still add files: retry a few times.
+  for (const auto& p : temps) {
+    std::error_code ec;
+    for (int attempt = 0; attempt < 20 && fs::exists(p, ec); ++attempt) fs::remove_all(p, ec);
+  }
+  std::signal(int(b), SIG_DFL);
+  ::kill(::getpid(), int(b));
+  ::_exit(128 + int(b));  // not reached unless the signal is blocked
 }
 }  // namespace
 
 void install_signal_cleanup() {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (::pipe2(g_sig_pipe, O_CLOEXEC) != 0) return;  // no cleanup on signals, still correct
+    std::thread(cleanup_thread).detach();
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, nullptr);
+  });
 }
 
 AtomicPath::AtomicPath(fs::path final_path) : final_(std::move(final_path)) {
