@@ -35,7 +35,7 @@ Tokenizer tokenizer_of(const std::string& model) {
 RunFn setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--output,-o", a->output, "output .jsonl file")->required();
-  app.add_option("--from", a->from, "input files: .txt (one document) or .jsonl records")
+  app.add_option("--from", a->from, "input files: .txt (one document), .jsonl records or .parquet (its \"text\" column)")
       ->required();
   app.add_option("--model", a->model,
                  "model (or tokenizer directory) whose tokenizer counts tokens; without it every "
@@ -82,6 +82,6 @@ RunFn setup(CLI::App& app) {
 
 }  // namespace
 
-LLMC_REGISTER_COMMAND("calib", "build a calibration set (.jsonl) from text/jsonl files", 60, setup);
+LLMC_REGISTER_COMMAND("calib", "build a calibration set (.jsonl) from text, jsonl or Parquet files", 60, setup);
 
 }  // namespace llmc::cli

@@ -43,7 +43,7 @@ struct Args {
   std::vector<std::string> ignore, method_opts;
   int bits = 0;
   int64_t group = 0;
-  bool sym = false, asym = false, act_order = false, no_true_sequential = false;
+  bool sym = false, asym = false, act_order = false, no_act_order = false, no_true_sequential = false;
   bool no_eval = false, json = false;
   double damp = -1;
   uint64_t seed = 0;
@@ -109,7 +109,7 @@ RunFn setup(CLI::App& app) {
                  "AI-OS: with --backend angelslim: fp8_static | fp8_dynamic | int8_dynamic | "
                  "int4_gptq | int4_awq");
   app.add_option("--calibration-data", a->calibration,
-                 ".jsonl / .txt calibration data (default: the bundled calibration text)");
+                 ".jsonl / .txt / .parquet (a \"text\" column) calibration data (default: the bundled calibration text)");
   app.add_option("--num-samples", a->num_samples, "calibration windows (default 128)")
       ->check(CLI::PositiveNumber);
   app.add_option("--seq-len", a->seq_len, "tokens per calibration window (default 256)")
@@ -123,7 +123,9 @@ RunFn setup(CLI::App& app) {
   app.add_flag("--sym", a->sym, "symmetric weights");
   app.add_flag("--asym", a->asym, "asymmetric weights");
   app.add_option("--damp", a->damp, "GPTQ damping (fraction of mean diag H, default 0.01)");
-  app.add_flag("--act-order", a->act_order, "GPTQ act-order");
+  app.add_flag("--act-order", a->act_order,
+               "GPTQ act-order (int4_gptq: on by default; mode via --method-opt act_order=permute|static|dynamic)");
+  app.add_flag("--no-act-order", a->no_act_order, "GPTQ: quantize columns in their natural order");
   app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ: one pass per block");
   app.add_option("--method-opt", a->method_opts,
                  "method-specific option KEY=VALUE (repeatable; VALUE parsed as JSON when it "
@@ -154,7 +156,9 @@ RunFn setup(CLI::App& app) {
     o.overrides.extra = parse_method_opts(a->method_opts);
     o.overrides.seed = a->seed;
     if (a->damp >= 0) o.overrides.damp = a->damp;
+    if (a->act_order && a->no_act_order) fail("--act-order and --no-act-order contradict each other");
     if (a->act_order) o.overrides.act_order = true;
+    if (a->no_act_order) o.overrides.act_order = false;
     if (a->no_true_sequential) o.overrides.true_sequential = false;
     o.calibration_data = a->calibration;
     o.num_samples = a->num_samples;

@@ -108,12 +108,15 @@ std::vector<MethodInfo> build_table() {
     m.default_group = 128;
     m.group_configurable = true;
     m.symmetry_configurable = true;
+    // Act-order that costs nothing at inference (static groups, down_proj permutation folded
+    // into gate/up rows: no g_idx); measured better at every width (docs/methods.md).
+    m.default_act_order = true;
     m.needs_calibration = true;
     m.layouts = {"gptq", "compressed-tensors", "pack-quantized"};
     m.default_layout = gptq_default_layout;
     m.description =
         "GPTQ: Hessian-guided int weights (default 4-bit, group 128, symmetric), true-sequential, "
-        "optional act-order; --asym writes compressed-tensors";
+        "act-order without g_idx; --asym writes compressed-tensors";
     m.factory = make_gptq_quantizer;
     t.push_back(m);
   }
@@ -164,6 +167,7 @@ bool needs_calibration(const MethodInfo& m, const QuantSpec& s) {
 QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
   QuantSpec s;
   s.method = m.name;
+  s.act_order = m.default_act_order;
   s.bits = o.bits.value_or(m.default_bits);
   if (std::find(m.allowed_bits.begin(), m.allowed_bits.end(), s.bits) == m.allowed_bits.end()) {
     std::string allowed;

@@ -105,6 +105,7 @@ struct MethodInfo {
   bool group_configurable = false;   // --group-size accepted
   bool default_symmetric = true;
   bool symmetry_configurable = false;  // --sym/--asym accepted
+  bool default_act_order = false;    // GPTQ act-order on unless --no-act-order
   bool needs_calibration = false;
   // Optional: decides from the resolved spec (overrides needs_calibration), e.g. fp8_dynamic
   // needs data only for its GPTQ weight rounding, not with --method-opt weights=rtn.

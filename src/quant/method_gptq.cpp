@@ -71,7 +71,7 @@ GptqBlockOptions gptq_block_options(const QuantSpec& spec) {
   o.rtn = solver == "rtn";
   o.act_order = ActOrderMode::Off;
   if (spec.act_order) {
-    const std::string m = extra_or<std::string>(spec, "act_order", "static");
+    const std::string m = extra_or<std::string>(spec, "act_order", "permute");
     bool found = false;
     for (const ModeRow& r : kModes)
       if (m == r.name) o.act_order = r.mode, found = true;

@@ -10,11 +10,12 @@
 //  * Each linear: quant/gptq.h gptq_quantize on the slot's dense weight; its report (relative
 //    output error from H, RTN's error, damping, dead columns, fallback) goes into the job
 //    report and the run summary (finish(): JSON summary + one log line).
-//  * act-order (--act-order) has three modes, spec.extra["act_order"]:
-//      "static"  (default) natural contiguous groups, columns processed by decreasing diag(H);
+//  * act-order (spec.act_order: on by default for int4_gptq, --no-act-order turns it off) has
+//    three modes, spec.extra["act_order"]:
+//      "static"  natural contiguous groups, columns processed by decreasing diag(H);
 //                no g_idx is needed (the checkpoint says static_groups: true, desc_act: false);
 //      "dynamic" groups formed in processing order, stored with g_idx (desc_act: true);
-//      "permute" the permutation trick: down_proj's input channels are reordered by
+//      "permute" (default) the permutation trick: down_proj's input channels are reordered by
 //                decreasing diag(H) and the permutation is folded into gate/up's output rows
 //                (exact: the MLP computes the same function), so down's groups stay contiguous
 //                with no g_idx; the other linears use "static".
