@@ -328,14 +328,17 @@ TEST(CalibCli, TokenizerFromAParquetModel) {
   EXPECT_NE(out.find("no tokenizer.json"), std::string::npos) << out;
 }
 
-// Datasets written by an independent Parquet writer (hyparquet-writer, tests/interop/
-// write_text.mjs): PLAIN/SNAPPY in one row group, GZIP over 5 row groups with small pages,
-// DELTA_LENGTH_BYTE_ARRAY uncompressed; null and blank rows are skipped. expected.jsonl holds the
-// same documents as {"text"} records.
+// Datasets written by independent Parquet writers: hyparquet-writer (tests/interop/
+// write_text.mjs: PLAIN/SNAPPY in one row group, GZIP over 5 row groups with small pages,
+// DELTA_LENGTH_BYTE_ARRAY uncompressed) and pyarrow 25 (tests/interop/make_pyarrow_calib.py,
+// what HuggingFace datasets writes: large_string text, a struct and a list<struct> column beside
+// it; default dictionary/SNAPPY, ZSTD data page v2 without dictionary, GZIP dictionary with page
+// index). Null and blank rows are skipped. expected.jsonl holds the same documents as {"text"}.
 TEST(CalibParquet, TextColumnOfForeignDatasetFiles) {
   const auto expected = read_calibration_records(test::data_path("calib-parquet/expected.jsonl"));
   ASSERT_EQ(expected.size(), 94u);
-  for (const char* f : {"snappy_plain.parquet", "gzip_rowgroups.parquet", "delta_uncompressed.parquet"}) {
+  for (const char* f : {"snappy_plain.parquet", "gzip_rowgroups.parquet", "delta_uncompressed.parquet",
+                        "pyarrow_default.parquet", "pyarrow_zstd_v2.parquet", "pyarrow_dict_gzip.parquet"}) {
     SCOPED_TRACE(f);
     const auto recs = read_calibration_records(test::data_path(std::string("calib-parquet/") + f));
     ASSERT_EQ(recs.size(), expected.size());
