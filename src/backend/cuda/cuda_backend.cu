@@ -1,5 +1,7 @@
 // backend/cuda/cuda_backend.cu — CUDA context, staging pipeline, resident-weight cache, cuBLAS
 // GEMM and Xᵀ·X accumulation (backend/cuda/cuda_backend.h).
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,38 @@
 namespace llmc::backend::cuda {
 
 void throw_cuda(const char* what, const char* msg) { fail("CUDA error: ", msg, " in ", what); }
+
+namespace {
+template <typename F>
+void load_symbol(void* lib, const std::string& lib_name, const char* name, F* fn) {
+  *fn = reinterpret_cast<F>(dlsym(lib, name));
+  if (!*fn) fail("CUDA backend: ", lib_name, " has no symbol ", name);
+}
+}  // namespace
+
+const CublasApi& cublas() {
+  static const CublasApi api = [] {
+    const std::string name = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef LLMC_CUDA_LIBRARY_DIR
+    if (!lib) lib = dlopen((std::string(LLMC_CUDA_LIBRARY_DIR) + "/" + name).c_str(), RTLD_NOW | RTLD_LOCAL);
+#endif
+    if (!lib) {
+      const char* why = dlerror();
+      fail("CUDA backend: cannot load ", name, " (", why ? why : "not found",
+           "); install cuBLAS or use --device cpu");
+    }
+    CublasApi a{};
+    load_symbol(lib, name, "cublasCreate_v2", &a.create);
+    load_symbol(lib, name, "cublasSetStream_v2", &a.set_stream);
+    load_symbol(lib, name, "cublasSetMathMode", &a.set_math_mode);
+    load_symbol(lib, name, "cublasSgemm_v2", &a.sgemm);
+    load_symbol(lib, name, "cublasSsyrk_v2", &a.ssyrk);
+    load_symbol(lib, name, "cublasGetStatusString", &a.status_string);
+    return a;
+  }();
+  return api;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Buffers
@@ -143,7 +177,7 @@ Context* create_context() {
   auto* c = new Context;
   LLMC_CU(cudaGetDevice(&c->dev));
   LLMC_CU(cudaGetDeviceProperties(&c->prop, c->dev));
-  LLMC_CU(cublasCreate(&c->blas));
+  LLMC_CU(cublas().create(&c->blas));
   for (int b = 0; b < 2; ++b) {
     LLMC_CU(cudaStreamCreateWithFlags(&c->s[b], cudaStreamNonBlocking));
     LLMC_CU(cudaEventCreateWithFlags(&c->ev_chunk[b], cudaEventDisableTiming));
@@ -267,10 +301,10 @@ void stream_rows(Context& c, const float* x, int64_t rows, int64_t k, float* y, 
 void sgemm_xwt(Context& c, cudaStream_t st, const float* dx, int64_t nr, int64_t k,
                const float* dw, int64_t n, float* dy, bool tf32) {
   const float one = 1.0f, zero = 0.0f;
-  LLMC_CU(cublasSetStream(c.blas, st));
-  LLMC_CU(cublasSetMathMode(c.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  LLMC_CU(cublas().set_stream(c.blas, st));
+  LLMC_CU(cublas().set_math_mode(c.blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   // Column-major view: yᵀ[n, nr] = w[n, k] · xᵀ[k, nr]; row-major w is column-major [k, n].
-  LLMC_CU(cublasSgemm(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(nr), int(k), &one, dw, int(k),
+  LLMC_CU(cublas().sgemm(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(nr), int(k), &one, dw, int(k),
                       dx, int(k), &zero, dy, int(n)));
 }
 
@@ -324,10 +358,10 @@ __global__ void add_mirrored_kernel(const float* __restrict__ S, int64_t cols, T
 void syrk_upper(Context& c, cudaStream_t st, const float* dx, int64_t nr, int64_t cols, float* S,
                 float beta) {
   const float one = 1.0f;
-  LLMC_CU(cublasSetStream(c.blas, st));
-  LLMC_CU(cublasSetMathMode(c.blas, CUBLAS_DEFAULT_MATH));
+  LLMC_CU(cublas().set_stream(c.blas, st));
+  LLMC_CU(cublas().set_math_mode(c.blas, CUBLAS_DEFAULT_MATH));
   // Row-major x [nr, cols] is column-major xᵀ [cols, nr]: S = xᵀ · (xᵀ)ᵀ.
-  LLMC_CU(cublasSsyrk(c.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, int(cols), int(nr), &one, dx,
+  LLMC_CU(cublas().ssyrk(c.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, int(cols), int(nr), &one, dx,
                       int(cols), &beta, S, int(cols)));
 }
 

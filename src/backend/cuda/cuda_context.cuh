@@ -15,12 +15,25 @@
 
 namespace llmc::backend::cuda {
 
+// cuBLAS is loaded on first use (dlopen of libcublas.so.<major>), not linked: linking it maps
+// cublasLt and runs its initializers in every llmc process, about 200 MB of resident memory
+// even for CPU-only runs. Throws llmc::Error naming the library when it cannot be loaded.
+struct CublasApi {
+  decltype(&cublasCreate_v2) create;
+  decltype(&cublasSetStream_v2) set_stream;
+  decltype(&cublasSetMathMode) set_math_mode;
+  decltype(&cublasSgemm_v2) sgemm;
+  decltype(&cublasSsyrk_v2) ssyrk;
+  decltype(&cublasGetStatusString) status_string;
+};
+const CublasApi& cublas();
+
 [[noreturn]] void throw_cuda(const char* what, const char* msg);
 inline void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw_cuda(what, cudaGetErrorString(e));
 }
 inline void check(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw_cuda(what, cublasGetStatusString(s));
+  if (s != CUBLAS_STATUS_SUCCESS) throw_cuda(what, cublas().status_string(s));
 }
 #define LLMC_CU(call) ::llmc::backend::cuda::check((call), #call)
 // After a kernel launch: launch errors now, execution errors at the next synchronization.
