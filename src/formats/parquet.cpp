@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <unordered_map>
 
@@ -505,6 +506,44 @@ void column_chunk_range(const pq::ColumnMetaData& m, uint64_t data_end, uint64_t
   *end = uint64_t(s) + uint64_t(m.total_compressed_size);
 }
 
+// The metadata of one column chunk of `leaf`, checked: in this file, present, of the schema's
+// type and path, with a non-negative value count. `ctx` names the row group.
+const pq::ColumnMetaData& checked_chunk_meta(const pq::ColumnChunk& cc, const Leaf& leaf,
+                                             const std::string& ctx) {
+  if (cc.file_path) fail(ctx, ": column '", leaf.dotted(), "' lives in another file (", *cc.file_path, ")");
+  if (!cc.meta_data) fail(ctx, ": column '", leaf.dotted(), "' has no metadata");
+  const auto& m = *cc.meta_data;
+  if (m.type != leaf.type) fail(ctx, ": column '", leaf.dotted(), "' type differs from the schema");
+  if (!m.path_in_schema.empty() && m.path_in_schema != leaf.path)
+    fail(ctx, ": column chunk order does not match the schema at '", leaf.dotted(), "'");
+  if (m.num_values < 0) fail(ctx, ": column '", leaf.dotted(), "' has a negative value count");
+  return m;
+}
+
+// Decodes the data pages of one column chunk [start, end) in order (reading its dictionary page
+// and skipping index pages), calling fn for each, until the chunk's num_values level entries are
+// seen. Returns the level entries decoded.
+int64_t for_each_data_page(const File& f, uint64_t start, uint64_t end, const pq::ColumnMetaData& m,
+                           const Leaf& leaf, const std::string& ctx,
+                           const std::function<void(const DecodedPage&)>& fn) {
+  PageCursor cur(f, start, end, ctx);
+  Dictionary dict;
+  int64_t entries = 0;
+  while (!cur.done() && entries < m.num_values) {
+    const PageInfo pi = cur.next();
+    if (pi.h.type == int32_t(PageType::DICTIONARY_PAGE)) {
+      decode_dictionary_page(f, pi, m.codec, leaf, &dict, ctx);
+      continue;
+    }
+    if (!is_data_page(pi.h.type)) continue;  // index pages
+    DecodedPage dp;
+    decode_data_page(f, pi, m.codec, leaf, dict, &dp, ctx);
+    entries += int64_t(dp.num_values);
+    fn(dp);
+  }
+  return entries;
+}
+
 void ParquetTensorFile::read_footer(std::map<std::string, std::string>* kv) {
   data_end_ = read_file_metadata(file_, origin_, &meta_, kv);
   if (meta_.num_rows < 0 || uint64_t(meta_.num_rows) > kMaxRows)
@@ -550,21 +589,9 @@ RowValues ParquetTensorFile::read_small_column(size_t g, int col) const {
   const uint64_t rows = uint64_t(meta_.row_groups[g].num_rows);
   uint64_t start, end;
   chunk_range(g, col, &start, &end, ctx);
-  PageCursor cur(file_, start, end, ctx);
-  Dictionary dict;
   RowValues rv;
   const bool is_bytes = leaf.type == int32_t(Type::BYTE_ARRAY);
-  int64_t entries = 0;
-  while (!cur.done() && entries < m.num_values) {
-    const PageInfo pi = cur.next();
-    if (pi.h.type == int32_t(PageType::DICTIONARY_PAGE)) {
-      decode_dictionary_page(file_, pi, m.codec, leaf, &dict, ctx);
-      continue;
-    }
-    if (!is_data_page(pi.h.type)) continue;  // index pages
-    DecodedPage dp;
-    decode_data_page(file_, pi, m.codec, leaf, dict, &dp, ctx);
-    entries += int64_t(dp.num_values);
+  const int64_t entries = for_each_data_page(file_, start, end, m, leaf, ctx, [&](const DecodedPage& dp) {
     size_t vi = 0;  // next non-null value
     for (size_t i = 0; i < dp.num_values; ++i) {
       const uint32_t def = leaf.max_def ? dp.def[i] : 0;
@@ -591,7 +618,7 @@ RowValues ParquetTensorFile::read_small_column(size_t g, int col) const {
       if (rv.list.back().size() >= 64) fail(ctx, ": list in row ", rv.list.size() - 1, " is too long");
       rv.list.back().push_back(dp.ints[vi++]);
     }
-  }
+  });
   const uint64_t got = leaf.max_rep ? rv.list.size() : (is_bytes ? rv.str.size() : rv.num.size());
   if (got != rows || entries != m.num_values)
     fail(ctx, ": holds ", got, " rows / ", entries, " values, metadata says ", rows, " / ", m.num_values);
@@ -607,17 +634,8 @@ void ParquetTensorFile::read_index() {
     if (rg.num_rows < 0 || uint64_t(rg.num_rows) > kMaxRows - total) fail(ctx, ": bad row count ", rg.num_rows);
     if (rg.columns.size() != ncols)
       fail(ctx, ": has ", rg.columns.size(), " column chunks, the schema has ", ncols, " columns");
-    for (int c = 0; c < kNumCols; ++c) {
-      const auto& cc = rg.columns[size_t(col_index_[c])];
-      const Leaf& leaf = leaves_[size_t(col_index_[c])];
-      if (cc.file_path) fail(ctx, ": column '", leaf.dotted(), "' lives in another file (", *cc.file_path, ")");
-      if (!cc.meta_data) fail(ctx, ": column '", leaf.dotted(), "' has no metadata");
-      const auto& m = *cc.meta_data;
-      if (m.type != leaf.type) fail(ctx, ": column '", leaf.dotted(), "' type differs from the schema");
-      if (!m.path_in_schema.empty() && m.path_in_schema != leaf.path)
-        fail(ctx, ": column chunk order does not match the schema at '", leaf.dotted(), "'");
-      if (m.num_values < 0) fail(ctx, ": column '", leaf.dotted(), "' has a negative value count");
-    }
+    for (int c = 0; c < kNumCols; ++c)
+      checked_chunk_meta(rg.columns[size_t(col_index_[c])], leaves_[size_t(col_index_[c])], ctx);
     rg_first_row_.push_back(total);
     total += uint64_t(rg.num_rows);
   }
@@ -843,31 +861,15 @@ ParquetColumnStats read_parquet_string_column(
     ParquetColumnStats st;
     for (size_t g = 0; g < meta.row_groups.size(); ++g) {
       const auto& rg = meta.row_groups[g];
-      const std::string ctx = origin + ": row group " + std::to_string(g) + ", column '" + column + "'";
-      if (rg.num_rows < 0) fail(ctx, ": bad row count ", rg.num_rows);
+      const std::string rg_ctx = origin + ": row group " + std::to_string(g);
+      const std::string ctx = rg_ctx + ", column '" + column + "'";
+      if (rg.num_rows < 0) fail(rg_ctx, ": bad row count ", rg.num_rows);
       if (rg.columns.size() != leaves.size())
-        fail(ctx, ": has ", rg.columns.size(), " column chunks, the schema has ", leaves.size(), " columns");
-      const auto& cc = rg.columns[size_t(found)];
-      if (cc.file_path) fail(ctx, ": lives in another file (", *cc.file_path, ")");
-      if (!cc.meta_data) fail(ctx, ": has no metadata");
-      const auto& m = *cc.meta_data;
-      if (m.type != leaf.type) fail(ctx, ": type differs from the schema");
-      if (m.num_values < 0) fail(ctx, ": negative value count");
+        fail(rg_ctx, ": has ", rg.columns.size(), " column chunks, the schema has ", leaves.size(), " columns");
+      const auto& m = checked_chunk_meta(rg.columns[size_t(found)], leaf, rg_ctx);
       uint64_t start, end;
       column_chunk_range(m, data_end, &start, &end, ctx);
-      PageCursor cur(f, start, end, ctx);
-      Dictionary dict;
-      int64_t entries = 0;
-      while (!cur.done() && entries < m.num_values) {
-        const PageInfo pi = cur.next();
-        if (pi.h.type == int32_t(PageType::DICTIONARY_PAGE)) {
-          decode_dictionary_page(f, pi, m.codec, leaf, &dict, ctx);
-          continue;
-        }
-        if (!is_data_page(pi.h.type)) continue;
-        DecodedPage dp;
-        decode_data_page(f, pi, m.codec, leaf, dict, &dp, ctx);
-        entries += int64_t(dp.num_values);
+      const int64_t entries = for_each_data_page(f, start, end, m, leaf, ctx, [&](const DecodedPage& dp) {
         size_t vi = 0;
         for (size_t i = 0; i < dp.num_values; ++i, ++st.rows) {
           if (leaf.max_def && dp.def[i] != uint32_t(leaf.max_def)) {
@@ -876,7 +878,7 @@ ParquetColumnStats read_parquet_string_column(
           }
           fn(st.rows, dp.bytes[vi++]);
         }
-      }
+      });
       if (entries != m.num_values || entries != rg.num_rows)
         fail(ctx, ": holds ", entries, " values, metadata says ", m.num_values, " values in ", rg.num_rows, " rows");
     }
