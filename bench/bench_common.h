@@ -38,14 +38,19 @@ inline std::string utc_now() {
   return date;
 }
 
-// {"cpu", "hardware_concurrency", "threads", "kernel", "load_average_1m", "date"}.
-inline nlohmann::json machine_info(int threads) {
+// "Linux 6.1.0-..." (uname).
+inline std::string kernel_release() {
   struct utsname u {};
   uname(&u);
+  return std::string(u.sysname) + " " + u.release;
+}
+
+// {"cpu", "hardware_concurrency", "threads", "kernel", "load_average_1m", "date"}.
+inline nlohmann::json machine_info(int threads) {
   return {{"cpu", cpu_model()},
           {"hardware_concurrency", std::thread::hardware_concurrency()},
           {"threads", threads},
-          {"kernel", std::string(u.sysname) + " " + u.release},
+          {"kernel", kernel_release()},
           {"load_average_1m", load_average_1m()},
           {"date", utc_now()}};
 }

@@ -33,7 +33,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-
 struct Row {
   std::string name;
   double mb, best_s, mb_per_s;

@@ -36,7 +36,6 @@ using llmc::bench::cpu_model;
 
 double now_s() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
-
 std::string load_average() {
   std::ifstream f("/proc/loadavg");
   std::string a;

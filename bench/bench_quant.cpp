@@ -18,7 +18,6 @@
 // Prints a table and writes the JSON (with machine info).
 #include <cblas.h>
 #include <sys/resource.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,7 +58,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-
 
 // Targets of issues 4 and 5 (ppl ratio quantized / base on heldout.txt); 0 = reported only.
 double target_of(const std::string& m) {
@@ -281,15 +279,8 @@ int main(int argc, char** argv) {
                 {"meets_target", target > 0 ? json(ratio <= target) : json(nullptr)}});
       results.push_back(j);
     }
-    struct utsname u {};
-    uname(&u);
-    char date[64];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    double load[3] = {0, 0, 0};
-    if (getloadavg(load, 3) < 0) load[0] = -1;
     const json doc = {{"benchmark", "quant"},
-                      {"date", date},
+                      {"date", bench::utc_now()},
                       {"model", model_dir},
                       {"calibration", {{"file", calib}, {"num_samples", samples}, {"seq_len", seq}}},
                       {"eval", {{"file", heldout}, {"windows", windows}, {"ctx", seq},
@@ -298,9 +289,9 @@ int main(int argc, char** argv) {
                       {"machine", {{"cpu", cpu_model()},
                                    {"hardware_concurrency", std::thread::hardware_concurrency()},
                                    {"threads", num_threads()},
-                                   {"kernel", std::string(u.sysname) + " " + u.release},
+                                   {"kernel", bench::kernel_release()},
                                    {"openblas", openblas_get_config()},
-                                   {"load_average_1m_at_end", load[0]}}},
+                                   {"load_average_1m_at_end", bench::load_average_1m()}}},
                       {"results", results}};
     fs::create_directories(fs::path(out_json).parent_path());
     write_text_file(out_json, doc.dump(2) + "\n");

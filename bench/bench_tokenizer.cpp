@@ -50,7 +50,6 @@ std::string loadavg() {
   return a + " " + b + " " + c;
 }
 
-
 fs::path first_existing(std::initializer_list<fs::path> paths) {
   for (const auto& p : paths)
     if (fs::exists(p)) return p;

@@ -588,19 +588,26 @@ TEST(Quantize, QwenTwoBiasesAndLlamaModels) {
   EXPECT_EQ(WeightLoader(d / "llama").quantized_modules().size(), 28u);
 }
 
-// Copies qwen3-tiny and poisons one weight element with NaN.
-fs::path poisoned_model(const fs::path& dir) {
+// Copies qwen3-tiny to `dir` and overwrites element `element` (negative: counted from the end)
+// of the bf16 tensor `tensor` with the bf16 bit pattern `bits`.
+fs::path patched_model(const fs::path& dir, const std::string& tensor, int64_t element, uint16_t bits) {
   fs::copy(test::model_dir("qwen3-tiny"), dir, fs::copy_options::recursive);
   const fs::path st = dir / "model.safetensors";
   std::string bytes = read_text_file(st);
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   const json h = json::parse(bytes.substr(8, n));
-  const uint64_t off = h["model.layers.2.mlp.up_proj.weight"]["data_offsets"][0].get<uint64_t>();
-  const uint16_t nan = 0x7fc0;
-  std::memcpy(bytes.data() + 8 + n + off + 2 * 7, &nan, 2);
+  const uint64_t begin = h[tensor]["data_offsets"][0].get<uint64_t>();
+  const uint64_t end = h[tensor]["data_offsets"][1].get<uint64_t>();
+  const uint64_t at = element >= 0 ? begin + 2 * uint64_t(element) : end - 2 * uint64_t(-element);
+  std::memcpy(bytes.data() + 8 + n + at, &bits, 2);
   std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
   return dir;
+}
+
+// Copies qwen3-tiny and poisons one weight element with NaN.
+fs::path poisoned_model(const fs::path& dir) {
+  return patched_model(dir, "model.layers.2.mlp.up_proj.weight", 7, 0x7fc0);
 }
 
 // The awq layout's kernels (AutoAWQ GEMM, vLLM awq) run float16 only: the whole checkpoint is
@@ -639,19 +646,7 @@ TEST(Quantize, AwqLayoutWritesAFloat16Model) {
   EXPECT_EQ(gk.tensors->get("model.embed_tokens.weight").info.dtype, DType::BF16);
 
   // 1e5 in the embedding table (last token row) does not fit float16.
-  const fs::path big = d / "big-model";
-  fs::copy(test::model_dir("qwen3-tiny"), big, fs::copy_options::recursive);
-  {
-    const fs::path st = big / "model.safetensors";
-    std::string bytes = read_text_file(st);
-    uint64_t n = 0;
-    std::memcpy(&n, bytes.data(), 8);
-    const json h = json::parse(bytes.substr(8, n));
-    const uint64_t end = h["model.embed_tokens.weight"]["data_offsets"][1].get<uint64_t>();
-    const uint16_t v = 0x47C3;  // bf16 99840
-    std::memcpy(bytes.data() + 8 + n + end - 2, &v, 2);
-    std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
-  }
+  const fs::path big = patched_model(d / "big-model", "model.embed_tokens.weight", -1, 0x47C3);  // bf16 99840
   QuantizeOptions b = tiny_options("int4_awq", d / "big-out");
   b.input = big;
   b.num_samples = 8;
