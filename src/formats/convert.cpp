@@ -34,6 +34,18 @@ const char* torch_dtype_name(DType t) {
   }
 }
 
+void set_config_dtype(nlohmann::json& config, DType t) {
+  const char* name = torch_dtype_name(t);
+  bool set = false;
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (config.contains(key)) {
+      config[key] = name;
+      set = true;
+    }
+  }
+  if (!set) config["torch_dtype"] = name;
+}
+
 std::optional<DType> parse_target_dtype(const std::string& s) {
   for (const auto& t : kTargets)
     if (s == t.cli) return t.dtype;
@@ -75,17 +87,7 @@ ConvertStats convert_checkpoint(const Checkpoint& in, const std::filesystem::pat
   }
   if (buf.capacity()) std::vector<uint8_t>().swap(buf);
   nlohmann::json config = in.config;
-  if (opts.target_dtype && config.is_object()) {
-    const char* name = torch_dtype_name(*opts.target_dtype);
-    bool set = false;
-    for (const char* key : {"dtype", "torch_dtype"}) {
-      if (config.contains(key)) {
-        config[key] = name;
-        set = true;
-      }
-    }
-    if (!set) config["torch_dtype"] = name;
-  }
+  if (opts.target_dtype && config.is_object()) set_config_dtype(config, *opts.target_dtype);
   w->commit(config, in.aux_files);
   if (prog) prog->finish();
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -32,6 +32,9 @@ struct ConvertStats {
 
 // "bfloat16" / "float16" / "float32" / "float64" for float dtypes, the llmc name otherwise.
 const char* torch_dtype_name(DType t);
+// Sets a config.json's dtype to torch_dtype_name(t): every "dtype"/"torch_dtype" key present,
+// or "torch_dtype" when neither is.
+void set_config_dtype(nlohmann::json& config, DType t);
 // Parses the --dtype values keep|bf16|fp16|fp32 (nullopt for keep); throws otherwise.
 std::optional<DType> parse_target_dtype(const std::string& s);
 

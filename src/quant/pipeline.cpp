@@ -12,6 +12,7 @@
 #include "core/fs.h"
 #include "core/progress.h"
 #include "eval/eval.h"
+#include "formats/convert.h"
 #include "model/arch.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -178,12 +179,7 @@ json output_config(const Checkpoint& ck, const MethodInfo& m, const Layout* layo
                    const QuantizedWeight* scheme, const std::vector<std::string>& ignore,
                    const json& extra) {
   json cfg = ck.config;
-  if (const std::optional<DType> dense = dense_dtype_of(m, layout)) {
-    const std::string name = *dense == DType::F16 ? "float16" : "float32";
-    for (const char* key : {"torch_dtype", "dtype"})
-      if (cfg.contains(key)) cfg[key] = name;
-    if (!cfg.contains("torch_dtype") && !cfg.contains("dtype")) cfg["torch_dtype"] = name;
-  }
+  if (const std::optional<DType> dense = dense_dtype_of(m, layout)) set_config_dtype(cfg, *dense);
   if (layout && scheme) {
     QuantConfigSpec spec;
     spec.scheme = *scheme;
