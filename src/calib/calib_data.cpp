@@ -89,6 +89,9 @@ CalibRecord parse_record(const json& j, const std::string& where) {
   return r;
 }
 
+// Whether a document holds any text at all (blank documents are skipped).
+bool has_text(std::string_view s) { return s.find_first_not_of(" \t\r\n") != std::string_view::npos; }
+
 bool has_suffix(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && std::equal(suf.rbegin(), suf.rend(), s.rbegin(),
                                               [](char a, char b) { return std::tolower(a) == b; });
@@ -129,7 +132,7 @@ std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& p
     // A dataset file (e.g. a HuggingFace datasets shard): one plain document per non-empty row
     // of its "text" column; null rows are skipped.
     read_parquet_string_column(path, "text", [&](uint64_t, std::string_view v) {
-      if (v.find_first_not_of(" \t\r\n") != std::string_view::npos) recs.push_back({std::string(v), {}});
+      if (has_text(v)) recs.push_back({std::string(v), {}});
     });
     if (recs.empty()) fail("calibration data ", path.string(), ": its \"text\" column holds no text");
     return recs;
@@ -138,7 +141,7 @@ std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& p
   if (has_suffix(name, ".jsonl") || has_suffix(name, ".json")) {
     recs = parse_jsonl_records(bytes, path.string());
   } else {
-    if (bytes.find_first_not_of(" \t\r\n") != std::string::npos) recs.push_back({bytes, {}});
+    if (has_text(bytes)) recs.push_back({bytes, {}});
   }
   if (recs.empty()) fail("calibration data ", path.string(), ": empty (no text found)");
   return recs;
