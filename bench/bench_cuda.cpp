@@ -28,14 +28,15 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
+#include "core/qweight.h"
 #include "core/fs.h"
 #include "core/threads.h"
 #include "eval/eval.h"
 #include "formats/checkpoint.h"
+#include "loader/quant_linear.h"
 #include "model/linear.h"
 #include "model/model.h"
 #include "quant/gptq.h"
-#include "quant/qweight.h"
 
 using namespace llmc;
 namespace be = llmc::backend;

@@ -13,6 +13,7 @@
 #include "eval/eval.h"
 #include "eval/model_files.h"
 #include "formats/checkpoint.h"
+#include "loader/quant_linear.h"
 #include "model/model.h"
 
 using namespace llmc;

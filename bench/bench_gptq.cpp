@@ -28,6 +28,7 @@
 #include "core/threads.h"
 #include "eval/eval.h"
 #include "formats/checkpoint.h"
+#include "loader/quant_linear.h"
 #include "model/linear.h"
 #include "model/model.h"
 #include "quant/pipeline.h"

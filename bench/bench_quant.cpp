@@ -42,6 +42,7 @@
 #include "core/fs.h"
 #include "core/threads.h"
 #include "formats/checkpoint.h"
+#include "loader/quant_linear.h"
 #include "model/model.h"
 #include "quant/method.h"
 #include "tokenizer/tokenizer.h"

@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libopenblas-dev liblapacke-dev nlohmann-json3-dev libcli11-dev
-      libzstd-dev libpcre2-dev libicu-dev zlib1g-dev libgtest-dev gcovr)
+      libzstd-dev libpcre2-dev libutf8proc-dev zlib1g-dev libgtest-dev gcovr)
 missing=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

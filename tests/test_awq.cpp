@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "eval/quality.h"
 #include "formats/checkpoint.h"
 #include "model/model.h"
 #include "quant/awq.h"
@@ -403,7 +404,7 @@ double tiny_ppl_ratio(const std::string& tag, const std::string& method, QuantOv
   q.quality.data = test::data_path("eval/heldout.txt");
   q.quality.tokens = 32 * 256;
   q.quality.seq_len = 256;
-  const QuantizeResult r = quantize_model(q);
+  const QuantizeResult r = quantize_and_check(q);
   EXPECT_TRUE(r.quality.measured);
   EXPECT_EQ(r.quantized_linears, 28);
   std::printf("  %-24s ppl ratio %.5f\n", tag.c_str(), r.quality.ppl_ratio);

@@ -217,17 +217,38 @@ TEST(Checkpoint, ShardedIndexValidation) {
 TEST(Checkpoint, DuplicateTensorAcrossShards) {
   const fs::path d = test::temp_dir("ckpt-dup");
   write_text_file(d / "config.json", "{}");
-  std::vector<float> v(4, 1.0f);
-  TensorRef t;
-  t.info = {"a", DType::F32, {4}, 16};
-  t.data = reinterpret_cast<const uint8_t*>(v.data());
-  write_safetensors(d / "s1.safetensors", {t});
-  write_safetensors(d / "s2.safetensors", {t});
-  // An index that maps "a" to s1 only still finds it in s2 too -> unmapped tensor error.
+  const std::vector<float> one(4, 1.0f), two(4, 2.0f);
+  auto tensor = [](const char* name, const std::vector<float>& v) {
+    TensorRef t;
+    t.info = {name, DType::F32, {4}, 16};
+    t.data = reinterpret_cast<const uint8_t*>(v.data());
+    return t;
+  };
+  write_safetensors(d / "s1.safetensors", {tensor("a", one)});
+  write_safetensors(d / "s2.safetensors", {tensor("a", two), tensor("b", two)});
+  // A shard the index does not name is never read: its copy of "a" cannot shadow s1's.
   write_text_file(d / kHfIndex, R"({"weight_map": {"a": "s1.safetensors"}})");
-  EXPECT_NO_THROW(open_checkpoint(d));
+  {
+    Checkpoint ck = open_checkpoint(d);
+    EXPECT_EQ(ck.tensors->list().size(), 1u);
+    EXPECT_EQ(ck.tensors->get("a").to_f32(), one);
+  }
+  // s2 is named (for "b") and also holds "a", which the index maps to s1: a duplicate, refused
+  // with a message naming the tensor and the shard.
   write_text_file(d / kHfIndex, R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}})");
-  EXPECT_THROW(open_checkpoint(d), Error);
+  std::string msg = "(no error)";
+  try {
+    open_checkpoint(d);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("tensor 'a' in s2.safetensors is not mapped to that file"), std::string::npos)
+      << msg;
+  // Control: the same index with s2 holding only "b" opens; so the error above is the duplicate.
+  write_safetensors(d / "s2.safetensors", {tensor("b", two)});
+  Checkpoint ok = open_checkpoint(d);
+  EXPECT_EQ(ok.tensors->get("a").to_f32(), one);
+  EXPECT_EQ(ok.tensors->get("b").to_f32(), two);
 }
 
 TEST(Checkpoint, AuxFileSelection) {

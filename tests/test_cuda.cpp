@@ -17,11 +17,12 @@
 #include "backend/cuda/cuda_backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/qweight.h"
 #include "formats/checkpoint.h"
+#include "loader/quant_linear.h"
 #include "model/linear.h"
 #include "model/model.h"
 #include "quant/gptq.h"
-#include "quant/qweight.h"
 #include "testing.h"
 
 using namespace llmc;

@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "eval/quality.h"
 #include "formats/checkpoint.h"
 #include "model/model.h"
 #include "quant/gptq.h"
@@ -637,7 +638,7 @@ double tiny_ppl_ratio(const std::string& tag, QuantOverrides o) {
   q.quality.data = test::data_path("eval/heldout.txt");
   q.quality.tokens = 32 * 256;
   q.quality.seq_len = 256;
-  const QuantizeResult r = quantize_model(q);
+  const QuantizeResult r = quantize_and_check(q);
   EXPECT_TRUE(r.quality.measured);
   EXPECT_EQ(r.quantized_linears, 28);
   EXPECT_TRUE(r.report["summary"]["gptq"]["fallbacks_rtn"].empty());

@@ -14,7 +14,7 @@
 #include "core/error.h"
 #include "quant/layouts.h"
 #include "quant/packing.h"
-#include "quant/qweight.h"
+#include "core/qweight.h"
 #include "testing.h"
 
 using namespace llmc;

@@ -1,4 +1,4 @@
-// Tests of loader/: WeightLoaderV2 over AngelSlim's real checkpoints and over checkpoints written
+// Tests of loader/: WeightLoader over AngelSlim's real checkpoints and over checkpoints written
 // here in every layout (HF and Parquet), QuantLinear vs a simulated reference (bit-exact logits),
 // the interop acceptance (heldout perplexity of AngelSlim's int4_gptq / fp8_static), and the
 // CLI commands (eval, generate, inspect, convert) on quantized checkpoints.

@@ -12,6 +12,7 @@
 #include "core/threads.h"
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
+#include "loader/quant_linear.h"
 #include "model/arch.h"
 #include "model/model.h"
 #include "synthetic_model.h"

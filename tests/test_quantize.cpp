@@ -1,5 +1,5 @@
 // The quantize pipeline: method table, RTN primitives, every method end to end on qwen3-tiny
-// (output loads through WeightLoaderV2, tensors match the layout table, quality sane),
+// (output loads through WeightLoader, tensors match the layout table, quality sane),
 // --ignore, Parquet output, AI-OS spellings, errors leave no output.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -19,6 +19,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "eval/quality.h"
 #include "formats/checkpoint.h"
 #include "loader/weight_loader.h"
 #include "model/model.h"
@@ -309,7 +310,7 @@ TEST_P(QuantizeMethod, EndToEndOnTinyModel) {
     EXPECT_EQ(r.seq_len, 64);
   }
 
-  // Loads through WeightLoaderV2 with the canonical scheme of the method.
+  // Loads through WeightLoader with the canonical scheme of the method.
   WeightLoader wl(out);
   ASSERT_NE(wl.quantization_config(), nullptr);
   EXPECT_EQ((*wl.quantization_config())["quant_method"], "compressed-tensors");
@@ -729,7 +730,7 @@ TEST(QuantizeErrors, ModelWithoutTokenizer) {
   QuantizeOptions i = tiny_options("int8", d / "out");
   i.input = d / "m";
   i.quality.enabled = true;
-  const QuantizeResult r = quantize_model(i);
+  const QuantizeResult r = quantize_and_check(i);
   EXPECT_FALSE(r.quality.measured);
   EXPECT_EQ(r.quantized_linears, 28);
 }

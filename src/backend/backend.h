@@ -25,7 +25,7 @@
 #include <string_view>
 #include <vector>
 
-#include "quant/qweight.h"
+#include "core/qweight.h"
 
 namespace llmc::backend {
 

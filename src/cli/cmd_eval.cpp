@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "eval/eval.h"
 #include "eval/model_files.h"
+#include "loader/quant_linear.h"
 #include "model/model.h"
 
 namespace {

@@ -7,6 +7,7 @@
 #include "core/progress.h"
 #include "eval/generate.h"
 #include "eval/model_files.h"
+#include "loader/quant_linear.h"
 #include "model/model.h"
 
 namespace {

@@ -1,33 +1,30 @@
-// cli/cmd_quantize.cpp — `llmc quantize`: options -> QuantizeOptions -> quantize_model().
+// cli/cmd_quantize.cpp — `llmc quantize`: options -> QuantizeOptions -> quantize_model(), then
+// the quality check (eval/quality.h quantize_and_check).
 // Also accepts the AI-OS spelling (--backend ptq --quant-type T, --backend angelslim
-// --angelslim-method M), mapped onto the one method table (quant/method.h) by the table below.
+// --angelslim-method M), mapped onto the one method table (quant/method.h): a row's
+// aios_backend column says which backend spells it.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "eval/quality.h"
 #include "quant/pipeline.h"
 
 namespace llmc::cli {
 namespace {
 
-// AI-OS backends: which option names the method and which values it accepts. The value is the
-// method's name in the table.
+// AI-OS backends: which option names the method. The accepted values are the table's methods
+// whose aios_backend is the backend (quant/method.h).
 struct Backend {
   const char* name;
   const char* option;
-  std::vector<std::string> values;
 };
-const std::vector<Backend>& backends() {
-  static const std::vector<Backend> t = {
-      {"ptq", "--quant-type", {"int8", "int2", "fp16"}},
-      {"angelslim", "--angelslim-method",
-       {"fp8_static", "fp8_dynamic", "int8_dynamic", "int4_gptq", "int4_awq"}},
-  };
-  return t;
-}
+constexpr Backend kBackends[] = {{"ptq", "--quant-type"}, {"angelslim", "--angelslim-method"}};
 
 std::string join(const std::vector<std::string>& v) {
   std::string s;
@@ -41,11 +38,11 @@ struct Args {
   int num_samples = 128, seq_len = 256, batch = 8, eval_seq = 256;
   int64_t eval_tokens = 16384;
   std::vector<std::string> ignore, method_opts;
-  int bits = 0;
-  int64_t group = 0;
+  std::optional<int> bits;      // unset: the method's default (0 is a value, and refused)
+  std::optional<int64_t> group;
   bool sym = false, asym = false, act_order = false, no_act_order = false, no_true_sequential = false;
   bool no_eval = false, json = false;
-  double damp = -1;
+  std::optional<double> damp;
   uint64_t seed = 0;
 };
 
@@ -55,16 +52,17 @@ std::string resolve_method(const Args& a) {
   if (!a.backend.empty()) {
     const Backend* b = nullptr;
     std::vector<std::string> names;
-    for (const auto& x : backends()) {
+    for (const auto& x : kBackends) {
       names.push_back(x.name);
       if (a.backend == x.name) b = &x;
     }
     if (!b) fail("--backend '", a.backend, "' is unknown (known: ", join(names), ")");
+    const std::vector<std::string> values = aios_methods(b->name);
     const std::string& v = std::string(b->option) == "--quant-type" ? a.quant_type
                                                                     : a.angelslim_method;
-    if (v.empty()) fail("--backend ", b->name, " needs ", b->option, " (one of ", join(b->values), ")");
-    if (std::find(b->values.begin(), b->values.end(), v) == b->values.end())
-      fail(b->option, " '", v, "' is not a ", b->name, " method (known: ", join(b->values), ")");
+    if (v.empty()) fail("--backend ", b->name, " needs ", b->option, " (one of ", join(values), ")");
+    if (std::find(values.begin(), values.end(), v) == values.end())
+      fail(b->option, " '", v, "' is not a ", b->name, " method (known: ", join(values), ")");
     const std::string& other = std::string(b->option) == "--quant-type" ? a.angelslim_method
                                                                         : a.quant_type;
     if (!other.empty())
@@ -104,10 +102,13 @@ RunFn setup(CLI::App& app) {
   app.add_option("--output,-o", a->output, "output: directory (hf) or .parquet file")->required();
   app.add_option("--method,-m", a->method, "quantization method: " + method_names());
   app.add_option("--backend", a->backend, "AI-OS spelling: ptq | angelslim");
-  app.add_option("--quant-type", a->quant_type, "AI-OS: with --backend ptq: int8 | int2 | fp16");
-  app.add_option("--angelslim-method", a->angelslim_method,
-                 "AI-OS: with --backend angelslim: fp8_static | fp8_dynamic | int8_dynamic | "
-                 "int4_gptq | int4_awq");
+  auto aios_help = [](const char* backend) {
+    std::string s;
+    for (const auto& m : aios_methods(backend)) s += (s.empty() ? "" : " | ") + m;
+    return "AI-OS: with --backend " + std::string(backend) + ": " + s;
+  };
+  app.add_option("--quant-type", a->quant_type, aios_help("ptq"));
+  app.add_option("--angelslim-method", a->angelslim_method, aios_help("angelslim"));
   app.add_option("--calibration-data", a->calibration,
                  ".jsonl / .txt / .parquet (a \"text\" column) calibration data (default: the bundled calibration text)");
   app.add_option("--num-samples", a->num_samples, "calibration windows (default 128)")
@@ -150,12 +151,12 @@ RunFn setup(CLI::App& app) {
     if (a->sym && a->asym) fail("--sym and --asym are mutually exclusive");
     if (a->sym) o.overrides.symmetric = true;
     if (a->asym) o.overrides.symmetric = false;
-    if (a->bits) o.overrides.bits = a->bits;
-    if (a->group) o.overrides.group = a->group;
+    o.overrides.bits = a->bits;
+    o.overrides.group = a->group;
     o.overrides.layout = a->layout;
     o.overrides.extra = parse_method_opts(a->method_opts);
     o.overrides.seed = a->seed;
-    if (a->damp >= 0) o.overrides.damp = a->damp;
+    o.overrides.damp = a->damp;
     if (a->act_order && a->no_act_order) fail("--act-order and --no-act-order contradict each other");
     if (a->act_order) o.overrides.act_order = true;
     if (a->no_act_order) o.overrides.act_order = false;
@@ -171,7 +172,7 @@ RunFn setup(CLI::App& app) {
     o.quality.data = a->eval_data;
     o.quality.tokens = a->eval_tokens;
     o.quality.seq_len = a->eval_seq;
-    const QuantizeResult r = quantize_model(o);
+    const QuantizeResult r = quantize_and_check(o);
     if (a->json) std::cout << summary_json(r).dump(2) << "\n";
     else std::cout << format_summary(r);
     return 0;

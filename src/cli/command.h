@@ -1,7 +1,8 @@
 // cli/command.h — the CLI's subcommand table.
 //
 // Each subcommand lives in its own cli/cmd_<name>.cpp and registers itself with one
-// LLMC_REGISTER_COMMAND(name, help, setup) line. `setup` receives the CLI11 subcommand, declares
+// LLMC_REGISTER_COMMAND(name, help, order, setup) line: `order` places it in `llmc --help`
+// (ascending). `setup` receives the CLI11 subcommand, declares
 // its options (CLI11 produces --help and rejects unknown options) and returns the function
 // that runs the command after parsing; that function returns the process exit code.
 // llmc::Error thrown from it is printed as "llmc: error: ..." with exit code 1.

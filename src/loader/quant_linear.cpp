@@ -81,4 +81,8 @@ std::shared_ptr<const LinearFactory> make_quant_linear_factory(const Checkpoint&
   return f;
 }
 
+std::unique_ptr<Model> load_model_for_inference(const Checkpoint& ckpt) {
+  return Model::load(ckpt, make_quant_linear_factory(ckpt));
+}
+
 }  // namespace llmc

@@ -70,4 +70,12 @@ const nlohmann::json* find_quantization_config(const nlohmann::json& config);
 std::string config_origin(const Checkpoint& ckpt);
 std::shared_ptr<const LinearFactory> make_quant_linear_factory(const Checkpoint& ckpt);
 
+// THE way the CLI (eval, generate, ...) and the quality check build a model for inference from a
+// checkpoint, so that every command opens the same kinds of checkpoints: Model::load with
+// DenseLinear, or, for a config with "quantization_config" (or "compression_config"), with the
+// QuantLinearFactory above (quantized modules keep their stored form and dequantize per call,
+// activation quantization simulated). An unknown quant_method throws naming config.json.
+// (Lives in loader/, not model/: the model engine knows nothing of quantization.)
+std::unique_ptr<Model> load_model_for_inference(const Checkpoint& ckpt);
+
 }  // namespace llmc

@@ -1,4 +1,5 @@
-// loader/weight_loader.h — WeightLoaderV2: one library API over every checkpoint llmc reads.
+// loader/weight_loader.h — WeightLoader (the seed called it WeightLoaderV2): one library API over
+// every checkpoint llmc reads.
 //
 // Opens an HF directory or a Parquet file (formats/checkpoint.h), plain or quantized
 // (quantization_config with quant_method compressed-tensors, gptq, awq or fp8 — quant/layouts.h),

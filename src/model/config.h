@@ -6,15 +6,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace llmc {
+#include "backend/cpu/kernels.h"  // RopeConfig
 
-struct RopeConfig {
-  double theta = 10000.0;
-  std::string type = "default";  // "default" | "llama3" | "linear"
-  double factor = 1.0;           // llama3 / linear
-  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  int original_max_position = 8192;                      // llama3
-};
+namespace llmc {
 
 struct ModelConfig {
   std::string architecture;  // e.g. "Qwen3ForCausalLM"

@@ -92,9 +92,4 @@ class Model {
   virtual uint64_t bytes_held() const = 0;
 };
 
-// THE way the CLI (eval, generate, ...) builds a model for inference from a checkpoint, so that
-// every command opens the same kinds of checkpoints: Model::load with DenseLinear, or for a
-// config with "quantization_config" with loader/'s QuantLinearFactory (loader/quant_linear.h).
-std::unique_ptr<Model> load_model_for_inference(const Checkpoint& ckpt);
-
 }  // namespace llmc

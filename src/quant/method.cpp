@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -12,133 +14,247 @@
 #include "quant/method_simple.h"
 #include "quant/rtn.h"
 
+// Rows are designated initializers that name only the fields they set (the others keep the
+// defaults of MethodInfo / MethodOpt), as ggml's type_traits rows do.
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 namespace llmc {
 
 namespace {
 
+using Kind = MethodOpt::Kind;
+constexpr double kIntMax = 2147483647.0;
+
+MethodOpt opt_int(const char* key, int64_t def, double lo, double hi = kIntMax,
+                  const char* only_with = nullptr) {
+  return {.key = key, .kind = Kind::Int, .def = def, .lo = lo, .hi = hi, .only_with = only_with};
+}
+MethodOpt opt_bool(const char* key, bool def, const char* only_with = nullptr) {
+  return {.key = key, .kind = Kind::Bool, .def = def, .only_with = only_with};
+}
+MethodOpt opt_choice(const char* key, std::vector<std::string> choices,
+                     const char* only_with = nullptr) {  // default: the first choice
+  const std::string def = choices.front();
+  return {.key = key, .kind = Kind::Choice, .def = def, .choices = std::move(choices),
+          .only_with = only_with};
+}
+
+// GPTQ's keys (quant/method_gptq.h); AWQ takes them for --method-opt solver=gptq.
+std::vector<MethodOpt> gptq_opts(const char* only_with) {
+  return {opt_choice("act_order", {"permute", "static", "dynamic"}, only_with),
+          opt_int("mse", 20, 0, 1000, only_with),
+          opt_int("block_size", 128, 1, kIntMax, only_with),
+          opt_bool("sym_full_range", true, only_with)};
+}
+std::vector<MethodOpt> with(std::vector<MethodOpt> a, const std::vector<MethodOpt>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+// fp8_static / fp8_dynamic (quant/method_fp8.cpp).
+std::vector<MethodOpt> fp8_opts(bool is_static) {
+  std::vector<MethodOpt> o = {opt_choice("weights", {"gptq_aa", "gptq", "rtn"}),
+                              opt_int("search_rows", 2048, 1),
+                              opt_bool("report_errors", true)};
+  if (is_static) o.push_back(opt_bool("search", true));
+  return o;
+}
+
 std::vector<MethodInfo> build_table() {
-  std::vector<MethodInfo> t;
-  // ---- simple PTQ backend (weight-only, round to nearest) ----
-  {
-    MethodInfo m;
-    m.name = "int8";
-    m.default_bits = 8;
-    m.allowed_bits = {8};
-    m.default_group = -1;
-    m.group_configurable = true;
-    m.layouts = {"pack-quantized"};
-    m.description = "W8A16: int8 weights, per-channel symmetric (absmax/127), round to nearest";
-    m.factory = make_int_rtn_quantizer;
-    t.push_back(m);
+  return {
+      // ---- simple PTQ backend (weight-only, round to nearest) ----
+      {.name = "int8",
+       .aios_backend = "ptq",
+       .default_bits = 8,
+       .allowed_bits = {8},
+       .default_group = -1,
+       .group_configurable = true,
+       .layouts = {"pack-quantized"},
+       .description = "W8A16: int8 weights, per-channel symmetric (absmax/127), round to nearest",
+       .factory = make_int_rtn_quantizer},
+      {.name = "int2",
+       .aios_backend = "ptq",
+       .default_bits = 2,
+       .allowed_bits = {2},
+       .default_group = 64,
+       .group_configurable = true,
+       .default_symmetric = false,
+       .layouts = {"pack-quantized"},
+       .description =
+           "W2A16: 2-bit weights, group 64 asymmetric, per-group MSE clip search, round to nearest",
+       .factory = make_int_rtn_quantizer},
+      {.name = "fp16",
+       .aios_backend = "ptq",
+       .default_bits = 16,
+       .allowed_bits = {16},
+       .layouts = {},
+       .dense_dtype = DType::F16,
+       .description = "plain float16 checkpoint (every float tensor cast to fp16), no quantization",
+       .factory = make_dense_quantizer},
+      // ---- FP8 / INT8 with activation quantization (compressed-tensors) ----
+      {.name = "fp8_static",
+       .aios_backend = "angelslim",
+       .default_bits = 8,
+       .allowed_bits = {8},
+       .default_group = 0,
+       .uses = kUsesDamp,
+       .uses_only_with = "weights!=rtn",
+       .opts = fp8_opts(/*is_static=*/true),
+       .needs_calibration = true,
+       .layouts = {"float-quantized"},
+       .description =
+           "W8A8 FP8 e4m3: per-tensor weight scale with GPTQ rounding, static per-tensor input "
+           "scale from calibration data",
+       .factory = make_fp8_static_quantizer},
+      {.name = "fp8_dynamic",
+       .aios_backend = "angelslim",
+       .default_bits = 8,
+       .allowed_bits = {8},
+       .default_group = -1,
+       .uses = kUsesDamp,
+       .uses_only_with = "weights!=rtn",
+       .opts = fp8_opts(/*is_static=*/false),
+       .needs_calibration = true,
+       .calibration_for = fp8_dynamic_needs_calibration,
+       .layouts = {"float-quantized"},
+       .description =
+           "W8A8 FP8 e4m3: per-channel weight scale (GPTQ rounding on calibration data; "
+           "--method-opt weights=rtn needs none), dynamic per-token activations",
+       .factory = make_fp8_dynamic_quantizer},
+      {.name = "int8_dynamic",
+       .aios_backend = "angelslim",
+       .default_bits = 8,
+       .allowed_bits = {8},
+       .default_group = -1,
+       .layouts = {"int-quantized"},
+       .description =
+           "W8A8 int8: per-channel symmetric weights (absmax/127), dynamic per-token symmetric "
+           "int8 activations",
+       .factory = make_int8_dynamic_quantizer},
+      // ---- GPTQ / AWQ (weight-only, calibrated; quant/method_gptq.h, quant/method_awq.h) ----
+      {.name = "int4_gptq",
+       .aios_backend = "angelslim",
+       .default_bits = 4,
+       .allowed_bits = {2, 3, 4, 8},
+       .default_group = 128,
+       .group_configurable = true,
+       .symmetry_configurable = true,
+       // Act-order that costs nothing at inference (static groups, down_proj permutation folded
+       // into gate/up rows: no g_idx); measured better at every width (docs/methods.md).
+       .default_act_order = true,
+       .uses = kUsesDamp | kUsesActOrder | kUsesTrueSequential,
+       .opts = with({opt_choice("solver", {"gptq", "rtn"})}, gptq_opts(nullptr)),
+       .needs_calibration = true,
+       .layouts = {"gptq", "compressed-tensors", "pack-quantized"},
+       .default_layout = gptq_default_layout,
+       .description =
+           "GPTQ: Hessian-guided int weights (default 4-bit, group 128, symmetric), "
+           "true-sequential, act-order without g_idx; --asym writes compressed-tensors",
+       .factory = make_gptq_quantizer},
+      {.name = "int4_awq",
+       .aios_backend = "angelslim",
+       .default_bits = 4,
+       .allowed_bits = {2, 3, 4, 8},
+       .default_group = 128,
+       .group_configurable = true,
+       .default_symmetric = false,
+       .symmetry_configurable = true,
+       .uses = kUsesDamp | kUsesActOrder | kUsesTrueSequential,
+       .uses_only_with = "solver=gptq",
+       .opts = with({opt_int("grid", 20, 1, 1000), opt_int("clip_steps", 20, 0, 1000),
+                     {.key = "max_shrink", .kind = Kind::Number, .def = 0.5, .lo = 0, .hi = 1,
+                      .hi_open = true},
+                     opt_int("loss_tokens", 2048, 1), opt_choice("loss", {"module", "linear"}),
+                     opt_choice("solver", {"clip", "gptq"}), opt_bool("duo", true)},
+                    gptq_opts("solver=gptq")),
+       .needs_calibration = true,
+       .layouts = {"awq", "compressed-tensors", "pack-quantized"},
+       .default_layout = awq_default_layout,
+       .description =
+           "AWQ: activation-aware per-channel scales folded into norms/linears, per-group "
+           "clipping search, int weights (default 4-bit, group 128, asymmetric)",
+       .factory = make_awq_quantizer},
+  };
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+std::string fmt_num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.10g", v);
+  return b;
+}
+
+// "key=value" / "key!=value" (MethodOpt::only_with, MethodInfo::uses_only_with) against the
+// spec's --method-opt values (defaults from the row).
+bool condition_holds(const MethodInfo& m, const nlohmann::json& extra, const char* cond) {
+  if (!cond) return true;
+  const std::string c = cond;
+  const size_t ne = c.find("!="), eq = c.find('=');
+  const bool negate = ne != std::string::npos;
+  const std::string key = c.substr(0, negate ? ne : eq);
+  const std::string want = c.substr(negate ? ne + 2 : eq + 1);
+  nlohmann::json v;
+  if (extra.contains(key)) {
+    v = extra.at(key);
+  } else {
+    for (const MethodOpt& o : m.opts)
+      if (key == o.key) v = o.def;
   }
-  {
-    MethodInfo m;
-    m.name = "int2";
-    m.default_bits = 2;
-    m.allowed_bits = {2};
-    m.default_group = 64;
-    m.group_configurable = true;
-    m.default_symmetric = false;
-    m.layouts = {"pack-quantized"};
-    m.description =
-        "W2A16: 2-bit weights, group 64 asymmetric, per-group MSE clip search, round to nearest";
-    m.factory = make_int_rtn_quantizer;
-    t.push_back(m);
+  const bool is = v.is_string() && v.get<std::string>() == want;
+  return negate ? !is : is;
+}
+
+std::string condition_text(const char* cond) {
+  const std::string c = cond;
+  const size_t ne = c.find("!=");
+  if (ne != std::string::npos)
+    return "--method-opt " + c.substr(0, ne) + " other than " + c.substr(ne + 2);
+  return "--method-opt " + c;
+}
+
+// Checks one --method-opt value against its row entry.
+void check_method_opt(const MethodInfo& m, const MethodOpt& o, const nlohmann::json& v) {
+  const std::string what = "method " + m.name + ": --method-opt " + o.key;
+  switch (o.kind) {
+    case Kind::Bool:
+      if (!v.is_boolean()) fail(what, " must be true or false, got ", v.dump());
+      return;
+    case Kind::Choice: {
+      const bool ok = v.is_string() && std::find(o.choices.begin(), o.choices.end(),
+                                                 v.get<std::string>()) != o.choices.end();
+      if (!ok) fail(what, " must be one of ", join(o.choices), ", got ", v.dump());
+      return;
+    }
+    case Kind::Int:
+    case Kind::Number: {
+      const bool is_int = v.is_number_integer();
+      if (o.kind == Kind::Int ? !is_int : !v.is_number())
+        fail(what, " must be ", o.kind == Kind::Int ? "an integer" : "a number", ", got ",
+             v.dump());
+      const double x = v.get<double>();
+      const bool ok = x >= o.lo && (o.hi_open ? x < o.hi : x <= o.hi);
+      if (!ok) {
+        if (o.hi >= kIntMax) fail(what, " must be >= ", fmt_num(o.lo), ", got ", v.dump());
+        fail(what, " must be in [", fmt_num(o.lo), ", ", fmt_num(o.hi), o.hi_open ? ")" : "]",
+             ", got ", v.dump());
+      }
+      return;
+    }
   }
-  {
-    MethodInfo m;
-    m.name = "fp16";
-    m.default_bits = 16;
-    m.allowed_bits = {16};
-    m.layouts = {};
-    m.dense_dtype = DType::F16;
-    m.description = "plain float16 checkpoint (every float tensor cast to fp16), no quantization";
-    m.factory = make_dense_quantizer;
-    t.push_back(m);
-  }
-  // ---- FP8 / INT8 with activation quantization (compressed-tensors) ----
-  {
-    MethodInfo m;
-    m.name = "fp8_static";
-    m.default_bits = 8;
-    m.allowed_bits = {8};
-    m.default_group = 0;
-    m.needs_calibration = true;
-    m.layouts = {"float-quantized"};
-    m.description =
-        "W8A8 FP8 e4m3: per-tensor weight scale with GPTQ rounding, static per-tensor input "
-        "scale from calibration data";
-    m.factory = make_fp8_static_quantizer;
-    t.push_back(m);
-  }
-  {
-    MethodInfo m;
-    m.name = "fp8_dynamic";
-    m.default_bits = 8;
-    m.allowed_bits = {8};
-    m.default_group = -1;
-    m.layouts = {"float-quantized"};
-    m.needs_calibration = true;
-    m.calibration_for = fp8_dynamic_needs_calibration;
-    m.description =
-        "W8A8 FP8 e4m3: per-channel weight scale (GPTQ rounding on calibration data; "
-        "--method-opt weights=rtn needs none), dynamic per-token activations";
-    m.factory = make_fp8_dynamic_quantizer;
-    t.push_back(m);
-  }
-  {
-    MethodInfo m;
-    m.name = "int8_dynamic";
-    m.default_bits = 8;
-    m.allowed_bits = {8};
-    m.default_group = -1;
-    m.layouts = {"int-quantized"};
-    m.description =
-        "W8A8 int8: per-channel symmetric weights (absmax/127), dynamic per-token symmetric "
-        "int8 activations";
-    m.factory = make_int8_dynamic_quantizer;
-    t.push_back(m);
-  }
-  // ---- GPTQ / AWQ (weight-only, calibrated; quant/method_gptq.h, quant/method_awq.h) ----
-  {
-    MethodInfo m;
-    m.name = "int4_gptq";
-    m.default_bits = 4;
-    m.allowed_bits = {2, 3, 4, 8};
-    m.default_group = 128;
-    m.group_configurable = true;
-    m.symmetry_configurable = true;
-    // Act-order that costs nothing at inference (static groups, down_proj permutation folded
-    // into gate/up rows: no g_idx); measured better at every width (docs/methods.md).
-    m.default_act_order = true;
-    m.needs_calibration = true;
-    m.layouts = {"gptq", "compressed-tensors", "pack-quantized"};
-    m.default_layout = gptq_default_layout;
-    m.description =
-        "GPTQ: Hessian-guided int weights (default 4-bit, group 128, symmetric), true-sequential, "
-        "act-order without g_idx; --asym writes compressed-tensors";
-    m.factory = make_gptq_quantizer;
-    t.push_back(m);
-  }
-  {
-    MethodInfo m;
-    m.name = "int4_awq";
-    m.default_bits = 4;
-    m.allowed_bits = {2, 3, 4, 8};
-    m.default_group = 128;
-    m.group_configurable = true;
-    m.default_symmetric = false;
-    m.symmetry_configurable = true;
-    m.needs_calibration = true;
-    m.layouts = {"awq", "compressed-tensors", "pack-quantized"};
-    m.default_layout = awq_default_layout;
-    m.description =
-        "AWQ: activation-aware per-channel scales folded into norms/linears, per-group clipping "
-        "search, int weights (default 4-bit, group 128, asymmetric)";
-    m.factory = make_awq_quantizer;
-    t.push_back(m);
-  }
-  return t;
+}
+
+// A generic option given to a method that does not read it.
+void check_uses(const MethodInfo& m, const nlohmann::json& extra, unsigned flag, bool given,
+                const char* option) {
+  if (!given) return;
+  if (!(m.uses & flag))
+    fail(option, " is not used by method ", m.name, "; leave it out");
+  if (!condition_holds(m, extra, m.uses_only_with))
+    fail(option, " is used by method ", m.name, " only with ", condition_text(m.uses_only_with));
 }
 
 }  // namespace
@@ -154,10 +270,43 @@ std::string method_names() {
   return s;
 }
 
+std::vector<std::string> aios_methods(const std::string& backend) {
+  std::vector<std::string> v;
+  for (const auto& m : method_table())
+    if (m.aios_backend && backend == m.aios_backend) v.push_back(m.name);
+  return v;
+}
+
 const MethodInfo& find_method(const std::string& name) {
   for (const auto& m : method_table())
     if (m.name == name) return m;
   fail("unknown quantization method '", name, "' (known: ", method_names(), ")");
+}
+
+const MethodOpt& find_method_opt(const QuantSpec& spec, const char* key) {
+  const MethodInfo& m = find_method(spec.method);
+  for (const MethodOpt& o : m.opts)
+    if (std::string_view(key) == o.key) return o;
+  fail("method ", m.name, " has no option '", key, "'");
+}
+
+void check_method_options(const MethodInfo& m, const nlohmann::json& extra) {
+  if (!extra.is_object()) fail("method options must be key/value pairs");
+  std::vector<std::string> keys;
+  for (const MethodOpt& o : m.opts) keys.push_back(o.key);
+  for (const auto& [k, v] : extra.items()) {
+    const MethodOpt* o = nullptr;
+    for (const MethodOpt& x : m.opts)
+      if (k == x.key) o = &x;
+    if (!o) {
+      if (keys.empty()) fail("method ", m.name, " takes no --method-opt (got '", k, "')");
+      fail("method ", m.name, " has no option '", k, "' (known: ", join(keys), ")");
+    }
+    check_method_opt(m, *o, v);
+    if (!condition_holds(m, extra, o->only_with))
+      fail("method ", m.name, ": --method-opt ", k, " is used only with ",
+           condition_text(o->only_with));
+  }
 }
 
 bool needs_calibration(const MethodInfo& m, const QuantSpec& s) {
@@ -170,23 +319,25 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
   s.act_order = m.default_act_order;
   s.bits = o.bits.value_or(m.default_bits);
   if (std::find(m.allowed_bits.begin(), m.allowed_bits.end(), s.bits) == m.allowed_bits.end()) {
-    std::string allowed;
-    for (int b : m.allowed_bits) allowed += (allowed.empty() ? "" : ", ") + std::to_string(b);
-    fail("method ", m.name, " does not support --bits ", s.bits, " (supported: ", allowed, ")");
+    std::vector<std::string> allowed;
+    for (int b : m.allowed_bits) allowed.push_back(std::to_string(b));
+    fail("method ", m.name, " does not support --bits ", s.bits, ": --bits must be ",
+         allowed.size() == 1 ? "" : "one of ", join(allowed));
   }
   s.group = m.default_group;
   if (o.group) {
-    if (!m.group_configurable && *o.group != m.default_group)
-      fail("method ", m.name, " has a fixed granularity; --group-size is not accepted");
+    if (!m.group_configurable)
+      fail("--group-size is not accepted by method ", m.name, ": it has a fixed granularity (",
+           m.default_group == 0 ? "per tensor" : "per channel", ")");
     if (*o.group == 0 || *o.group < -1)
       fail("--group-size must be a positive group size or -1 (per channel), got ", *o.group);
     s.group = *o.group;
   }
   s.symmetric = m.default_symmetric;
   if (o.symmetric) {
-    if (!m.symmetry_configurable && *o.symmetric != m.default_symmetric)
-      fail("method ", m.name, " is always ", m.default_symmetric ? "symmetric" : "asymmetric",
-           "; --", *o.symmetric ? "sym" : "asym", " is not accepted");
+    if (!m.symmetry_configurable)
+      fail("--", *o.symmetric ? "sym" : "asym", " is not accepted by method ", m.name,
+           ": it is always ", m.default_symmetric ? "symmetric" : "asymmetric");
     s.symmetric = *o.symmetric;
   }
   if (o.layout.empty()) {
@@ -194,25 +345,29 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
     if (m.default_layout) s.layout = m.default_layout(s);
   } else {
     if (std::find(m.layouts.begin(), m.layouts.end(), o.layout) == m.layouts.end()) {
-      std::string known;
-      for (const auto& l : m.layouts) known += (known.empty() ? "" : ", ") + l;
       fail("method ", m.name, " cannot write layout '", o.layout, "' (",
-           known.empty() ? std::string("it writes a plain dense checkpoint") : "supported: " + known,
+           m.layouts.empty() ? std::string("it writes a plain dense checkpoint")
+                             : "supported: " + join(m.layouts),
            ")");
     }
     s.layout = o.layout;
   }
   s.seed = o.seed;
+  const nlohmann::json& extra = o.extra.is_null() ? nlohmann::json::object() : o.extra;
+  check_method_options(m, extra);
+  check_uses(m, extra, kUsesDamp, o.damp.has_value(), "--damp");
+  check_uses(m, extra, kUsesActOrder, o.act_order.has_value(),
+             o.act_order.value_or(true) ? "--act-order" : "--no-act-order");
+  check_uses(m, extra, kUsesTrueSequential, o.true_sequential.has_value(),
+             o.true_sequential.value_or(true) ? "--true-sequential" : "--no-true-sequential");
   if (o.damp) {
-    if (!(*o.damp >= 0.0 && *o.damp < 10.0)) fail("--damp must be in [0, 10), got ", *o.damp);
+    if (!(*o.damp >= 0.0 && *o.damp < 1.0))
+      fail("--damp must be in [0, 1) (a fraction of mean(diag H)), got ", *o.damp);
     s.damp = *o.damp;
   }
   if (o.act_order) s.act_order = *o.act_order;
   if (o.true_sequential) s.true_sequential = *o.true_sequential;
-  if (!o.extra.is_null() && !o.extra.empty()) {
-    if (!o.extra.is_object()) fail("method options must be key/value pairs");
-    s.extra = o.extra;
-  }
+  s.extra = extra;
   return s;
 }
 

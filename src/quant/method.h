@@ -6,8 +6,11 @@
 //    calibration data, the output layouts it can write (first = default; names from
 //    quant/layouts.h), a one-line description and a factory for its BlockQuantizer.
 //  * Rows live in ONE array in quant/method.cpp (explicit, not self-registering: libllmc is a
-//    static library and self-registering objects would be dropped by the linker). To add a
-//    method, declare its factory in its own header and add one row there.
+//    static library and self-registering objects would be dropped by the linker), written with
+//    designated initializers. To add a method, declare its factory in its own header and add one
+//    row there. A row also says which options the method reads (generic flags in `uses`,
+//    --method-opt keys with type, range and default in `opts`) and its AI-OS spelling
+//    (`aios_backend`); resolve_spec checks every option against the row, once.
 //  * find_method(name) matches the exact name; an unknown name throws llmc::Error listing every
 //    name. Nothing anywhere dispatches on substrings of method names.
 //
@@ -45,7 +48,7 @@
 #include "core/dtype.h"
 #include "model/linear.h"
 #include "model/model.h"
-#include "quant/qweight.h"
+#include "core/qweight.h"
 
 namespace llmc {
 
@@ -57,7 +60,7 @@ struct QuantSpec {
   bool symmetric = true;
   std::string layout;        // output layout name (quant/layouts.h)
   uint64_t seed = 0;
-  // GPTQ / AWQ knobs; ignored by methods that do not use them.
+  // GPTQ / AWQ / fp8 knobs; resolve_spec refuses them for methods whose row does not read them.
   double damp = 0.01;            // GPTQ damping, fraction of mean(diag H)
   bool act_order = false;        // GPTQ act-order
   bool true_sequential = true;   // GPTQ: q/k/v -> o -> gate/up -> down
@@ -77,7 +80,7 @@ struct QuantOverrides {
   std::optional<bool> act_order;
   std::optional<bool> true_sequential;
   // Method-specific options, copied into QuantSpec::extra (e.g. GPTQ {"act_order": "permute",
-  // "mse": 20}, AWQ {"solver": "gptq"}); each method rejects keys it does not know.
+  // "mse": 20}, AWQ {"solver": "gptq"}); checked against the row's `opts` by resolve_spec.
   nlohmann::json extra = nlohmann::json::object();
 };
 
@@ -97,8 +100,36 @@ class BlockQuantizer {
 
 using QuantizerFactory = std::function<std::unique_ptr<BlockQuantizer>(const QuantSpec&)>;
 
+// One `--method-opt KEY=VALUE` a method accepts: its type, range and default. A row's `opts`
+// list is checked once by resolve_spec (unknown key, wrong type, out of range, not a choice:
+// llmc::Error "method M: --method-opt KEY must be ..."); methods read values with method_opt().
+struct MethodOpt {
+  enum class Kind : uint8_t { Int, Number, Bool, Choice };
+  const char* key = "";
+  Kind kind = Kind::Int;
+  nlohmann::json def;                // the value used when the key is not given
+  double lo = 0, hi = 0;             // Int / Number: lo <= v <= hi (v < hi when hi_open)
+  bool hi_open = false;
+  std::vector<std::string> choices;  // Choice: the accepted strings
+  const char* only_with = nullptr;   // "key=value" / "key!=value": accepted only then
+};
+
+// Generic quantize options (CLI flags) that a method reads; a row's `uses` lists them. Giving one
+// to a method that does not read it is an error (resolve_spec).
+enum MethodUses : unsigned {
+  kUsesNone = 0,
+  kUsesDamp = 1u << 0,            // --damp
+  kUsesActOrder = 1u << 1,        // --act-order / --no-act-order
+  kUsesTrueSequential = 1u << 2,  // --no-true-sequential
+};
+
+// A row of the method table. Rows are written with designated initializers (quant/method.cpp);
+// fields left out take the defaults below.
 struct MethodInfo {
   std::string name;                  // exact CLI name, e.g. "int8_dynamic"
+  // AI-OS spelling: the `--backend` this method belongs to ("ptq": --quant-type NAME,
+  // "angelslim": --angelslim-method NAME); nullptr = reachable through --method only.
+  const char* aios_backend = nullptr;
   int default_bits = 8;
   std::vector<int> allowed_bits;     // --bits accepted values (contains default_bits)
   int64_t default_group = -1;        // >0 group; -1 per-channel; 0 per-tensor
@@ -106,6 +137,9 @@ struct MethodInfo {
   bool default_symmetric = true;
   bool symmetry_configurable = false;  // --sym/--asym accepted
   bool default_act_order = false;    // GPTQ act-order on unless --no-act-order
+  unsigned uses = kUsesNone;         // generic options read (MethodUses)
+  const char* uses_only_with = nullptr;  // `uses` apply only with this --method-opt ("k=v")
+  std::vector<MethodOpt> opts;       // --method-opt keys accepted
   bool needs_calibration = false;
   // Optional: decides from the resolved spec (overrides needs_calibration), e.g. fp8_dynamic
   // needs data only for its GPTQ weight rounding, not with --method-opt weights=rtn.
@@ -127,11 +161,36 @@ const std::vector<MethodInfo>& method_table();
 const MethodInfo& find_method(const std::string& name);
 // Comma-separated list of every method name (for help texts and errors).
 std::string method_names();
+// Names of the methods whose aios_backend is `backend`, in table order.
+std::vector<std::string> aios_methods(const std::string& backend);
 // Whether this spec of method m needs calibration data (calibration_for, else needs_calibration).
 bool needs_calibration(const MethodInfo& m, const QuantSpec& s);
-// Merges defaults and overrides; throws llmc::Error for an option the method does not accept
-// (bits outside allowed_bits, group/symmetry on a method that fixes them, unknown layout).
+// Merges defaults and overrides. Throws llmc::Error naming the option ("--bits must be one of
+// 2, 3, 4, 8 for int4_gptq, got 0", "--damp must be in [0, 1)", "--group-size is not accepted
+// by fp8_static: ...") for a value out of range, an option the method fixes or does not read
+// (`uses`), an unknown layout, and any --method-opt not in the row's `opts` or invalid there.
 QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o);
+
+// Checks --method-opt values `extra` against m's `opts` (resolve_spec calls it): unknown key
+// ("method M has no option 'k' (known: ...)", "takes no --method-opt"), wrong type, out of range
+// ("must be >= 1", "must be in [0, 1000]"), not a choice, or given without its only_with.
+void check_method_options(const MethodInfo& m, const nlohmann::json& extra);
+
+// The value of --method-opt `key` of spec's method: spec.extra[key] if given, else the row's
+// default (MethodOpt::def). The key must be one of the row's opts (checked by resolve_spec).
+template <typename T>
+T method_opt(const QuantSpec& spec, const char* key);
+// The row entry of `key` for spec's method; throws llmc::Error when the method has no such key.
+const MethodOpt& find_method_opt(const QuantSpec& spec, const char* key);
+
+template <typename T>
+T method_opt(const QuantSpec& spec, const char* key) {
+  if (spec.extra.is_object()) {
+    const auto it = spec.extra.find(key);
+    if (it != spec.extra.end()) return it->template get<T>();
+  }
+  return find_method_opt(spec, key).def.template get<T>();
+}
 
 // One decoder block handed to a BlockQuantizer. Built by the pipeline (and by tests).
 struct BlockJob {
@@ -176,7 +235,7 @@ struct BlockJob {
 };
 
 // A Linear that computes with a dequantized weight and fake-quantizes its inputs as `act`
-// prescribes (quantize_activations in quant/qweight.h). Used for the next block's inputs and
+// prescribes (quantize_activations in core/qweight.h). Used for the next block's inputs and
 // inside error searches.
 class SimQuantLinear : public Linear {
  public:

@@ -58,23 +58,11 @@ class DenseQuantizer : public BlockQuantizer {
 
 }  // namespace
 
-void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*> known) {
-  if (!spec.extra.is_object()) fail("method options must be key/value pairs");
-  for (const auto& [k, v] : spec.extra.items()) {
-    bool ok = false;
-    std::string list;
-    for (const char* x : known) {
-      ok |= k == x;
-      list += (list.empty() ? "" : ", ") + std::string(x);
-    }
-    if (!ok)
-      fail("method ", spec.method, list.empty() ? " takes no --method-opt" : " has no option",
-           list.empty() ? std::string(" (got '") + k + "')" : " '" + k + "' (known: " + list + ")");
-  }
+void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*>) {
+  check_method_options(find_method(spec.method), spec.extra);
 }
 
 std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec) {
-  check_method_opts(spec, {});
   const int bits = spec.bits;
   const int64_t group = spec.group;
   const bool sym = spec.symmetric;
@@ -85,7 +73,6 @@ std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec) {
 }
 
 std::unique_ptr<BlockQuantizer> make_int8_dynamic_quantizer(const QuantSpec& spec) {
-  check_method_opts(spec, {});
   return std::make_unique<RtnQuantizer>([](const DenseLinear& d) {
     QuantizedWeight qw =
         quantize_int_rtn(d.weight().data(), d.out_features(), d.in_features(), 8, -1, true);
@@ -95,7 +82,6 @@ std::unique_ptr<BlockQuantizer> make_int8_dynamic_quantizer(const QuantSpec& spe
 }
 
 std::unique_ptr<BlockQuantizer> make_dense_quantizer(const QuantSpec& spec) {
-  check_method_opts(spec, {});
   return std::make_unique<DenseQuantizer>();
 }
 

@@ -1,6 +1,6 @@
 // quant/method_simple.h — factories of the simple methods in the table (quant/method.cpp):
-// round-to-nearest weight quantization (int8, int2, fp8_dynamic, int8_dynamic), the dense fp16
-// output, and fp8_static with its calibrated input-scale search.
+// round-to-nearest weight quantization (int8, int2, int8_dynamic) and the dense fp16 output
+// (method_simple.cpp), and the fp8 methods (fp8_static, fp8_dynamic: method_fp8.cpp).
 #pragma once
 #include <initializer_list>
 #include <memory>
@@ -13,7 +13,7 @@ namespace llmc {
 // group's range is shrunk by an MSE search (quant/rtn.h clip_search).
 std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec);
 // FP8 e4m3 weights per output channel (GPTQ rounding on calibration data unless
-// --method-opt weights=rtn), dynamic per-token fp8 activations (method_fp8_static.cpp).
+// --method-opt weights=rtn), dynamic per-token fp8 activations (method_fp8.cpp).
 std::unique_ptr<BlockQuantizer> make_fp8_dynamic_quantizer(const QuantSpec& spec);
 bool fp8_dynamic_needs_calibration(const QuantSpec& spec);
 // INT8 per-channel symmetric weights, dynamic per-token symmetric int8 activations.
@@ -26,8 +26,9 @@ std::unique_ptr<BlockQuantizer> make_dense_quantizer(const QuantSpec& spec);
 // layer (see docs/methods.md).
 std::unique_ptr<BlockQuantizer> make_fp8_static_quantizer(const QuantSpec& spec);
 
-// Throws llmc::Error when spec.extra (--method-opt) holds a key not in `known`, naming the
-// method and listing the known keys ("takes no --method-opt" when there are none).
+// Kept for method_fp8.cpp's constructor: checks spec.extra against the method's row
+// (check_method_options in quant/method.h, what resolve_spec runs); the list is not used — the
+// row's `opts` is the one list of keys. To be removed once method_fp8.cpp no longer calls it.
 void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*> known);
 
 }  // namespace llmc

@@ -9,7 +9,9 @@
 //   the block -> copy the non-block tensors (embeddings, final norm, lm_head) unchanged ->
 //   write config.json with quantization_config (ignore = lm_head + every skipped linear),
 //   the input's auxiliary files byte for byte (tokenizer files, generation_config, ...) and
-//   llmc_quant_report.json -> rename into place -> quality check (optional).
+//   llmc_quant_report.json -> rename into place. The quality check (opt.quality) is not run
+//   here: eval/quality.h quantize_and_check() runs it after quantize_model() returns (quant/
+//   sits below loader/ and eval/), filling QuantizeResult::quality.
 //
 // Contracts:
 //  * Output goes through make_checkpoint_writer (temp path + rename): an error or Ctrl-C
@@ -21,10 +23,10 @@
 //    ("model.layers.3.mlp.down_proj"); a leading "re:" (vLLM style) is accepted and dropped.
 //  * Non-block tensors keep their dtype and bytes, except that methods with a dense_dtype
 //    (fp16) convert every float tensor to it.
-//  * The quality check (eval.enabled) loads the written output through the loader and the
-//    input as reference, and compares perplexity, KL divergence and top-1 agreement on
-//    `eval.tokens` tokens of held-out text (default: the bundled data/heldout-sample.txt),
-//    cut into windows of `eval.seq_len`.
+//  * QualityOptions / QualityResult are the request and result of the quality check that
+//    eval/quality.h runs (quality_check: the written output through the loader against the
+//    input, perplexity, KL and top-1 agreement on held-out text); quantize_model() leaves
+//    QuantizeResult::quality unmeasured.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -84,9 +86,5 @@ QuantizeResult quantize_model(const QuantizeOptions& opt);
 std::string format_summary(const QuantizeResult& r);
 // Machine-readable form (llmc quantize --json, bench).
 nlohmann::json summary_json(const QuantizeResult& r);
-
-// Perplexity/KL/top-1 of `quant` against `base` on `text` (see QualityOptions).
-QualityResult quality_check(const std::filesystem::path& base, const std::filesystem::path& quant,
-                            const QualityOptions& q);
 
 }  // namespace llmc

@@ -1,5 +1,5 @@
 // quant/rtn.h — round-to-nearest quantizers of a dense fp32 weight [out, in] into the canonical
-// QuantizedWeight (quant/qweight.h). Used by the simple methods, as GPTQ's fallback and as the
+// QuantizedWeight (core/qweight.h). Used by the simple methods, as GPTQ's fallback and as the
 // per-group parameter rule of the solvers.
 //
 // Conventions:
@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <string>
 
-#include "quant/qweight.h"
+#include "core/qweight.h"
 
 namespace llmc {
 

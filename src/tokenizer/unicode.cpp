@@ -1,10 +1,8 @@
 #include "tokenizer/unicode.h"
 
-#include <unicode/bytestream.h>
-#include <unicode/normalizer2.h>
-#include <unicode/stringpiece.h>
-#include <unicode/uchar.h>
+#include <utf8proc.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -49,14 +47,16 @@ inline size_t seq_len(const unsigned char* p, size_t n, size_t* bad) {
   return len;
 }
 
-const icu::Normalizer2& nfc() {
-  static const icu::Normalizer2* n = [] {
-    UErrorCode e = U_ZERO_ERROR;
-    const icu::Normalizer2* p = icu::Normalizer2::getNFCInstance(e);
-    if (U_FAILURE(e) || !p) fail("ICU: cannot load NFC normalization data: ", u_errorName(e));
-    return p;
-  }();
-  return *n;
+// NFC of valid UTF-8 `s` through utf8proc (STABLE | COMPOSE = NFC), appended to out.
+void nfc_segment(std::string_view s, std::string& out) {
+  if (s.empty()) return;
+  utf8proc_uint8_t* r = nullptr;
+  const utf8proc_ssize_t n =
+      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), utf8proc_ssize_t(s.size()),
+                   &r, utf8proc_option_t(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  if (n < 0) fail("NFC normalization failed: ", utf8proc_errmsg(n));
+  out.append(reinterpret_cast<const char*>(r), size_t(n));
+  std::free(r);
 }
 
 struct ByteTables {
@@ -142,7 +142,7 @@ void utf8_append(uint32_t cp, std::string& out) {
 }
 
 bool nfc_is_normalized(std::string_view s) {
-  // Code points below U+0300 are NFC-inert starters: pure ASCII/Latin text needs no ICU call.
+  // Code points below U+0300 are NFC-inert starters: pure ASCII/Latin text needs no utf8proc call.
   bool simple = true;
   for (unsigned char c : s) {
     if (c >= 0xCC) {
@@ -151,27 +151,47 @@ bool nfc_is_normalized(std::string_view s) {
     }
   }
   if (simple) return true;
-  UErrorCode e = U_ZERO_ERROR;
-  const bool r = nfc().isNormalizedUTF8(icu::StringPiece(s.data(), int32_t(s.size())), e);
-  if (U_FAILURE(e)) fail("ICU NFC check failed: ", u_errorName(e));
-  return r;
+  std::string n;
+  nfc_append(s, n);
+  return n == s;
 }
 
 void nfc_append(std::string_view s, std::string& out) {
-  UErrorCode e = U_ZERO_ERROR;
-  icu::StringByteSink<std::string> sink(&out);
-  nfc().normalizeUTF8(0, icu::StringPiece(s.data(), int32_t(s.size())), sink, nullptr, e);
-  if (U_FAILURE(e)) fail("ICU NFC normalization failed: ", u_errorName(e));
+  // utf8proc 2.8 composes an LV syllable with a following U+11A7 (which is not a trailing
+  // consonant, TBase itself) and drops the U+11A7. U+11A7 is a starter that composes with
+  // nothing, so normalizing the pieces between them separately is exact.
+  static constexpr std::string_view kU11A7 = "\xE1\x86\xA7";
+  size_t start = 0;
+  for (size_t p; (p = s.find(kU11A7, start)) != std::string_view::npos; start = p + kU11A7.size()) {
+    nfc_segment(s.substr(start, p - start), out);
+    out += kU11A7;
+  }
+  nfc_segment(s.substr(start), out);
 }
 
-bool is_white_space(uint32_t cp) { return u_isUWhiteSpace(UChar32(cp)); }
+// Unicode White_Space (PropList.txt; unchanged since Unicode 6.3).
+bool is_white_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
+}
 
+// Alphabetic = L* + Nl + Other_Alphabetic; Other_Alphabetic is marks (M, counted anyway) except
+// the circled / squared Latin letters (So) listed here. Checked against ICU's Alphabetic for every
+// code point of Unicode 15 when the tokenizer moved from ICU to utf8proc.
 bool is_word_char(uint32_t cp) {
-  const UChar32 c = UChar32(cp);
-  if (u_hasBinaryProperty(c, UCHAR_ALPHABETIC) || u_hasBinaryProperty(c, UCHAR_JOIN_CONTROL))
-    return true;
-  const uint32_t mask = U_GET_GC_MASK(c);
-  return (mask & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0;
+  if (cp == 0x200C || cp == 0x200D) return true;  // Join_Control
+  switch (utf8proc_category(utf8proc_int32_t(cp))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      break;
+  }
+  return (cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) ||
+         (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189);
 }
 
 const std::array<uint32_t, 256>& byte_to_unicode() { return byte_tables().to_cp; }

@@ -5,7 +5,8 @@
 //  * utf8_lossy_append(s, out): appends s with every maximal invalid subsequence replaced by
 //    U+FFFD ("substitution of maximal subparts", as Rust's from_utf8_lossy and Python's
 //    decode(errors="replace") do). Valid input is appended unchanged.
-//  * nfc_*: Unicode Normalization Form C through ICU; the input must be valid UTF-8.
+//  * nfc_*: Unicode Normalization Form C through utf8proc; the input must be valid UTF-8.
+//  * is_white_space / is_word_char: Unicode properties from utf8proc's general categories.
 //  * byte-level alphabet (GPT-2 bytes_to_unicode): bytes 0x21-0x7E, 0xA1-0xAC, 0xAE-0xFF map
 //    to the same code point, the other 68 bytes to U+0100.. in increasing byte order.
 #pragma once

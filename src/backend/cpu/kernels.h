@@ -5,9 +5,21 @@
 // core/threads.h parallel_for. BLAS calls here run OpenBLAS single-threaded (blas_init()).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
-#include "model/config.h"
+namespace llmc {
+
+// Rotary position embedding parameters of a model (model/config.h parses them from config.json).
+struct RopeConfig {
+  double theta = 10000.0;
+  std::string type = "default";  // "default" | "llama3" | "linear"
+  double factor = 1.0;           // llama3 / linear
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int original_max_position = 8192;                      // llama3
+};
+
+}  // namespace llmc
 
 namespace llmc::cpu {
 

@@ -1,5 +1,5 @@
-// quant/qweight.cpp — the reference decoder of QuantizedWeight and activation fake-quantization.
-#include "quant/qweight.h"
+// core/qweight.cpp — the reference decoder of QuantizedWeight and activation fake-quantization.
+#include "core/qweight.h"
 
 #include <algorithm>
 #include <cmath>
