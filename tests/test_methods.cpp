@@ -4,10 +4,14 @@
 // ratio / KL on qwen3-tiny (as llama.cpp's test-quantize-fns keeps one limit per type).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <limits>
+#include <optional>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -290,9 +294,9 @@ double rel_rms_error(const std::vector<float>& w, const QuantizedWeight& q) {
 }
 
 TEST(QualityLimits, WeightReconstructionPerType) {
-  // Limits: the relative RMS error measured when the table was made (x86-64, this code) plus
-  // 2 %; a change of the rounding grid (scale rule, zero point, clip search, ties) that makes
-  // any type worse fails here.
+  // Limits: the relative RMS error measured when the table was made (x86-64, quant/rtn.cpp of
+  // 2026-12-03) plus 2 %; a change of the rounding grid (scale rule, zero point, clip search)
+  // that makes any type worse fails here. Weights: N(0, 0.02) with two x8 outliers per row.
   struct Type {
     const char* name;
     int bits;
@@ -301,14 +305,14 @@ TEST(QualityLimits, WeightReconstructionPerType) {
     double max_rel;
   };
   const std::vector<Type> types = {
-      {"int8 per-channel sym", 8, -1, true, false, false, 0.00638 * 1.02},
-      {"int4 g128 sym", 4, 128, true, false, false, 0.0946 * 1.02},
-      {"int4 g128 asym", 4, 128, false, false, false, 0.0783 * 1.02},
-      {"int3 g128 asym", 3, 128, false, false, false, 0.167 * 1.02},
-      {"int3 g128 asym clip", 3, 128, false, true, false, 0.150 * 1.02},
-      {"int2 g64 asym clip", 2, 64, false, true, false, 0.309 * 1.02},
-      {"fp8 per-channel", 8, -1, true, false, true, 0.0222 * 1.02},
-      {"fp8 per-tensor", 8, 0, true, false, true, 0.0222 * 1.02},
+      {"int8 per-channel sym", 8, -1, true, false, false, 0.02037 * 1.02},
+      {"int4 g128 sym", 4, 128, true, false, false, 0.21145 * 1.02},
+      {"int4 g128 asym", 4, 128, false, false, false, 0.13925 * 1.02},
+      {"int3 g128 asym", 3, 128, false, false, false, 0.29192 * 1.02},
+      {"int3 g128 asym clip", 3, 128, false, true, false, 0.25668 * 1.02},
+      {"int2 g64 asym clip", 2, 64, false, true, false, 0.39799 * 1.02},
+      {"fp8 per-channel", 8, -1, true, false, true, 0.02438 * 1.02},
+      {"fp8 per-tensor", 8, 0, true, false, true, 0.02631 * 1.02},
   };
   const int64_t out = 256, in = 512;
   const std::vector<float> w = fixed_weights(out, in, 42);
@@ -339,30 +343,36 @@ QuantOverrides ov(std::optional<int> bits, std::optional<int64_t> group = std::n
   return o;
 }
 
-// Measured when the table was made (32 x 128 calibration windows of the bundled text, the
-// default options of each method), with margin: ratio limit = 1 + 1.25 (r - 1) + 0.002,
-// KL limit = 1.25 kl + 1e-4.
+// Measured when the table was made (2026-12-03; 32 x 128 calibration windows of the bundled
+// text, the default options of each method; ppl ratio r and KL in nats/token), with margin:
+// ratio limit = 1 + 1.25 max(0, r - 1) + 0.002, KL limit = 1.25 KL + 1e-4. A method or grid
+// change that makes a row worse by more than a quarter fails; one that improves it should
+// lower the row.
 std::vector<MethodLimit> method_limits() {
-  auto lim = [](double r, double kl) { return std::pair{1 + 1.25 * (r - 1) + 0.002, 1.25 * kl + 1e-4}; };
+  auto lim = [](double r, double kl) {
+    return std::pair{1 + 1.25 * std::max(0.0, r - 1) + 0.002, 1.25 * kl + 1e-4};
+  };
   std::vector<MethodLimit> v;
   auto add = [&](const char* name, const char* method, QuantOverrides o, double r, double kl) {
     const auto [mr, mk] = lim(r, kl);
     v.push_back({name, method, std::move(o), mr, mk});
   };
-  add("int8", "int8", {}, 1.0, 0.0);
-  add("int2", "int2", {}, 1.0, 0.0);
+  add("int8", "int8", {}, 0.999493, 0.0002784);
+  add("int2", "int2", {}, 1.871545, 0.832398);
   add("fp16", "fp16", {}, 1.0, 0.0);
-  add("fp8_static", "fp8_static", {}, 1.0, 0.0);
-  add("fp8_dynamic", "fp8_dynamic", {}, 1.0, 0.0);
-  add("int8_dynamic", "int8_dynamic", {}, 1.0, 0.0);
-  add("int4_gptq", "int4_gptq", {}, 1.0, 0.0);
-  add("int4_gptq_b3", "int4_gptq", ov(3), 1.0, 0.0);
-  add("int4_gptq_b2_g64", "int4_gptq", ov(2, 64), 1.0, 0.0);
-  add("int4_gptq_b8", "int4_gptq", ov(8), 1.0, 0.0);
-  add("int4_awq", "int4_awq", {}, 1.0, 0.0);
-  add("int4_awq_b3", "int4_awq", ov(3), 1.0, 0.0);
+  add("fp8_static", "fp8_static", {}, 1.009895, 0.0080005);
+  add("fp8_dynamic", "fp8_dynamic", {}, 1.01087, 0.0075532);
+  add("int8_dynamic", "int8_dynamic", {}, 1.000647, 0.001126);
+  add("int4_gptq", "int4_gptq", {}, 1.023154, 0.0509782);
+  add("int4_gptq_b3", "int4_gptq", ov(3), 1.177234, 0.1979481);
+  add("int4_gptq_b2_g64", "int4_gptq", ov(2, 64), 2.027243, 0.7976735);
+  add("int4_gptq_b8", "int4_gptq", ov(8), 0.999151, 0.00021);
+  add("int4_awq", "int4_awq", {}, 1.045919, 0.0548211);
+  add("int4_awq_b3", "int4_awq", ov(3), 1.162583, 0.2235573);
   return v;
 }
+
+void PrintTo(const MethodLimit& l, std::ostream* os) { *os << l.name; }
 
 class MethodQualityLimit : public ::testing::TestWithParam<MethodLimit> {};
 
