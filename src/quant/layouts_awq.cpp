@@ -123,8 +123,11 @@ json awq_config(const Layout&, const QuantConfigSpec& spec) {
             {"group_size", spec.scheme.group},
             {"zero_point", true},
             {"version", "gemm"}};
+  // vLLM skips a module when a listed name is a substring of its name, where q/k/v and gate/up
+  // are one fused module: those names are listed too (spec.fused_ignore).
   json skip = json::array();
   for (const auto& n : spec.ignore) skip.push_back(n);
+  for (const auto& n : spec.fused_ignore) skip.push_back(n);
   c["modules_to_not_convert"] = spec.ignore.empty() ? json() : skip;
   return c;
 }

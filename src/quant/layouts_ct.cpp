@@ -88,26 +88,27 @@ std::vector<EncodedTensor> ct_pack_encode(const std::string& prefix, const Quant
   std::vector<EncodedTensor> out;
   const int b = w.bits;
   const int64_t ng = w.n_groups();
-  // weight_packed [out, ceil(in / (32/b))]: each row's codes + 2^(b-1), 32/b per word.
-  const int64_t wpr = packed_words(w.in, b, PackScheme::Fixed);
+  // weight_packed [out, ceil(in·b / 32)]: each row's codes + 2^(b-1) as one dense bit stream
+  // (compressed-tensors pack_to_int32 since 2026; 2/4/8 bits: 32/b codes per word as before).
+  const int64_t wpr = packed_words(w.in, b, PackScheme::Stream);
   std::vector<uint32_t> words(size_t(w.out * wpr));
   std::vector<int32_t> row(size_t(w.in));
   for (int64_t o = 0; o < w.out; ++o) {
     for (int64_t i = 0; i < w.in; ++i) row[size_t(i)] = ucode(w, size_t(o * w.in + i));
-    pack_codes(row.data(), 1, w.in, b, PackScheme::Fixed, words.data() + o * wpr, 1);
+    pack_codes(row.data(), 1, w.in, b, PackScheme::Stream, words.data() + o * wpr, 1);
   }
   out.push_back(words_tensor(prefix + ".weight_packed", {w.out, wpr}, words));
   const Shape sshape = w.group == 0 ? Shape{1} : Shape{w.out, ng};
   out.push_back(float_tensor(prefix + ".weight_scale", DType::F32, sshape, w.scales));
   out.push_back(i64_tensor(prefix + ".weight_shape", {w.out, w.in}));
   if (!w.symmetric) {
-    // weight_zero_point [ceil(out / (32/b)), ng]: packed along out (packed_dim 0).
-    const int64_t zr = packed_words(w.out, b, PackScheme::Fixed);
+    // weight_zero_point [ceil(out·b / 32), ng]: packed along out (packed_dim 0), dense.
+    const int64_t zr = packed_words(w.out, b, PackScheme::Stream);
     std::vector<uint32_t> zw(size_t(zr * ng));
     std::vector<int32_t> col(size_t(w.out));
     for (int64_t g = 0; g < ng; ++g) {
       for (int64_t o = 0; o < w.out; ++o) col[size_t(o)] = uzero(w, o, g);
-      pack_codes(col.data(), 1, w.out, b, PackScheme::Fixed, zw.data() + g, ng);
+      pack_codes(col.data(), 1, w.out, b, PackScheme::Stream, zw.data() + g, ng);
     }
     out.push_back(words_tensor(prefix + ".weight_zero_point", {zr, ng}, zw));
   }
@@ -149,6 +150,20 @@ const json* ct_group(const json& qc, const std::string& module, const std::strin
     }
   }
   return nullptr;
+}
+
+// How a pack-quantized tensor packs its n codes of `bits` bits along dimension `dim`, told by
+// its shape: the dense bit stream of compressed-tensors since 2026 (ceil(n·b/32) words,
+// PackScheme::Stream), or the older floor(32/b) codes per word (PackScheme::Fixed, what llmc
+// wrote before; differs for 3/5/6/7 bits only). When both give that many words, `tie` (the
+// weights: the current spec; zero points: what the weights use). A shape fitting neither reads
+// as the current spec, whose shape check then names the tensor.
+PackScheme ct_pack_scheme(const TensorRef& t, size_t dim, int64_t n, int bits, PackScheme tie) {
+  if (t.info.shape.size() != 2) return PackScheme::Stream;
+  const int64_t words = t.info.shape[dim];
+  const bool stream = words == packed_words(n, bits, PackScheme::Stream);
+  const bool fixed = words == packed_words(n, bits, PackScheme::Fixed);
+  return stream && fixed ? tie : fixed ? PackScheme::Fixed : PackScheme::Stream;
 }
 
 struct CtArgs {
@@ -260,7 +275,8 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
     w.in = agree(r, prefix + " in_features", in, int64_t(load_as_f32(sh.info.dtype, sh.data, 1)));
     if (w.out <= 0 || w.in <= 0) fail(origin, ": tensor ", sh.info.name, " holds an invalid shape");
     TensorRef pt = need(r, packed);
-    const int64_t wpr = packed_words(w.in, a.bits, PackScheme::Fixed);
+    const PackScheme ws = ct_pack_scheme(pt, 1, w.in, a.bits, PackScheme::Stream);
+    const int64_t wpr = packed_words(w.in, a.bits, ws);
     expect_dtype(r, pt, {DType::I32});
     expect_shape(r, pt, {w.out, wpr});
     std::vector<uint32_t> words = read_words(r, pt);
@@ -270,7 +286,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
     parallel_for(0, size_t(w.out), 16, [&](size_t lo, size_t hi) {
       std::vector<int32_t> buf(size_t(w.in));
       for (size_t o = lo; o < hi; ++o) {
-        unpack_codes(words.data() + o * wpr, 1, w.in, a.bits, PackScheme::Fixed, buf.data(), 1);
+        unpack_codes(words.data() + o * wpr, 1, w.in, a.bits, ws, buf.data(), 1);
         if (a.symmetric) {
           int8_t* d = w.q8.data() + o * w.in;
           for (int64_t i = 0; i < w.in; ++i) d[i] = int8_t(buf[size_t(i)] - off);
@@ -286,12 +302,13 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
       TensorRef zt = need(r, prefix + ".weight_zero_point");
       w.zeros.resize(size_t(w.group == 0 ? 1 : w.out * ng));
       if (zt.info.dtype == DType::I32 && w.group != 0) {
-        const int64_t zr = packed_words(w.out, a.bits, PackScheme::Fixed);
+        const PackScheme zs = ct_pack_scheme(zt, 0, w.out, a.bits, ws);
+        const int64_t zr = packed_words(w.out, a.bits, zs);
         expect_shape(r, zt, {zr, ng});
         std::vector<uint32_t> zw = read_words(r, zt);
         std::vector<int32_t> col(size_t(w.out));
         for (int64_t gi = 0; gi < ng; ++gi) {
-          unpack_codes(zw.data() + gi, ng, w.out, a.bits, PackScheme::Fixed, col.data(), 1);
+          unpack_codes(zw.data() + gi, ng, w.out, a.bits, zs, col.data(), 1);
           for (int64_t o = 0; o < w.out; ++o) w.zeros[size_t(o * ng + gi)] = col[size_t(o)];
         }
       } else {  // unpacked signed zero points (per-tensor)
@@ -412,8 +429,6 @@ json ct_config(const Layout& self, const QuantConfigSpec& spec) {
   return c;
 }
 
-namespace {
-
 // The "compressed-tensors" row: whichever compressed-tensors format holds the weight.
 const Layout* ct_pick(const QuantizedWeight& w) {
   for (const Layout& l : layout_table())
@@ -422,8 +437,6 @@ const Layout* ct_pick(const QuantizedWeight& w) {
       return &l;
   return nullptr;
 }
-
-}  // namespace
 
 std::string ct_any_why(const QuantizedWeight& w) {
   if (ct_pick(w)) return "";

@@ -176,12 +176,15 @@ json gptq_config(const Layout&, const QuantConfigSpec& spec) {
             {"damp_percent", 0.01},
             {"checkpoint_format", "gptq"}};
   // Modules left dense besides lm_head: vLLM's per-module "dynamic" overrides, "-:" = skip.
+  // vLLM matches them (re.match) against its module names, where q/k/v and gate/up are one
+  // fused module (qkv_proj, gate_up_proj): those names are listed too (spec.fused_ignore).
   json dyn = json::object();
-  for (const auto& n : spec.ignore) {
-    if (n == "lm_head") continue;
-    dyn["-:" + (n.rfind("re:", 0) == 0 ? n.substr(3) : ".*" + regex_escape(n) + "$")] =
-        json::object();
-  }
+  for (const auto* names : {&spec.ignore, &spec.fused_ignore})
+    for (const auto& n : *names) {
+      if (n == "lm_head") continue;
+      dyn["-:" + (n.rfind("re:", 0) == 0 ? n.substr(3) : ".*" + regex_escape(n) + "$")] =
+          json::object();
+    }
   if (!dyn.empty()) c["dynamic"] = dyn;
   return c;
 }

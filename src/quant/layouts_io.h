@@ -75,6 +75,8 @@ std::string ct_float_why(const QuantizedWeight& w);
 std::string ct_any_why(const QuantizedWeight& w);
 std::vector<EncodedTensor> ct_pack_encode(const std::string& prefix, const QuantizedWeight& w);
 std::vector<EncodedTensor> ct_plain_encode(const std::string& prefix, const QuantizedWeight& w);
+// The writable compressed-tensors format that holds w (the "compressed-tensors" row), or nullptr.
+const Layout* ct_pick(const QuantizedWeight& w);
 std::vector<EncodedTensor> ct_any_encode(const std::string& prefix, const QuantizedWeight& w);
 QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int64_t out, int64_t in,
                           const nlohmann::json& qc);
