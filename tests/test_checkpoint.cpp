@@ -14,6 +14,7 @@
 #include "formats/inspect.h"
 #include "formats/parquet.h"
 #include "formats/safetensors.h"
+#include "model/config.h"
 #include "testing.h"
 
 namespace fs = std::filesystem;
@@ -457,9 +458,106 @@ TEST(Checkpoint, ConvertLibraryDtypesAndConfigKeys) {
   EXPECT_EQ(st.bytes_in, 28u);
   EXPECT_EQ(st.bytes_out, 10u);
   Checkpoint out = open_checkpoint(d / "out");
-  EXPECT_EQ(out.config["torch_dtype"], "float16");  // neither key present -> torch_dtype
+  EXPECT_EQ(out.config["torch_dtype"], "float16");  // both spellings, whatever the input had
+  EXPECT_EQ(out.config["dtype"], "float16");
   EXPECT_EQ(out.tensors->get("x").info.dtype, DType::F16);
   EXPECT_EQ(out.tensors->get("x").to_f32(), (std::vector<float>{1.0f, -0.5f, 3.25f}));
   EXPECT_EQ(out.tensors->get("y").info.dtype, DType::I16);
   EXPECT_EQ(out.aux_files.at("tokenizer.json"), "t");
+}
+
+// transformers 4 reads "torch_dtype", "rope_theta" and "rope_scaling"; transformers 5 reads
+// "dtype" and "rope_parameters". A v4 Qwen3Config given only rope_parameters defaults rope_theta
+// to 10000 (and vLLM writes that back), so every config llmc writes carries both spellings.
+namespace {
+
+void expect_same_model(const ModelConfig& a, const ModelConfig& b, const std::string& what) {
+  EXPECT_EQ(a.rope.theta, b.rope.theta) << what;
+  EXPECT_EQ(a.rope.type, b.rope.type) << what;
+  EXPECT_EQ(a.rope.factor, b.rope.factor) << what;
+  EXPECT_EQ(a.rope.low_freq_factor, b.rope.low_freq_factor) << what;
+  EXPECT_EQ(a.rope.high_freq_factor, b.rope.high_freq_factor) << what;
+  EXPECT_EQ(a.rope.original_max_position, b.rope.original_max_position) << what;
+  EXPECT_EQ(a.dtype, b.dtype) << what;
+  EXPECT_EQ(a.hidden_size, b.hidden_size) << what;
+}
+
+// Only the v4 (or only the v5) keys of a config that carries both.
+json only_spelling(json c, bool v5) {
+  const std::vector<std::string> v4_keys = {"rope_theta", "rope_scaling", "torch_dtype"};
+  const std::vector<std::string> v5_keys = {"rope_parameters", "dtype"};
+  for (const std::string& k : v5 ? v4_keys : v5_keys) c.erase(k);
+  return c;
+}
+
+}  // namespace
+
+TEST(Checkpoint, ConfigSpellingsV4AndV5ReadTheSameModel) {
+  json v5 = json::parse(std::ifstream(test::model_dir("qwen3-tiny") / "config.json"));
+  ASSERT_TRUE(v5.contains("rope_parameters"));
+  ASSERT_FALSE(v5.contains("rope_theta"));  // the fixture is v5-only: the case that broke
+  json v4 = v5;
+  v4.erase("rope_parameters");
+  v4.erase("dtype");
+  v4["rope_theta"] = v5["rope_parameters"]["rope_theta"];
+  v4["torch_dtype"] = v5["dtype"];
+  // llama3 RoPE in both spellings.
+  json l5 = v5, l4 = v4;
+  l5["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0},
+                           {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                           {"original_max_position_embeddings", 256}};
+  l4["rope_theta"] = 500000.0;
+  l4["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                        {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 256}};
+  for (const auto& [a, b] : {std::pair{v4, v5}, std::pair{l4, l5}}) {
+    const ModelConfig ref = ModelConfig::from_json(b, "v5");
+    expect_same_model(ModelConfig::from_json(a, "v4"), ref, "v4 input");
+    for (json in : {a, b}) {
+      set_config_spellings(in);
+      for (const char* k : {"rope_theta", "rope_parameters", "rope_scaling", "dtype", "torch_dtype"})
+        EXPECT_TRUE(in.contains(k)) << k << " in " << in.dump();
+      EXPECT_EQ(in["rope_theta"], in["rope_parameters"]["rope_theta"]);
+      EXPECT_EQ(in["dtype"], in["torch_dtype"]);
+      expect_same_model(ModelConfig::from_json(in, "both"), ref, in.dump());
+      expect_same_model(ModelConfig::from_json(only_spelling(in, false), "v4 only"), ref, "v4 of " + in.dump());
+      expect_same_model(ModelConfig::from_json(only_spelling(in, true), "v5 only"), ref, "v5 of " + in.dump());
+    }
+  }
+  EXPECT_EQ(ModelConfig::from_json(only_spelling([&] { json c = v5; set_config_spellings(c); return c; }(), false),
+                                   "v4")
+                .rope.theta,
+            1000000.0);  // not transformers 4's default of 10000
+  // rope_parameters wins over a disagreeing rope_theta, as the reader decides.
+  json mixed = v5;
+  mixed["rope_theta"] = 10000.0;
+  set_config_spellings(mixed);
+  EXPECT_EQ(mixed["rope_theta"], 1000000.0);
+  // No RoPE or dtype keys: none are invented; a non-object is left alone.
+  json bare = {{"model_type", "llama"}};
+  set_config_spellings(bare);
+  EXPECT_EQ(bare, (json{{"model_type", "llama"}}));
+  json arr = json::array();
+  set_config_spellings(arr);
+  EXPECT_TRUE(arr.empty());
+}
+
+// convert --dtype writes both spellings; without --dtype the config is copied unchanged.
+TEST(Checkpoint, ConvertDtypeWritesBothConfigSpellings) {
+  const fs::path d = test::temp_dir("ckpt-spellings");
+  Checkpoint in = open_checkpoint(test::model_dir("qwen3-tiny"));
+  ConvertOptions o;
+  o.progress = false;
+  convert_checkpoint(in, d / "keep", o);
+  EXPECT_EQ(open_checkpoint(d / "keep").config, in.config);
+  o.target_dtype = DType::F32;
+  convert_checkpoint(in, d / "f32", o);
+  o.format = CheckpointFormat::Parquet;
+  convert_checkpoint(in, d / "f32.parquet", o);
+  for (const fs::path& p : {d / "f32", d / "f32.parquet"}) {
+    const json c = open_checkpoint(p).config;
+    EXPECT_EQ(c["rope_theta"], 1000000.0) << p;
+    EXPECT_EQ(c["rope_parameters"]["rope_theta"], 1000000.0) << p;
+    EXPECT_EQ(c["torch_dtype"], "float32") << p;
+    EXPECT_EQ(c["dtype"], "float32") << p;
+  }
 }

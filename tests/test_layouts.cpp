@@ -13,6 +13,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "quant/layouts.h"
+#include "quant/method.h"
 #include "quant/packing.h"
 #include "core/qweight.h"
 #include "testing.h"
@@ -379,11 +380,12 @@ TEST(Layouts, CompressedTensorsHandVectors) {
   // 8-bit sym: [-128, -1, 0, 127] -> [0, 127, 128, 255].
   auto w8 = sym_weight(8, 1, 4, -1, [](int64_t, int64_t i) { return std::vector<int>{-128, -1, 0, 127}[i]; });
   EXPECT_EQ(words_of(find(P.encode("m", w8), "m.weight_packed")), std::vector<uint32_t>{0xFF807F00u});
-  // 3-bit: 10 codes per word; in = 11 -> 2 words per row.
+  // 3-bit: one dense bit stream (compressed-tensors since 2026); in = 11 -> ceil(33/32) = 2
+  // words per row; code 10 (stored 5 = 0b101) straddles: bits 30-31 of word 0, bit 0 of word 1.
   auto w3 = sym_weight(3, 1, 11, -1, [](int64_t, int64_t i) { return i == 0 || i == 9 ? 3 : (i == 10 ? 1 : -4); });
   auto t3 = P.encode("m", w3);
   EXPECT_EQ(find(t3, "m.weight_packed").shape, (Shape{1, 2}));
-  EXPECT_EQ(words_of(find(t3, "m.weight_packed")), (std::vector<uint32_t>{0x38000007u, 0x5u}));
+  EXPECT_EQ(words_of(find(t3, "m.weight_packed")), (std::vector<uint32_t>{0x78000007u, 0x1u}));
   // 2-bit asym, group 4 on in = 8, out = 16: zero points packed along out: z = o % 4.
   QuantizedWeight a;
   a.bits = 2;
@@ -931,6 +933,7 @@ int64_t eval_dim(const std::string& e, const QuantizedWeight& w) {
   const std::map<std::string, int64_t> v = {
       {"out", w.out}, {"in", w.in}, {"1", 1}, {"2", 2}, {"ng", ng},
       {"ceil(in/pf)", (w.in + pf - 1) / pf}, {"ceil(out/pf)", (w.out + pf - 1) / pf},
+      {"ceil(in*b/32)", (w.in * w.bits + 31) / 32}, {"ceil(out*b/32)", (w.out * w.bits + 31) / 32},
       {"in*b/32", w.in * w.bits / 32}, {"out*b/32", w.out * w.bits / 32}, {"out/8", w.out / 8}};
   auto it = v.find(e);
   if (it == v.end()) throw std::runtime_error("docs: unknown shape expression '" + e + "'");
@@ -1030,6 +1033,65 @@ json ct_cfg(json weights, json input = nullptr) {
           {"config_groups",
            {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", input}}}}}};
 }
+
+// 3/5/6/7-bit pack-quantized: written as compressed-tensors' dense stream (ceil(in·b/32) words
+// per row, zero points ceil(out·b/32) rows); the older 32/b-codes-per-word packing (llmc before,
+// compressed-tensors before 2026) still reads, told apart by the tensor shape.
+TEST(Layouts, PackQuantizedDenseStreamAndOlderFixedPacking) {
+  const Layout& P = find_layout("pack-quantized");
+  for (int b : {3, 5, 6, 7}) {
+    SCOPED_TRACE(b);
+    const int lo = -(1 << (b - 1)), n = 1 << b;
+    QuantizedWeight w = sym_weight(b, 40, 64, 32, [&](int64_t o, int64_t i) { return lo + int((o * 7 + i * 5) % n); });
+    w.symmetric = false;  // asymmetric: zero points packed along out too
+    w.qu.resize(w.q8.size());
+    for (size_t k = 0; k < w.q8.size(); ++k) w.qu[k] = uint8_t(w.q8[k] - lo);
+    w.q8.clear();
+    w.zeros.resize(size_t(40 * 2));
+    for (size_t k = 0; k < w.zeros.size(); ++k) w.zeros[k] = int32_t((k * 3) % n);
+    std::vector<EncodedTensor> t = P.encode("m", w);
+    const EncodedTensor& wp = find(t, "m.weight_packed");
+    const EncodedTensor& zp = find(t, "m.weight_zero_point");
+    ASSERT_EQ(wp.shape, (Shape{40, 64 * b / 32}));
+    ASSERT_EQ(zp.shape, (Shape{(40 * b + 31) / 32, 2}));
+    // Row 1 is the stream of its codes, element k at bit k·b.
+    std::vector<int32_t> row(w.qu.begin() + 64, w.qu.begin() + 128);
+    const std::vector<uint32_t> words = words_of(wp);
+    EXPECT_EQ(std::vector<uint32_t>(words.begin() + 2 * b, words.begin() + 4 * b), pack(row, b, PackScheme::Stream));
+    QuantConfigSpec spec;
+    spec.scheme = w;
+    const json qc = P.quantization_config(spec);
+    EXPECT_EQ(P.decode(reader_of(t), "m", qc).dequantize(), w.dequantize());
+    // The same weight packed the older way: [40, ceil(64 / (32/b))], zeros [ceil(40 / (32/b)), 2].
+    const int64_t per = 32 / b, fw = (64 + per - 1) / per, fz = (40 + per - 1) / per;
+    std::vector<uint32_t> old_w(size_t(40 * fw)), old_z(size_t(fz * 2));
+    for (int64_t o = 0; o < 40; ++o) {
+      std::vector<int32_t> r(w.qu.begin() + o * 64, w.qu.begin() + (o + 1) * 64);
+      pack_codes(r.data(), 1, 64, b, PackScheme::Fixed, old_w.data() + o * fw, 1);
+    }
+    for (int64_t g = 0; g < 2; ++g) {
+      std::vector<int32_t> c(40);
+      for (int64_t o = 0; o < 40; ++o) c[size_t(o)] = w.zeros[size_t(o * 2 + g)];
+      pack_codes(c.data(), 1, 40, b, PackScheme::Fixed, old_z.data() + g, 2);
+    }
+    std::vector<EncodedTensor> old = t;
+    for (EncodedTensor& e : old) {
+      if (e.name == "m.weight_packed") e = EncodedTensor{e.name, DType::I32, {40, fw}, {}};
+      else if (e.name == "m.weight_zero_point") e = EncodedTensor{e.name, DType::I32, {fz, 2}, {}};
+      else continue;
+      const std::vector<uint32_t>& src = e.name == "m.weight_packed" ? old_w : old_z;
+      e.bytes.resize(src.size() * 4);
+      std::memcpy(e.bytes.data(), src.data(), e.bytes.size());
+    }
+    ASSERT_NE(fw, 64 * b / 32);  // the shapes tell the two apart
+    EXPECT_EQ(P.decode(reader_of(old), "m", qc).dequantize(), w.dequantize());
+    // A width fitting neither is an error naming the tensor.
+    std::vector<EncodedTensor> bad = t;
+    for (EncodedTensor& e : bad)
+      if (e.name == "m.weight_packed") e = EncodedTensor{e.name, DType::I32, {40, 1}, std::vector<uint8_t>(160)};
+    EXPECT_NE(error_of([&] { P.decode(reader_of(bad), "m", qc); }).find("m.weight_packed"), std::string::npos);
+  }
+}
 }  // namespace
 
 TEST(Layouts, ReadsOtherToolsVariants) {
@@ -1113,5 +1175,144 @@ TEST(Layouts, ReadsOtherToolsVariants) {
     EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 32}, {"zero_point", false}}), Error);
     EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 64}}), Error);  // shapes disagree
     EXPECT_THROW(A.decode(r, "m", json{{"bits", 4}, {"group_size", 32}}, 16, 32), Error);
+  }
+}
+
+// ---- vLLM loadability (the table's vllm column; docs/formats.md names the vLLM code) -------
+
+namespace {
+
+QuantizedWeight scheme(QKind kind, int bits, bool sym, int64_t group, ActQuant act = ActQuant::None,
+                       int64_t in = 256) {
+  QuantizedWeight w;
+  w.kind = kind;
+  w.bits = bits;
+  w.symmetric = sym;
+  w.group = group;
+  w.act = act;
+  w.in = in;
+  w.out = 64;
+  return w;
+}
+
+}  // namespace
+
+TEST(Layouts, VllmLoadabilityFromTheTable) {
+  const QKind I = QKind::INT, F = QKind::FP8;
+  using A = ActQuant;
+  struct Case {
+    const char* layout;
+    QuantizedWeight w;
+    const char* why;  // "" = served, else a substring of the reason
+  };
+  const Case cases[] = {
+      // compressed-tensors W4A16 / W8A16 (Marlin: uint4b8, uint8b128, uint4 with zero points)
+      {"pack-quantized", scheme(I, 4, true, 128), ""},
+      {"pack-quantized", scheme(I, 4, false, 32), ""},
+      {"pack-quantized", scheme(I, 8, true, -1), ""},
+      {"pack-quantized", scheme(I, 8, true, 64), ""},
+      {"pack-quantized", scheme(I, 8, false, 128), "8-bit asymmetric"},
+      {"pack-quantized", scheme(I, 2, false, 64), "2-bit asymmetric"},
+      {"pack-quantized", scheme(I, 3, true, 128), "3-bit symmetric"},
+      {"pack-quantized", scheme(I, 5, true, 128), "5-bit"},
+      {"pack-quantized", scheme(I, 6, true, 128), "6-bit"},
+      {"pack-quantized", scheme(I, 7, true, 128), "7-bit"},
+      {"pack-quantized", scheme(I, 4, true, 16), "group size 16 (served: -1, 32, 64, 128)"},
+      {"pack-quantized", scheme(I, 4, true, 0), "per-tensor scales"},
+      {"pack-quantized", scheme(I, 4, true, 128, A::None, 192), "does not divide in_features 192"},
+      {"compressed-tensors", scheme(I, 4, false, 128), ""},
+      {"compressed-tensors", scheme(I, 3, false, 128), "3-bit asymmetric"},
+      {"compressed-tensors", scheme(F, 8, true, -1, A::FP8DynamicToken), ""},
+      // W8A8 int8 / fp8
+      {"int-quantized", scheme(I, 8, true, -1, A::INT8DynamicToken), ""},
+      {"int-quantized", scheme(I, 8, true, 0, A::INT8StaticTensor), ""},
+      {"int-quantized", scheme(I, 8, true, -1), "activation scheme none"},
+      {"float-quantized", scheme(F, 8, true, 0, A::FP8StaticTensor), ""},
+      {"float-quantized", scheme(F, 8, true, -1, A::FP8DynamicTensor), ""},
+      {"float-quantized", scheme(F, 8, true, -1), ""},
+      {"float-quantized", scheme(F, 8, true, 128, A::FP8DynamicToken), "group size 128"},
+      {"float-quantized", scheme(I, 8, true, -1, A::FP8DynamicToken), "takes fp8 weights"},
+      // GPTQ (gptq_marlin for 4/8 bits and groups -1/32/64/128, else the float16 GPTQ kernels)
+      {"gptq", scheme(I, 4, true, 128), ""},
+      {"gptq", scheme(I, 2, true, 64), ""},
+      {"gptq", scheme(I, 3, true, 128), ""},
+      {"gptq", scheme(I, 8, true, -1), ""},
+      {"gptq", scheme(I, 4, true, 16), ""},
+      {"gptq", scheme(I, 4, true, 0), "per-tensor scales"},
+      {"gptq", scheme(I, 4, true, 96), "does not divide in_features 256"},
+      // AWQ
+      {"awq", scheme(I, 4, false, 128), ""},
+      {"awq", scheme(I, 4, true, 128), ""},  // stored with zero points 8
+      {"fp8", scheme(F, 8, true, 0, A::FP8StaticTensor), ""},
+  };
+  for (const Case& c : cases) {
+    const std::string why = find_layout(c.layout).vllm_why_not(c.w);
+    if (!*c.why) {
+      EXPECT_EQ(why, "") << c.layout << " " << c.w.bits;
+    } else {
+      EXPECT_NE(why.find(c.why), std::string::npos) << c.layout << ": " << why;
+      EXPECT_NE(why.find("from vLLM "), std::string::npos) << why;  // names the vLLM code
+    }
+  }
+  EXPECT_NE(find_layout("pack-quantized").vllm_why_not(scheme(I, 3, true, 128)).find("WNA16_SUPPORTED_TYPES_MAP"),
+            std::string::npos);
+  EXPECT_NE(find_layout("compressed-tensors").vllm_why_not(scheme(I, 4, true, 128, A::FP8DynamicToken)),
+            "");  // no compressed-tensors format holds int4 weights with fp8 activations
+}
+
+// --layout defaults are choices vLLM serves, wherever any of the method's layouts is.
+TEST(Layouts, DefaultLayoutsAreServedByVllmWhenAnyLayoutIs) {
+  for (const char* name : {"int8", "int2", "int4_gptq", "int4_awq"}) {
+    const MethodInfo& m = find_method(name);
+    for (int bits : m.allowed_bits)
+      for (bool sym : {true, false}) {
+        if (!m.symmetry_configurable && sym != m.default_symmetric) continue;
+        QuantOverrides o;
+        o.bits = bits;
+        o.symmetric = sym;
+        const QuantSpec s = resolve_spec(m, o);
+        const QuantizedWeight w = scheme(QKind::INT, bits, sym, s.group);
+        bool any = false;
+        for (const std::string& l : m.layouts)
+          any |= find_layout(l).can_hold(w) && find_layout(l).vllm_why_not(w).empty();
+        const std::string why = find_layout(s.layout).vllm_why_not(w);
+        if (any) EXPECT_EQ(why, "") << name << " " << bits << (sym ? " sym -> " : " asym -> ") << s.layout;
+        else EXPECT_NE(why, "") << name << " " << bits;
+      }
+  }
+}
+
+TEST(Layouts, VllmLoadabilityOfACheckpoint) {
+  const Layout& P = find_layout("pack-quantized");
+  auto make = [&](int bits, int64_t in, int64_t in2 = 96) {
+    QuantizedWeight w = sym_weight(bits, 8, in, 32, [](int64_t o, int64_t i) { return int((o + i) % 3) - 1; });
+    std::vector<EncodedTensor> t = P.encode("model.layers.0.mlp.up_proj", w);
+    QuantizedWeight w2 = sym_weight(bits, 8, in2, 32, [](int64_t, int64_t) { return 1; });
+    for (EncodedTensor& e : P.encode("model.layers.0.mlp.down_proj", w2)) t.push_back(std::move(e));
+    QuantConfigSpec spec;
+    spec.scheme = w;
+    return std::pair{reader_of(std::move(t)), json{{"quantization_config", P.quantization_config(spec)}}};
+  };
+  {
+    auto [r, cfg] = make(4, 64);
+    EXPECT_EQ(vllm_loadability(r, cfg), (json{{"loadable", true}, {"reason", ""}}));
+    EXPECT_EQ(vllm_loadability(r, json{{"model_type", "qwen3"}})["loadable"], true);  // dense
+    cfg["quantization_config"]["quant_method"] = "bitsandbytes";
+    const json v = vllm_loadability(r, cfg);
+    EXPECT_EQ(v["loadable"], false);
+    EXPECT_NE(v["reason"].get<std::string>().find("bitsandbytes"), std::string::npos);
+  }
+  {
+    auto [r, cfg] = make(3, 64);
+    const json v = vllm_loadability(r, cfg);
+    EXPECT_EQ(v["loadable"], false);
+    EXPECT_NE(v["reason"].get<std::string>().find("3-bit"), std::string::npos) << v.dump();
+  }
+  {
+    auto [r, cfg] = make(4, 64, 80);  // the second module's in_features is not a multiple of 32
+    const json v = vllm_loadability(r, cfg);
+    EXPECT_EQ(v["loadable"], false);
+    EXPECT_NE(v["reason"].get<std::string>().find("down_proj: group size 32 does not divide in_features 80"),
+              std::string::npos) << v.dump();
   }
 }

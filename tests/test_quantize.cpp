@@ -23,6 +23,7 @@
 #include "formats/checkpoint.h"
 #include "loader/weight_loader.h"
 #include "model/model.h"
+#include "quant/layouts.h"
 #include "quant/method.h"
 #include "quant/method_simple.h"
 #include "quant/pipeline.h"
@@ -308,6 +309,17 @@ TEST_P(QuantizeMethod, EndToEndOnTinyModel) {
   EXPECT_EQ(r.skipped_linears, 0);
   EXPECT_GT(r.out_bytes, 0u);
   EXPECT_LT(r.qlinear_bytes, r.qlinear_bf16_bytes);
+  // vLLM serves every method's default output except int2 (no 2-bit compressed-tensors kernel);
+  // the summary and `llmc inspect` say so.
+  const bool servable = c.method != "int2";
+  EXPECT_EQ(r.vllm_why_not.empty(), servable) << r.vllm_why_not;
+  EXPECT_EQ(format_summary(r).find("not loadable by vLLM") == std::string::npos, servable);
+  {
+    const Checkpoint ck = open_checkpoint(out);
+    const json v = vllm_loadability(*ck.tensors, ck.config);
+    EXPECT_EQ(v["loadable"], servable) << v.dump();
+    if (!servable) EXPECT_NE(v["reason"].get<std::string>().find("2-bit asymmetric"), std::string::npos);
+  }
   if (find_method(c.method).needs_calibration) {
     EXPECT_EQ(r.num_samples, 16);
     EXPECT_EQ(r.seq_len, 64);
@@ -403,15 +415,17 @@ TEST(Quantize, IgnoreLeavesModulesDenseAndListsThem) {
   const fs::path out = test::temp_dir("q-ignore") / "out";
   QuantizeOptions o = tiny_options("int8_dynamic", out);
   o.ignore = {"re:mlp\\.down_proj$", "layers\\.0\\.self_attn\\.q_proj"};
+  // q_proj alone would leave vLLM's fused qkv_proj partly quantized: k/v are left dense too.
   const QuantizeResult r = quantize_model(o);
-  EXPECT_EQ(r.quantized_linears, 28 - 5);
-  EXPECT_EQ(r.skipped_linears, 5);
+  EXPECT_EQ(r.quantized_linears, 28 - 7);
+  EXPECT_EQ(r.skipped_linears, 7);
   Checkpoint ck = open_checkpoint(out);
   const json ignore = ck.config["quantization_config"]["ignore"];
-  EXPECT_EQ(ignore.size(), 6u);
+  EXPECT_EQ(ignore.size(), 8u);
   EXPECT_EQ(ignore[0], "lm_head");
   Checkpoint base = open_checkpoint(test::model_dir("qwen3-tiny"));
-  for (const std::string m : {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj",
+  for (const std::string m : {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
+                              "model.layers.0.self_attn.v_proj", "model.layers.0.mlp.down_proj",
                               "model.layers.3.mlp.down_proj"}) {
     EXPECT_NE(std::find(ignore.begin(), ignore.end(), m), ignore.end()) << m;
     const TensorRef a = base.tensors->get(m + ".weight"), b = ck.tensors->get(m + ".weight");
@@ -419,8 +433,9 @@ TEST(Quantize, IgnoreLeavesModulesDenseAndListsThem) {
     EXPECT_EQ(std::memcmp(a.data, b.data, a.info.nbytes), 0) << m << " copied unchanged";
   }
   EXPECT_EQ(ck.tensors->get("model.layers.1.self_attn.q_proj.weight").info.dtype, DType::I8);
+  EXPECT_EQ(ck.tensors->get("model.layers.0.self_attn.o_proj.weight").info.dtype, DType::I8);
   WeightLoader wl(out);
-  EXPECT_EQ(wl.quantized_modules().size(), 23u);
+  EXPECT_EQ(wl.quantized_modules().size(), 21u);
   // Everything ignored is an error, and leaves nothing.
   const fs::path none = test::temp_dir("q-ignore-all") / "out";
   QuantizeOptions all = tiny_options("int8", none);
@@ -614,40 +629,62 @@ fs::path poisoned_model(const fs::path& dir) {
   return patched_model(dir, "model.layers.2.mlp.up_proj.weight", 7, 0x7fc0);
 }
 
-// The awq layout's kernels (AutoAWQ GEMM, vLLM awq) run float16 only: the whole checkpoint is
-// float16 and says so in config.json; a value float16 cannot hold is refused by name.
-TEST(Quantize, AwqLayoutWritesAFloat16Model) {
+// The awq and gptq layouts' kernels want float16 (AutoAWQ GEMM and vLLM awq run fp16 only; vLLM's
+// non-Marlin GPTQ rejects bf16 and Marlin casts the scales to the model dtype): the whole
+// checkpoint is float16 and says so in config.json, in both spellings (with the RoPE base in
+// both spellings too); a value float16 cannot hold is refused by name.
+TEST(Quantize, AwqAndGptqLayoutsWriteAFloat16Model) {
   const fs::path d = test::temp_dir("q-awq-f16");
-  QuantizeOptions o = tiny_options("int4_awq", d / "out");
-  o.num_samples = 8;
-  quantize_model(o);
-  const Checkpoint ck = open_checkpoint(d / "out");
-  EXPECT_EQ(ck.config["quantization_config"]["quant_method"], "awq");
-  const std::string key = ck.config.contains("torch_dtype") ? "torch_dtype" : "dtype";
-  EXPECT_EQ(ck.config[key], "float16");
-  int dense = 0;
-  for (const TensorInfo& t : ck.tensors->list()) {
-    if (t.name.ends_with(".qweight") || t.name.ends_with(".qzeros")) {
-      EXPECT_EQ(t.dtype, DType::I32) << t.name;
-      continue;
-    }
-    EXPECT_EQ(t.dtype, DType::F16) << t.name;  // scales, norms, embeddings
-    ++dense;
-  }
-  EXPECT_GT(dense, 28 + 2 * 4);
-  // Embeddings are copied, rounded to float16 (half an ulp; subnormal spacing 2^-24).
   const Checkpoint in = open_checkpoint(test::model_dir("qwen3-tiny"));
-  const std::vector<float> e16 = ck.tensors->get("model.embed_tokens.weight").to_f32();
-  const std::vector<float> e = in.tensors->get("model.embed_tokens.weight").to_f32();
-  ASSERT_EQ(e16.size(), e.size());
-  for (size_t i = 0; i < e.size(); ++i)
-    ASSERT_LE(std::fabs(e16[i] - e[i]), std::fabs(e[i]) * 0x1p-11f + 0x1p-25f) << i;
-  // Other layouts keep the input's dtype (bf16).
-  QuantizeOptions g = tiny_options("int4_gptq", d / "gptq");
+  for (const char* method : {"int4_awq", "int4_gptq"}) {
+    QuantizeOptions o = tiny_options(method, d / method);
+    o.num_samples = 8;
+    o.ignore = {"layers\\.1\\.mlp\\.up_proj"};  // widened to gate_proj (vLLM's gate_up_proj)
+    quantize_model(o);
+    const Checkpoint ck = open_checkpoint(d / method);
+    const json& qc = ck.config["quantization_config"];
+    EXPECT_EQ(qc["quant_method"], std::string(method) == "int4_awq" ? "awq" : "gptq");
+    EXPECT_FALSE(ck.tensors->has("model.layers.1.mlp.gate_proj.qweight")) << method;
+    // The skip rules name vLLM's fused module, the only name vLLM matches them against.
+    if (std::string(method) == "int4_awq") {
+      const json& skip = qc["modules_to_not_convert"];
+      for (const char* m : {"model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj",
+                            "model.layers.1.mlp.gate_up_proj"})
+        EXPECT_NE(std::find(skip.begin(), skip.end(), m), skip.end()) << m;
+    } else {
+      EXPECT_TRUE(qc["dynamic"].contains("-:.*model\\.layers\\.1\\.mlp\\.gate_up_proj$")) << qc.dump();
+      EXPECT_TRUE(qc["dynamic"].contains("-:.*model\\.layers\\.1\\.mlp\\.gate_proj$")) << qc.dump();
+    }
+    EXPECT_EQ(ck.config["torch_dtype"], "float16") << method;
+    EXPECT_EQ(ck.config["dtype"], "float16") << method;
+    EXPECT_EQ(ck.config["rope_theta"], 1000000.0) << method;  // the input has rope_parameters only
+    EXPECT_EQ(ck.config["rope_parameters"]["rope_theta"], 1000000.0) << method;
+    int dense = 0;
+    for (const TensorInfo& t : ck.tensors->list()) {
+      if (t.name.ends_with(".qweight") || t.name.ends_with(".qzeros") || t.name.ends_with(".g_idx")) {
+        EXPECT_EQ(t.dtype, DType::I32) << t.name;
+        continue;
+      }
+      EXPECT_EQ(t.dtype, DType::F16) << t.name;  // scales, norms, embeddings
+      ++dense;
+    }
+    EXPECT_GT(dense, 28 + 2 * 4);
+    // Embeddings are copied, rounded to float16 (half an ulp; subnormal spacing 2^-24).
+    const std::vector<float> e16 = ck.tensors->get("model.embed_tokens.weight").to_f32();
+    const std::vector<float> e = in.tensors->get("model.embed_tokens.weight").to_f32();
+    ASSERT_EQ(e16.size(), e.size());
+    for (size_t i = 0; i < e.size(); ++i)
+      ASSERT_LE(std::fabs(e16[i] - e[i]), std::fabs(e[i]) * 0x1p-11f + 0x1p-25f) << i;
+  }
+  // Other layouts keep the input's dtype (bf16); the config still carries both spellings.
+  QuantizeOptions g = tiny_options("int4_gptq", d / "ct");
   g.num_samples = 8;
+  g.overrides.layout = "compressed-tensors";
   quantize_model(g);
-  const Checkpoint gk = open_checkpoint(d / "gptq");
+  const Checkpoint gk = open_checkpoint(d / "ct");
   EXPECT_EQ(gk.tensors->get("model.embed_tokens.weight").info.dtype, DType::BF16);
+  EXPECT_EQ(gk.config["torch_dtype"], "bfloat16");
+  EXPECT_EQ(gk.config["rope_theta"], 1000000.0);
 
   // 1e5 in the embedding table (last token row) does not fit float16.
   const fs::path big = patched_model(d / "big-model", "model.embed_tokens.weight", -1, 0x47C3);  // bf16 99840
@@ -789,6 +826,34 @@ TEST(QuantizeSummary, MentionsSizesAndQuality) {
   const json j = summary_json(r);
   EXPECT_EQ(j["quality"]["ppl_ratio"], 1.005);
   EXPECT_EQ(j["quantized_linear_bytes"], 25);
+  EXPECT_EQ(j["vllm"]["loadable"], true);
+  EXPECT_NE(s.find("vLLM                   loadable"), std::string::npos) << s;
+  r.vllm_why_not = "3-bit symmetric weights";
+  EXPECT_NE(format_summary(r).find("not loadable by vLLM: 3-bit symmetric weights"), std::string::npos);
+  EXPECT_EQ(summary_json(r)["vllm"]["reason"], "3-bit symmetric weights");
+}
+
+// A group size no consumer takes (not dividing some in_features, or larger than it) is refused
+// before any work, naming --group-size, and leaves nothing.
+TEST(QuantizeErrors, GroupSizeMustDivideEveryInFeatures) {
+  const fs::path d = test::temp_dir("q-group");
+  for (int64_t g : {7, 100000, 256}) {  // 256 divides 384 (down_proj) but not 128 (hidden)
+    QuantizeOptions o = tiny_options("int8", d / "out");
+    o.overrides.group = g;
+    const std::string msg = error_of([&] { quantize_model(o); });
+    EXPECT_NE(msg.find("--group-size " + std::to_string(g)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("in_features 128"), std::string::npos) << msg;
+    EXPECT_FALSE(fs::exists(d / "out"));
+  }
+  QuantizeOptions ok = tiny_options("int8", d / "out");
+  ok.overrides.group = 32;
+  const QuantizeResult r = quantize_model(ok);
+  EXPECT_TRUE(r.vllm_why_not.empty()) << r.vllm_why_not;
+  // group 16 divides everything but vLLM's compressed-tensors kernels (Marlin) do not take it.
+  QuantizeOptions g16 = tiny_options("int8", d / "g16");
+  g16.overrides.group = 16;
+  const QuantizeResult r16 = quantize_model(g16);
+  EXPECT_NE(r16.vllm_why_not.find("group size 16"), std::string::npos) << r16.vllm_why_not;
 }
 
 // ---- BlockJob helpers ----------------------------------------------------------------------

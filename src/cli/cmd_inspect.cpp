@@ -3,6 +3,7 @@
 
 #include "cli/command.h"
 #include "formats/inspect.h"
+#include "quant/layouts.h"
 
 namespace {
 
@@ -18,7 +19,8 @@ cli::RunFn setup(CLI::App& app) {
   app.add_flag("--json", o->json, "print the report as JSON");
   return [o]() -> int {
     Checkpoint c = open_for_inspect(o->path);
-    const nlohmann::json rep = inspect_checkpoint(c);
+    nlohmann::json rep = inspect_checkpoint(c);
+    rep["vllm"] = vllm_loadability(*c.tensors, c.config);
     const std::string text = o->json ? rep.dump(2) + "\n" : format_inspect_text(rep);
     std::fwrite(text.data(), 1, text.size(), stdout);
     return 0;

@@ -116,7 +116,8 @@ RunFn setup(CLI::App& app) {
   app.add_option("--seq-len", a->seq_len, "tokens per calibration window (default 256)")
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--ignore", a->ignore,
-                 "regex of module names to leave unquantized (repeatable; lm_head always is)");
+                 "regex of module names to leave unquantized (repeatable; lm_head always is; a "
+                 "match on part of q/k/v or gate/up widens to the group vLLM fuses)");
   app.add_option("--format", a->format, "output container: hf | parquet (default: from --output)");
   app.add_option("--layout", a->layout, "output layout (default: the method's first)");
   app.add_option("--bits", a->bits, "weight bits (methods that allow a choice)");

@@ -36,14 +36,35 @@ const char* torch_dtype_name(DType t) {
 
 void set_config_dtype(nlohmann::json& config, DType t) {
   const char* name = torch_dtype_name(t);
-  bool set = false;
-  for (const char* key : {"dtype", "torch_dtype"}) {
-    if (config.contains(key)) {
-      config[key] = name;
-      set = true;
-    }
-  }
-  if (!set) config["torch_dtype"] = name;
+  config["dtype"] = name;
+  config["torch_dtype"] = name;
+}
+
+void set_config_spellings(nlohmann::json& c) {
+  using nlohmann::json;
+  if (!c.is_object()) return;
+  auto present = [&](const json& o, const char* k) {
+    return o.is_object() && o.contains(k) && !o.at(k).is_null();
+  };
+  if (present(c, "dtype")) c["torch_dtype"] = c["dtype"];
+  else if (present(c, "torch_dtype")) c["dtype"] = c["torch_dtype"];
+  if (!present(c, "rope_theta") && !present(c, "rope_parameters") && !present(c, "rope_scaling"))
+    return;
+  // The parameters as model/config.h reads them: rope_parameters when present, else
+  // rope_scaling; theta from rope_parameters, else rope_theta.
+  json p = present(c, "rope_parameters") ? c["rope_parameters"]
+           : present(c, "rope_scaling")  ? c["rope_scaling"]
+                                         : json::object();
+  if (!p.is_object()) return;  // malformed: the reader names it
+  if (!present(p, "rope_theta") && present(c, "rope_theta")) p["rope_theta"] = c["rope_theta"];
+  if (!present(p, "rope_type")) p["rope_type"] = present(p, "type") ? p["type"] : json("default");
+  p.erase("type");
+  c["rope_parameters"] = p;
+  if (present(p, "rope_theta")) c["rope_theta"] = p["rope_theta"];
+  json v4 = p;
+  v4.erase("rope_theta");
+  const bool dflt = v4["rope_type"].is_string() && v4["rope_type"].get<std::string>() == "default";
+  c["rope_scaling"] = dflt ? json(nullptr) : v4;
 }
 
 std::optional<DType> parse_target_dtype(const std::string& s) {
@@ -87,7 +108,10 @@ ConvertStats convert_checkpoint(const Checkpoint& in, const std::filesystem::pat
   }
   if (buf.capacity()) std::vector<uint8_t>().swap(buf);
   nlohmann::json config = in.config;
-  if (opts.target_dtype && config.is_object()) set_config_dtype(config, *opts.target_dtype);
+  if (opts.target_dtype && config.is_object()) {
+    set_config_dtype(config, *opts.target_dtype);
+    set_config_spellings(config);
+  }
   w->commit(config, in.aux_files);
   if (prog) prog->finish();
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

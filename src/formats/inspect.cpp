@@ -211,6 +211,11 @@ std::string format_inspect_text(const json& r) {
   os << "\n";
   if (!r["quantization_config"].is_null()) os << "quantization_config: " << r["quantization_config"].dump() << "\n";
   else os << "quantization_config: none\n";
+  if (r.contains("vllm") && r["vllm"].is_object()) {
+    const json& v = r["vllm"];
+    if (v.value("loadable", false)) os << "vLLM: loadable\n";
+    else os << "vLLM: not loadable by vLLM: " << v.value("reason", std::string()) << "\n";
+  }
   const json& f = r["footprint"];
   char buf[256];
   std::snprintf(buf, sizeof buf, "memory footprint: %s vs %s in bf16 (%.3fx)\n",

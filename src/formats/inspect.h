@@ -17,7 +17,9 @@
 //      - every other tensor counts its numel.
 //    quantized bits: quantization_config.bits, else the first config_groups.*.weights.num_bits,
 //    else 4. bf16_bytes = 2 x logical_parameters; ratio = bytes / bf16_bytes.
-//  * format_inspect_text(report) renders the report for people.
+//  * format_inspect_text(report) renders the report for people, including a "vllm" entry
+//    {loadable, reason} when the caller added one (llmc inspect adds quant/layouts.h
+//    vllm_loadability(); formats/ cannot judge quantized layouts itself).
 #pragma once
 #include <filesystem>
 #include <nlohmann/json.hpp>

@@ -3,10 +3,21 @@
 // data here (biases, per-head q/k norms, tensor names); adding a Llama-like architecture
 // (Mistral, Hunyuan-dense, ...) is one more row in arch.cpp.
 #pragma once
+#include <span>
 #include <string>
 #include <vector>
 
+#include "model/linear.h"
+
 namespace llmc {
+
+// Linears that vLLM loads as one fused module (QKVParallelLinear, MergedColumnParallelLinear):
+// their quantization must be all or none. `fused` is vLLM's module name inside a layer.
+struct FusedGroup {
+  const char* fused;      // "self_attn.qkv_proj"
+  LinearSlot slots[3];
+  int n_slots;
+};
 
 struct ArchSpec {
   const char* name;            // "Qwen3ForCausalLM"
@@ -23,6 +34,7 @@ struct ArchSpec {
   const char* post_norm;       // "post_attention_layernorm.weight"
   const char* q_norm;          // "self_attn.q_norm.weight"
   const char* k_norm;          // "self_attn.k_norm.weight"
+  std::span<const FusedGroup> fused;  // groups vLLM fuses (Llama-style: qkv_proj, gate_up_proj)
 };
 
 // nullptr when unknown.

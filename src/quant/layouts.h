@@ -59,8 +59,26 @@ struct EncodedTensor {
 struct QuantConfigSpec {
   QuantizedWeight scheme;
   std::vector<std::string> ignore;  // module names left unquantized, e.g. "lm_head"
+  // vLLM's fused module names ("model.layers.0.self_attn.qkv_proj") whose members are all in
+  // `ignore`: vLLM's gptq `dynamic` and awq `modules_to_not_convert` rules see only those.
+  std::vector<std::string> fused_ignore;
   // Merged into the config last (gptq: desc_act, static_groups, true_sequential, damp_percent).
   nlohmann::json extra = nlohmann::json::object();
+};
+
+// What vLLM serves from a layout: one row of data per layout, evaluated by
+// Layout::vllm_why_not (no per-layout code). The rules and the vLLM code they come from are
+// listed in docs/formats.md ("vLLM loadability").
+struct VllmRule {
+  bool fp8 = false;          // weights are fp8 e4m3 (else integer)
+  uint16_t sym_bits = 0;     // bit b set: b-bit symmetric weights are served
+  uint16_t asym_bits = 0;    // bit b set: b-bit weights with zero points are served
+  bool per_tensor = false;   // group 0
+  bool per_channel = false;  // group -1
+  bool any_group = false;    // every group size > 0 that divides in_features
+  int groups[3] = {0, 0, 0}; // otherwise these group sizes (0: unused slot)
+  uint8_t acts = 0;          // bit int(ActQuant) set: that activation scheme is served
+  const char* source = "";   // the vLLM code the rule comes from ("" = vLLM has no loader)
 };
 
 struct Layout {
@@ -78,9 +96,18 @@ struct Layout {
   nlohmann::json (*config_fn)(const Layout& self, const QuantConfigSpec& spec);
   // [out, in] of a stored module from its tensors' shapes (no unpacking).
   Shape (*shape_fn)(const TensorReader& r, const std::string& prefix, const nlohmann::json& qconfig);
-  // Dtype the rest of the checkpoint must use (dense tensors and config torch_dtype) when the
-  // layout's kernels require it: awq -> float16 (vLLM's AWQ kernels run fp16 activations only).
+  // Dtype the rest of the checkpoint must use (dense tensors and config dtype) when the
+  // layout's kernels require it: awq -> float16 (vLLM's AWQ kernels run fp16 activations only);
+  // gptq -> float16 (vLLM's non-Marlin GPTQ kernels reject bf16, and Marlin casts the fp16
+  // scales to the model dtype: in bf16 they would no longer equal what llmc wrote).
   std::optional<DType> model_dtype = std::nullopt;
+  VllmRule vllm = {};  // what vLLM serves from this layout
+
+  // "" when vLLM can serve weights like w stored in this layout (the "compressed-tensors" row:
+  // in the format it picks), else the reason and the vLLM code the rule comes from. Checks
+  // weight kind, bits with symmetry, granularity, group size dividing w.in (when w.in > 0) and
+  // the activation scheme.
+  std::string vllm_why_not(const QuantizedWeight& w) const;
 
   // Throws llmc::Error naming `module` when w is invalid or this layout cannot hold it.
   void check(const QuantizedWeight& w, const std::string& module) const;
@@ -102,6 +129,13 @@ const Layout& find_layout(const std::string& name);
 // format for compressed-tensors). Throws llmc::Error naming `origin` for a missing or unknown
 // quant_method.
 const Layout& layout_for_config(const nlohmann::json& qconfig, const std::string& origin);
+
+// Whether vLLM can serve a checkpoint (`llmc inspect`): {"loadable": bool, "reason": "..."}.
+// Dense checkpoints are loadable. Otherwise the layout from config.quantization_config judges
+// its first quantized module (decoded) and checks every quantized module's group size against
+// its in_features (from the tensor shapes). An unreadable config is "not loadable" with the
+// reader's error.
+nlohmann::json vllm_loadability(const TensorReader& r, const nlohmann::json& config);
 
 // Rounds every scale to `t` (round to nearest even), as written by a layout whose scale_dtype
 // is t, so that codes computed afterwards decode bit-exactly.

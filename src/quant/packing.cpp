@@ -59,8 +59,8 @@ void pack_codes(const int32_t* codes, int64_t stride, int64_t n, int bits, PackS
   for (int64_t k = 0; k < n; ++k) {
     const int32_t c = codes[k * stride];
     if (c < 0 || c > maxv) fail("code ", c, " does not fit in ", bits, " bits (index ", k, ")");
-    int64_t w;
-    int off;
+    int64_t w = 0;
+    int off = 0;
     locate(k, bits, scheme, &w, &off);
     const uint64_t v = uint64_t(uint32_t(c)) << off;
     words[w * wstride] |= uint32_t(v);
@@ -121,8 +121,8 @@ void unpack_codes(const uint32_t* words, int64_t wstride, int64_t n, int bits, P
   if (wstride == 1 && stride == 1 && unpack_contiguous(words, n, bits, scheme, codes)) return;
   const uint32_t mask = (1u << bits) - 1u;
   for (int64_t k = 0; k < n; ++k) {
-    int64_t w;
-    int off;
+    int64_t w = 0;
+    int off = 0;
     locate(k, bits, scheme, &w, &off);
     uint64_t v = words[w * wstride];
     if (off + bits > 32 && w + 1 < nw) v |= uint64_t(words[(w + 1) * wstride]) << 32;

@@ -4,8 +4,10 @@
 //  * Stream (AutoGPTQ): the codes form one continuous bit stream; code k occupies stream bits
 //    [k·bits, (k+1)·bits), stream bit j is bit (j mod 32) of word j / 32. For 2/4/8 bits this is
 //    plain "32/bits codes per word"; for 3 bits it is AutoGPTQ's scheme where every 32 codes fill
-//    3 words and codes 10 and 21 straddle word boundaries. Words = ceil(n·bits / 32).
-//  * Fixed (compressed-tensors pack_to_int32): floor(32/bits) codes per word, code k in word
+//    3 words and codes 10 and 21 straddle word boundaries. Words = ceil(n·bits / 32). The
+//    current compressed-tensors pack_to_int32 (dense since 2026) is this scheme too.
+//  * Fixed (compressed-tensors pack_to_int32 before 2026, read only): floor(32/bits) codes per
+//    word, code k in word
 //    k / per_word at bit (k mod per_word)·bits; leftover high bits and padding codes are 0.
 //    Words = ceil(n / per_word).
 //  * Awq (AutoAWQ GEMM, 4 bits only): 8 codes per word, code k in word k / 8 at nibble

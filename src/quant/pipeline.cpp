@@ -56,6 +56,41 @@ class IgnoreRules {
   std::vector<std::pair<std::string, std::regex>> rules_;
 };
 
+// The slots of one block that --ignore leaves dense. vLLM loads q/k/v and gate/up as one fused
+// module each (the arch table's fused groups) and refuses a partly quantized one, so a match on
+// one member widens to its whole group, saying so.
+std::array<bool, kNumLinearSlots> ignored_slots(const BlockJob& job, const ArchSpec& arch,
+                                                const IgnoreRules& rules) {
+  std::array<bool, kNumLinearSlots> ign{};
+  for (int s = 0; s < kNumLinearSlots; ++s) ign[s] = rules.match(job.module_name(LinearSlot(s)));
+  for (const FusedGroup& g : arch.fused) {
+    std::string matched, widened;
+    for (int k = 0; k < g.n_slots; ++k)
+      (ign[int(g.slots[k])] ? matched : widened) += " " + job.module_name(g.slots[k]);
+    if (matched.empty() || widened.empty()) continue;
+    for (int k = 0; k < g.n_slots; ++k) ign[int(g.slots[k])] = true;
+    log_info(cat("--ignore matched", matched, " (fused by vLLM into ", g.fused,
+                 "): also leaving", widened, " unquantized"));
+  }
+  return ign;
+}
+
+// A group size must divide the in_features of every linear it applies to: vLLM, AutoGPTQ,
+// AutoAWQ and compressed-tensors' kernels all need whole groups. Checked before any work.
+void check_group_size(const QuantSpec& spec, const ModelConfig& c) {
+  if (spec.group <= 0) return;
+  const struct {
+    const char* modules;
+    int64_t in;
+  } ins[] = {{"q/k/v/gate/up_proj (hidden_size)", c.hidden_size},
+             {"o_proj (num_attention_heads x head_dim)", int64_t(c.num_heads) * c.head_dim},
+             {"down_proj (intermediate_size)", c.intermediate_size}};
+  for (const auto& x : ins)
+    if (x.in % spec.group != 0)
+      fail("--group-size ", spec.group, " does not divide the in_features ", x.in, " of ",
+           x.modules, "; choose a divisor (vLLM serves -1, 32, 64, 128)");
+}
+
 // ---- output ------------------------------------------------------------------------------
 
 // Streams tensors into the checkpoint writer and keeps the size accounting.
@@ -176,13 +211,15 @@ std::optional<DType> dense_dtype_of(const MethodInfo& m, const Layout* layout) {
 
 json output_config(const Checkpoint& ck, const MethodInfo& m, const Layout* layout,
                    const QuantizedWeight* scheme, const std::vector<std::string>& ignore,
-                   const json& extra) {
+                   const std::vector<std::string>& fused_ignore, const json& extra) {
   json cfg = ck.config;
   if (const std::optional<DType> dense = dense_dtype_of(m, layout)) set_config_dtype(cfg, *dense);
+  set_config_spellings(cfg);
   if (layout && scheme) {
     QuantConfigSpec spec;
     spec.scheme = *scheme;
     spec.ignore = ignore;
+    spec.fused_ignore = fused_ignore;
     spec.extra = extra;
     cfg["quantization_config"] = layout->quantization_config(spec);
   }
@@ -218,6 +255,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const ModelConfig& cfg = model->config();
   const ArchSpec& arch = arch_for(cfg.architecture, opt.input.string());
   const IgnoreRules ignore_rules(opt.ignore);
+  if (layout) check_group_size(spec, cfg);
 
   // 2. Calibration windows -> embeddings = block 0's inputs.
   std::vector<float> x, y;
@@ -247,13 +285,15 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   OutputTensors out(*writer, *ck.tensors, dense_dtype_of(method, layout));
   std::unique_ptr<BlockQuantizer> quantizer = method.factory(spec);
   std::vector<std::string> ignore_list = {"lm_head"};
+  std::vector<std::string> fused_ignore;
   std::optional<QuantizedWeight> scheme;
   json layers = json::object();
   Progress progress("quantize " + method.name, uint64_t(cfg.num_layers), "block");
   for (int i = 0; i < cfg.num_layers; ++i) {
     BlockJob job(*model, i, spec, model->block(i));
     job.batch = std::max(1, opt.batch);
-    job.ignored = [&](LinearSlot s) { return !layout || ignore_rules.match(job.module_name(s)); };
+    const std::array<bool, kNumLinearSlots> ignored = ignored_slots(job, arch, ignore_rules);
+    job.ignored = [&](LinearSlot s) { return !layout || ignored[int(s)]; };
     if (calibrate) {
       job.inputs = x.data();
       job.n_samples = spec.num_samples;
@@ -277,15 +317,10 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
         ignore_list.push_back(m);
       }
     }
-    // vLLM fuses q/k/v and gate/up: a partly ignored group cannot be loaded there.
-    for (const auto& g : {std::vector<int>{int(LinearSlot::Q), int(LinearSlot::K), int(LinearSlot::V)},
-                          std::vector<int>{int(LinearSlot::Gate), int(LinearSlot::Up)}}) {
-      int q = 0;
-      for (int s : g) q += job.quantized[s].has_value();
-      if (q != 0 && q != int(g.size()))
-        log_warn(cat(job.module_name(LinearSlot(g[0])), ": --ignore leaves only part of a group "
-                     "that vLLM fuses (q/k/v or gate/up) unquantized; vLLM needs all or none"));
-    }
+    // vLLM's names for fused groups left dense (its gptq/awq skip rules see only those).
+    for (const FusedGroup& g : arch.fused)
+      if (layout && ignored[int(g.slots[0])])
+        fused_ignore.push_back(cat(arch.layer_prefix, i, ".", g.fused));
     if (calibrate && i + 1 < cfg.num_layers) {
       job.run(nullptr, &y);
       x.swap(y);
@@ -297,6 +332,10 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   // An ignore list of exactly what was skipped; nothing quantized at all is an error.
   if (layout && !scheme)
     fail("nothing to quantize: every linear layer matched --ignore");
+  if (layout) {
+    res.vllm_why_not = layout->vllm_why_not(*scheme);
+    if (!res.vllm_why_not.empty()) log_warn("not loadable by vLLM: " + res.vllm_why_not);
+  }
 
   // 4. Non-block tensors (embeddings, final norm, lm_head, anything else) unchanged.
   for (const auto& t : ck.tensors->list())
@@ -317,7 +356,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   std::map<std::string, std::string> aux = ck.aux_files;
   aux[kReportFile] = res.report.dump(2) + "\n";
   writer->commit(output_config(ck, method, layout, scheme ? &*scheme : nullptr, ignore_list,
-                               quantizer->config_extra()),
+                               fused_ignore, quantizer->config_extra()),
                  aux);
   writer.reset();
 
@@ -358,7 +397,8 @@ json summary_json(const QuantizeResult& r) {
             {"output_bytes", r.out_bytes},
             {"bf16_bytes", r.bf16_bytes},
             {"quantized_linear_bytes", r.qlinear_bytes},
-            {"quantized_linear_bf16_bytes", r.qlinear_bf16_bytes}};
+            {"quantized_linear_bf16_bytes", r.qlinear_bf16_bytes},
+            {"vllm", {{"loadable", r.vllm_why_not.empty()}, {"reason", r.vllm_why_not}}}};
   if (r.quality.measured)
     j["quality"] = {{"tokens", r.quality.tokens},       {"ppl_base", r.quality.ppl_base},
                     {"ppl_quant", r.quality.ppl_quant}, {"ppl_ratio", r.quality.ppl_ratio},
@@ -382,6 +422,7 @@ std::string format_summary(const QuantizeResult& r) {
   line("method", r.method + (r.layout.empty() ? "" : " (layout " + r.layout + ")"));
   line("linears", cat(r.quantized_linears, " quantized, ", r.skipped_linears,
                       " skipped (+ lm_head), ", r.layers, " blocks"));
+  line("vLLM", r.vllm_why_not.empty() ? "loadable" : "not loadable by vLLM: " + r.vllm_why_not);
   if (r.num_samples > 0) line("calibration", cat(r.num_samples, " x ", r.seq_len, " tokens"));
   std::snprintf(buf, sizeof buf, "%.2f s (quantize + write %.2f s)", r.seconds, r.quantize_seconds);
   line("time", buf);

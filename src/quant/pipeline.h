@@ -78,6 +78,8 @@ struct QuantizeResult {
   uint64_t qlinear_bytes = 0, qlinear_bf16_bytes = 0;  // quantized linears only
   QualityResult quality;
   nlohmann::json report;                               // what llmc_quant_report.json holds
+  // "" when vLLM can serve the output (quant/layouts.h Layout::vllm_why_not), else why not.
+  std::string vllm_why_not;
 };
 
 QuantizeResult quantize_model(const QuantizeOptions& opt);
