@@ -20,6 +20,7 @@
 #include "formats/parquet.h"
 #include "formats/parquet_encoding.h"
 #include "formats/parquet_meta.h"
+#include "formats/parquet_page.h"
 #include "formats/thrift_compact.h"
 #include "testing.h"
 
@@ -68,11 +69,13 @@ struct WriteOpts {
   bool zstd = false;
   uint64_t row_group = 0;  // 0: default
   std::map<std::string, std::string> kv;
+  bool checksums = true;
 };
 
 void write_parquet(const fs::path& p, const std::vector<T>& ts, const WriteOpts& o = {}) {
   llmc::ParquetTensorWriter w(p, o.chunk, o.zstd);
   if (o.row_group) w.set_row_group_bytes(o.row_group);
+  w.set_checksums(o.checksums);
   w.set_kv(o.kv);
   for (const auto& t : ts) w.add(t.name, t.dtype, t.shape, t.data.data(), t.data.size());
   w.finish();
@@ -109,11 +112,14 @@ void rewrite_footer(const fs::path& src, const fs::path& dst,
   uint32_t len;
   std::memcpy(&len, b.data() + b.size() - 8, 4);
   pq::FileMetaData m = read_footer(src);
+  const bool sealed = std::any_of(m.key_value_metadata.begin(), m.key_value_metadata.end(),
+                                  [](const pq::KeyValue& kv) { return kv.key == pq::kFooterCrcKey; });
   edit(m);
   ThriftWriter w;
   pq::encode_file_metadata(w, m);
-  std::string out = b.substr(0, b.size() - 8 - len) + w.bytes();
-  const uint32_t n = uint32_t(w.bytes().size());
+  const std::string footer = sealed ? pq::seal_footer(m) : w.bytes();  // as the writer seals it
+  std::string out = b.substr(0, b.size() - 8 - len) + footer;
+  const uint32_t n = uint32_t(footer.size());
   out.append(reinterpret_cast<const char*>(&n), 4);
   out += "PAR1";
   put_file(dst, out);
@@ -920,7 +926,7 @@ TEST(Parquet, CorruptShapeCannotForceHugeAllocation) {
   const fs::path dir = llmc::test::temp_dir("pq-alloc");
   const std::vector<T> ts = {make_tensor("w", DType::F32, {300, 7}, 1), make_tensor("v", DType::F32, {5}, 2)};
   const fs::path good = dir / "good.parquet";
-  write_parquet(good, ts, {.chunk = 1000});  // w: 9 rows, v: 1 row, one row group
+  write_parquet(good, ts, {.chunk = 1000, .checksums = false});  // w: 9 rows, v: 1 row, one row group
   // Understated uncompressed sizes: get() grows its buffer and still returns the exact bytes.
   rewrite_footer(good, dir / "small.parquet", [](pq::FileMetaData& m) {
     for (auto& g : m.row_groups) g.columns[4].meta_data->total_uncompressed_size = 1;
@@ -981,7 +987,8 @@ TEST(Parquet, ReaderRejectsBrokenFiles) {
   const fs::path dir = llmc::test::temp_dir("pq-rerr");
   const std::vector<T> ts = {make_tensor("aa", DType::BF16, {4, 8}, 1), make_tensor("bb", DType::F32, {40}, 2)};
   const fs::path good = dir / "good.parquet";
-  write_parquet(good, ts, {.chunk = 32});  // aa: 2 chunks, bb: 5 chunks
+  // Without checksums: the checks behind them (row contents patched in place) are tested here.
+  write_parquet(good, ts, {.chunk = 32, .checksums = false});  // aa: 2 chunks, bb: 5 chunks
   auto expect_error = [&](const fs::path& p, const std::string& needle) {
     const std::string msg = error_of([&] { open_and_read_all(p); });
     EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
@@ -1107,7 +1114,8 @@ TEST(Parquet, FuzzTruncationsAndByteFlips) {
   size_t opened = 0, failed = 0;
   for (bool zstd : {false, true}) {
     const fs::path src = dir / (zstd ? "z.parquet" : "u.parquet");
-    write_parquet(src, ts, {.chunk = 24, .zstd = zstd, .row_group = 64, .kv = {{"config.json", "{}"}}});
+    write_parquet(src, ts, {.chunk = 24, .zstd = zstd, .row_group = 64, .kv = {{"config.json", "{}"}},
+                            .checksums = false});
     const std::string g = bytes_of(src);
     const ScratchFile scratch("pq-fuzz");
     const fs::path& p = scratch.path;
@@ -1136,6 +1144,204 @@ TEST(Parquet, FuzzTruncationsAndByteFlips) {
   }
   EXPECT_GT(failed, 100u);  // the fuzzing did hit the structure
   EXPECT_GT(opened, 10u);
+}
+
+// =============================== integrity: CRCs and checksums ===============================
+
+namespace {
+// Every page of column `col` in row group `g`: (header, absolute body offset).
+std::vector<std::pair<pq::PageHeader, size_t>> pages_of(const fs::path& p, size_t g, size_t col) {
+  const pq::FileMetaData m = read_footer(p);
+  const auto& md = *m.row_groups.at(g).columns.at(col).meta_data;
+  const std::string b = bytes_of(p);
+  std::vector<std::pair<pq::PageHeader, size_t>> out;
+  size_t pos = size_t(md.data_page_offset);
+  const size_t end = pos + size_t(md.total_compressed_size);
+  while (pos < end) {
+    ThriftReader r(reinterpret_cast<const uint8_t*>(b.data()) + pos, end - pos, "page");
+    pq::PageHeader h = pq::decode_page_header(r);
+    out.emplace_back(h, pos + r.pos());
+    pos += r.pos() + size_t(h.compressed_page_size);
+  }
+  return out;
+}
+
+std::string flip_bit(std::string b, size_t at, int bit) {
+  b[at] = char(uint8_t(b[at]) ^ uint8_t(1u << bit));
+  return b;
+}
+
+const std::vector<T>& integrity_tensors() {
+  static const std::vector<T> ts = {make_tensor("embed", DType::BF16, {8, 6}, 1),
+                                    make_tensor("scalar", DType::F32, {}, 2),
+                                    make_tensor("empty", DType::I8, {0, 3}, 3),
+                                    make_tensor("norm", DType::F16, {40}, 4)};
+  return ts;
+}
+}  // namespace
+
+TEST(ParquetIntegrity, PageCrcIsTheSpecCrc32OfTheStoredPageBytes) {
+  const fs::path dir = llmc::test::temp_dir("pq-crc");
+  for (bool zstd : {false, true}) {
+    const fs::path p = dir / (zstd ? "z.parquet" : "u.parquet");
+    write_parquet(p, integrity_tensors(), {.chunk = 24, .zstd = zstd});
+    const std::string b = bytes_of(p);
+    size_t pages = 0;
+    for (size_t col = 0; col < 5; ++col) {
+      for (const auto& [h, body] : pages_of(p, 0, col)) {
+        ASSERT_TRUE(h.crc.has_value()) << "column " << col;
+        // zlib's crc32 (the gzip CRC-32 the Parquet spec names) over the bytes after the header.
+        const uint32_t want = uint32_t(::crc32(0, reinterpret_cast<const Bytef*>(b.data()) + body,
+                                               uInt(h.compressed_page_size)));
+        EXPECT_EQ(uint32_t(*h.crc), want) << "column " << col;
+        ++pages;
+      }
+    }
+    EXPECT_EQ(pages, 4u + 4 + 1 + 1 + 4);  // one page per small column; data: 4 + 1 + 1 + 4 chunks
+    // Files without checksums: no crc fields, no checksum keys (as llmc wrote them before).
+    const fs::path old = dir / (zstd ? "z_old.parquet" : "u_old.parquet");
+    write_parquet(old, integrity_tensors(), {.chunk = 24, .zstd = zstd, .checksums = false});
+    for (size_t col = 0; col < 5; ++col)
+      for (const auto& [h, body] : pages_of(old, 0, col)) EXPECT_FALSE(h.crc.has_value());
+    for (const auto& kv : read_footer(old).key_value_metadata) EXPECT_EQ(kv.key.rfind("llmc.", 0), std::string::npos);
+    auto f = llmc::open_parquet_checkpoint(old);
+    expect_same(*f.tensors, integrity_tensors());
+  }
+}
+
+TEST(ParquetIntegrity, BitFlipInADataPageNamesFileAndTensor) {
+  const fs::path dir = llmc::test::temp_dir("pq-flip-data");
+  for (bool zstd : {false, true}) {
+    const fs::path good = dir / (zstd ? "z.parquet" : "u.parquet");
+    write_parquet(good, integrity_tensors(), {.chunk = 24, .zstd = zstd});
+    const std::string g = bytes_of(good);
+    // Data pages in row order: embed (96 bytes: 4 chunks), scalar, empty, norm (80 bytes: 4 chunks).
+    const char* owner[] = {"embed", "embed", "embed", "embed", "scalar", "empty", "norm", "norm", "norm", "norm"};
+    const auto pages = pages_of(good, 0, 4);
+    ASSERT_EQ(pages.size(), 10u);
+    for (size_t i = 0; i < pages.size(); ++i) {
+      const auto& [h, body] = pages[i];
+      for (size_t at : {body, body + size_t(h.compressed_page_size) - 1}) {
+        const fs::path p = dir / "bad.parquet";
+        put_file(p, flip_bit(g, at, int(i % 8)));
+        auto f = llmc::open_parquet_checkpoint(p);  // the index is intact
+        const std::string msg = error_of([&] { f.tensors->get(owner[i]); });
+        EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+        EXPECT_NE(msg.find(std::string("tensor '") + owner[i] + "'"), std::string::npos) << msg;
+        if (!zstd) EXPECT_NE(msg.find("CRC mismatch"), std::string::npos) << "flip at " << at << ": " << msg;
+        // The other tensors still read, exactly.
+        for (const auto& t : integrity_tensors()) {
+          if (t.name == owner[i]) continue;
+          const auto ref = f.tensors->get(t.name);
+          EXPECT_EQ(std::string(reinterpret_cast<const char*>(ref.data), ref.info.nbytes), t.data);
+        }
+      }
+    }
+  }
+}
+
+TEST(ParquetIntegrity, TensorChecksumCatchesWhatPageCrcsDoNotCover) {
+  // A tensor whose stored CRC disagrees with its (intact, CRC-valid) pages: a writer bug or a
+  // forged footer. The footer is re-sealed so that only the tensor checksum can catch it.
+  const fs::path dir = llmc::test::temp_dir("pq-tcrc");
+  const fs::path good = dir / "good.parquet";
+  write_parquet(good, integrity_tensors(), {.chunk = 24});
+  const fs::path p = dir / "forged.parquet";
+  rewrite_footer(good, p, [](pq::FileMetaData& m) {
+    for (auto& kv : m.key_value_metadata)
+      if (kv.key == pq::kTensorCrcKey) (*kv.value)[9 * 3] ^= 1;  // norm's first hex digit
+  });
+  auto f = llmc::open_parquet_checkpoint(p);
+  const std::string msg = error_of([&] { f.tensors->get("norm"); });
+  EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tensor 'norm'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checksum mismatch"), std::string::npos) << msg;
+  EXPECT_NO_THROW(f.tensors->get("embed"));
+  // Malformed checksum lists and a missing footer checksum are errors at open.
+  auto expect_open_error = [&](const std::string& name, const std::function<void(pq::FileMetaData&)>& edit,
+                               const std::string& needle) {
+    const fs::path q = dir / name;
+    rewrite_footer(good, q, edit);
+    const std::string e = error_of([&] { llmc::open_parquet_checkpoint(q); });
+    EXPECT_NE(e.find(q.string()), std::string::npos) << e;
+    EXPECT_NE(e.find(needle), std::string::npos) << "expected '" << needle << "' in: " << e;
+  };
+  auto set_crcs = [](const std::string& v) {
+    return [v](pq::FileMetaData& m) {
+      for (auto& kv : m.key_value_metadata)
+        if (kv.key == pq::kTensorCrcKey) kv.value = v;
+    };
+  };
+  expect_open_error("short.parquet", set_crcs("00000000 11111111"), "is malformed");
+  expect_open_error("hex.parquet", set_crcs("0000000g 00000000 00000000 00000000"), "is malformed");
+  expect_open_error("sep.parquet", set_crcs("00000000,00000000 00000000 00000000"), "is malformed");
+  // Unsealed footer (the footer-CRC entry lost) that still has tensor checksums.
+  const fs::path q = dir / "unsealed.parquet";
+  {
+    std::string b = bytes_of(good);
+    uint32_t len;
+    std::memcpy(&len, b.data() + b.size() - 8, 4);
+    pq::FileMetaData m = read_footer(good);
+    std::erase_if(m.key_value_metadata, [](const pq::KeyValue& kv) { return kv.key == pq::kFooterCrcKey; });
+    ThriftWriter w;
+    pq::encode_file_metadata(w, m);
+    std::string out = b.substr(0, b.size() - 8 - len) + w.bytes();
+    const uint32_t n = uint32_t(w.bytes().size());
+    out.append(reinterpret_cast<const char*>(&n), 4);
+    put_file(q, out + "PAR1");
+  }
+  const std::string e = error_of([&] { llmc::open_parquet_checkpoint(q); });
+  EXPECT_NE(e.find("footer checksum entry missing"), std::string::npos) << e;
+  // The writer keeps its keys to itself; the reader does not return them.
+  llmc::ParquetTensorWriter w(dir / "w.parquet", 1024, false);
+  EXPECT_THROW(w.set_kv({{pq::kTensorCrcKey, "x"}}), Error);
+  EXPECT_THROW(w.set_kv({{pq::kFooterCrcKey, "x"}}), Error);
+  w.add("x", DType::F32, {1}, "abcd", 4);
+  EXPECT_THROW(w.set_checksums(false), Error);  // after add()
+  w.finish();
+  EXPECT_TRUE(llmc::open_parquet_checkpoint(dir / "w.parquet").kv.empty());
+}
+
+TEST(ParquetIntegrity, EveryBitFlipIsAnErrorOrReadsBackExactly) {
+  // With checksums, a flipped bit anywhere (pages, page headers, footer, key-value metadata,
+  // trailer) either fails with an error naming the file, or (a flip in a header field llmc does
+  // not need) reads back exactly the written tensors and metadata: never exit 0 with garbage.
+  const fs::path dir = llmc::test::temp_dir("pq-flip-all");
+  const std::map<std::string, std::string> kv = {{"config.json", "{\"hidden_size\": 8}"}, {"file:a.txt", "hello"}};
+  for (bool zstd : {false, true}) {
+    const fs::path src = dir / (zstd ? "z.parquet" : "u.parquet");
+    write_parquet(src, integrity_tensors(), {.chunk = 24, .zstd = zstd, .row_group = 64, .kv = kv});
+    const std::string g = bytes_of(src);
+    const ScratchFile scratch(zstd ? "pq-flip-z" : "pq-flip-u");
+    const fs::path& p = scratch.path;
+    size_t errors = 0, exact = 0;
+    uint32_t len;
+    std::memcpy(&len, g.data() + g.size() - 8, 4);
+    const size_t footer = g.size() - 8 - len;
+    size_t footer_errors = 0;
+    for (size_t at = 0; at < g.size(); ++at) {
+      put_file(p, flip_bit(g, at, int((at * 5) % 8)));
+      std::string msg;
+      try {
+        auto f = llmc::open_parquet_checkpoint(p);
+        msg = "(opened)";
+        EXPECT_EQ(f.kv, kv) << "flip at " << at;
+        for (const auto& t : integrity_tensors()) {
+          const auto ref = f.tensors->get(t.name);
+          ASSERT_EQ(std::string(reinterpret_cast<const char*>(ref.data), ref.info.nbytes), t.data)
+              << "garbage read back after a flip at byte " << at;
+        }
+        ++exact;
+      } catch (const Error& e) {
+        msg = e.what();
+        EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+        ++errors;
+        if (at >= footer) ++footer_errors;
+      }
+    }
+    EXPECT_EQ(footer_errors, g.size() - footer);  // the footer is sealed: every flip there is caught
+    EXPECT_GT(errors, g.size() * 9 / 10) << exact;
+  }
 }
 
 namespace {
@@ -1243,6 +1449,9 @@ void check_hyparquet_reads(const fs::path& dir, const std::string& tag, const st
   // Key-value metadata.
   std::map<std::string, std::string> kv;
   for (auto it = meta["kv"].begin(); it != meta["kv"].end(); ++it) kv[it.key()] = it.value();
+  // llmc's checksums are plain key-value pairs to hyparquet (which also accepted the page CRCs).
+  EXPECT_EQ(kv.erase(pq::kTensorCrcKey), o.checksums ? 1u : 0u);
+  EXPECT_EQ(kv.erase(pq::kFooterCrcKey), o.checksums ? 1u : 0u);
   EXPECT_EQ(kv, o.kv);
   // Every row: name, dtype, shape, chunk and length as llmc laid them out.
   size_t r = 0;

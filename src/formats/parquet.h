@@ -14,13 +14,19 @@
 //    the row group size (default 64 MiB), so memory stays bounded by one row group plus one
 //    chunk. Duplicate names, shape x dtype != nbytes, add()/set_kv() after finish() throw.
 //    The writer writes to `path` directly; atomic replacement is the caller's job.
+//  * Integrity: every page header carries the Parquet `crc` (CRC-32 of the page bytes as
+//    stored); the key-value metadata carries "llmc.tensor_crc32" (the CRC-32 of each tensor's
+//    bytes) and "llmc.footer_crc32" (the CRC-32 of the footer itself). These two keys are
+//    reserved: set_kv() refuses them and the reader does not return them.
 //  * Reader: reads the footer and the small columns (name, dtype, shape, chunk) at open;
 //    get(name) reads only that tensor's data pages (page headers are walked, earlier pages are
 //    skipped unread). It reads files of other writers too: REQUIRED or OPTIONAL columns, 3-level
 //    (or legacy 2-level) lists, data page v1 and v2, PLAIN and dictionary encodings, codecs
 //    UNCOMPRESSED/SNAPPY/GZIP/ZSTD, any row-group split. Every inconsistency (chunks missing,
 //    repeated or out of order, bytes != shape x dtype size, unknown dtype, null values, bad
-//    offsets, corrupt Thrift or pages) throws llmc::Error naming the file and tensor.
+//    offsets, corrupt Thrift or pages) throws llmc::Error naming the file and tensor. Page CRCs
+//    are verified when a page has one, the footer CRC at open, a tensor's CRC on every get();
+//    a mismatch throws naming the file (and tensor). Files without checksums still read.
 #pragma once
 #include <filesystem>
 #include <functional>
@@ -35,7 +41,8 @@ namespace llmc {
 
 struct ParquetCheckpointFile {
   std::unique_ptr<TensorReader> tensors;      // streams: reads one tensor's rows on get()
-  std::map<std::string, std::string> kv;      // file key-value metadata
+  std::map<std::string, std::string> kv;      // file key-value metadata (llmc's checksum keys removed)
+  bool checksums = false;  // the file carries llmc's footer and tensor checksums (verified)
 };
 
 // Opens an AI-OS Parquet weight file (any conformant writer). Throws llmc::Error naming the
@@ -61,6 +68,9 @@ class ParquetTensorWriter : public TensorWriter {
   ~ParquetTensorWriter() override;
   void set_kv(const std::map<std::string, std::string>& kv);  // before finish()
   void set_row_group_bytes(uint64_t bytes);  // data bytes per row group (default 64 MiB)
+  // Page CRCs, per-tensor CRC-32s and the footer CRC (default on). Off writes files as llmc
+  // did before it had checksums (for tests of old files); only before the first add().
+  void set_checksums(bool on);
   void add(const std::string& name, DType dtype, const Shape& shape, const void* data,
            uint64_t nbytes) override;
   void finish() override;
