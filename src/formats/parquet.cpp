@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "formats/parquet_encoding.h"
 #include "formats/parquet_meta.h"
 #include "formats/thrift_compact.h"
@@ -64,8 +65,7 @@ struct Bytes {
 class File {
  public:
   explicit File(const std::filesystem::path& path) : name_(path.string()) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) fail(name_, ": cannot open: ", std::strerror(errno));
+    fd_ = open_regular_file(path);  // refuses FIFOs / devices without blocking
     struct stat st{};
     if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
       ::close(fd_);
