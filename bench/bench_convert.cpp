@@ -86,8 +86,10 @@ int main(int argc, char** argv) {
       ConvertOptions hf2pq;
       hf2pq.format = CheckpointFormat::Parquet;
       hf2pq.progress = false;
+      hf2pq.writer.overwrite = true;  // each repetition replaces the previous run's output
       ConvertOptions to_hf;
       to_hf.progress = false;
+      to_hf.writer.overwrite = true;
       Checkpoint src = open_checkpoint(model);
       const double mb = double(tensor_bytes(src)) / 1e6;
       double t = best_of(reps, [&](int) { convert_checkpoint(src, tmp / "m.parquet", hf2pq); });

@@ -313,9 +313,13 @@ TEST(Checkpoint, WriterRejectsBadAuxAndReuse) {
   Checkpoint c = open_checkpoint(d / "o3");
   EXPECT_EQ(c.config["k"], 1);
   EXPECT_EQ(c.tensors->get("a").to_f32()[0], 2.0f);
-  // Replacing an existing checkpoint directory works; replacing a non-model directory is refused.
+  // Replacing an existing checkpoint directory llmc wrote works with overwrite (and only then);
+  // replacing a non-model directory is refused.
+  EXPECT_THROW(make_checkpoint_writer(d / "o3", CheckpointFormat::HF), Error);
   {
-    auto w = make_checkpoint_writer(d / "o3", CheckpointFormat::HF);
+    WriterOptions ov;
+    ov.overwrite = true;
+    auto w = make_checkpoint_writer(d / "o3", CheckpointFormat::HF, ov);
     w->commit(json{{"k", 2}}, {});
   }
   EXPECT_EQ(open_checkpoint(d / "o3").config["k"], 2);

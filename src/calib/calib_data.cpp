@@ -137,8 +137,9 @@ std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& p
     if (recs.empty()) fail("calibration data ", path.string(), ": its \"text\" column holds no text");
     return recs;
   }
-  const std::string bytes = read_text_file(path);
-  if (has_suffix(name, ".jsonl") || has_suffix(name, ".json")) {
+  const std::string bytes = read_text_input(path);  // UTF-8 checked, gzip read transparently
+  const std::string plain = has_suffix(name, ".gz") ? name.substr(0, name.size() - 3) : name;
+  if (has_suffix(plain, ".jsonl") || has_suffix(plain, ".json")) {
     recs = parse_jsonl_records(bytes, path.string());
   } else {
     if (has_text(bytes)) recs.push_back({bytes, {}});
@@ -216,11 +217,16 @@ std::vector<int32_t> tokenize_records(const std::vector<CalibRecord>& recs, cons
   return ids;
 }
 
+void check_window_length(const std::string& option, int64_t len, int64_t max_positions) {
+  if (max_positions > 0 && len > max_positions)
+    fail(option, " ", len, " exceeds the model's max_position_embeddings ", max_positions,
+         " (windows longer than the model's context are refused)");
+}
+
 CalibWindows load_calibration_windows(const std::filesystem::path& path, const Tokenizer& tok,
                                       int num_samples, int seq_len, uint64_t seed,
                                       int max_positions, std::string* origin_out) {
-  if (max_positions > 0 && seq_len > max_positions)
-    fail("--seq-len ", seq_len, " exceeds the model's max_position_embeddings ", max_positions);
+  check_window_length("--seq-len", seq_len, max_positions);
   std::vector<CalibRecord> recs;
   std::string origin;
   if (path.empty()) {

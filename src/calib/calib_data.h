@@ -11,7 +11,9 @@
 //   {"applied_message": "..."}                             text already rendered by a template
 // Blank lines are skipped. Any other shape, invalid JSON, or a field of the wrong type throws
 // llmc::Error naming "<file>:<line>" and listing the accepted shapes.
-// A .txt file is ONE document (its bytes, as UTF-8). A .parquet file (any writer, e.g. a
+// A .txt file is ONE document (its bytes, as UTF-8). .txt and .jsonl files (and any other text)
+// may be gzip-compressed (read transparently; "x.jsonl.gz" is a .jsonl); bytes that are not
+// UTF-8 are refused naming the file and byte offset (core/fs.h read_text_input). A .parquet file (any writer, e.g. a
 // HuggingFace datasets shard) must have a top-level string column "text": each non-null,
 // non-blank row is one plain document (formats/parquet.h read_parquet_string_column).
 //
@@ -72,6 +74,11 @@ bool tokenizer_has_chatml(const Tokenizer& tok);
 // Renders every record (ChatML when the tokenizer has it), tokenizes each on its own and
 // concatenates the ids.
 std::vector<int32_t> tokenize_records(const std::vector<CalibRecord>& recs, const Tokenizer& tok);
+
+// The one window-length rule (calibration, eval, the quantize quality check): throws
+// "<option> L exceeds the model's max_position_embeddings P ..." when max_positions > 0 and
+// len > max_positions.
+void check_window_length(const std::string& option, int64_t len, int64_t max_positions);
 
 // The whole path from a file (empty path: the bundled default text) to windows. Checks
 // seq_len <= max_positions (when > 0) first: "--seq-len L exceeds the model's

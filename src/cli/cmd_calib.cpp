@@ -3,6 +3,7 @@
 // that model's tokenizer (decoded back to text), cut as `llmc quantize` cuts them; without it
 // every input document becomes one record (chat records rendered plainly).
 #include <iostream>
+#include <optional>
 
 #include "calib/calib_data.h"
 #include "cli/command.h"
@@ -20,13 +21,23 @@ struct Args {
   std::vector<std::string> from;
   int num_samples = 128, seq_len = 256;
   uint64_t seed = 0;
+  bool overwrite = false;
 };
 
-Tokenizer tokenizer_of(const std::string& model) {
+// The tokenizer of --model, and its max_position_embeddings (0 when --model is a tokenizer only).
+Tokenizer tokenizer_of(const std::string& model, int64_t* max_positions) {
   std::error_code ec;
-  if (std::filesystem::is_directory(model, ec) || !std::filesystem::exists(model, ec))
+  *max_positions = 0;
+  const bool dir = std::filesystem::is_directory(model, ec);
+  if (dir && std::filesystem::exists(std::filesystem::path(model) / "config.json", ec)) {
+    const nlohmann::json cfg = nlohmann::json::parse(read_text_file(std::filesystem::path(model) / "config.json"),
+                                                     nullptr, false);
+    if (cfg.is_object()) *max_positions = cfg.value("max_position_embeddings", int64_t(0));
+  }
+  if (dir || !std::filesystem::exists(model, ec))
     return Tokenizer::load(model);  // directory with tokenizer.json (or a clear error)
   const Checkpoint ck = open_checkpoint(model);
+  *max_positions = ck.config.value("max_position_embeddings", int64_t(0));
   auto it = ck.aux_files.find("tokenizer.json");
   if (it == ck.aux_files.end()) fail(model, ": no tokenizer.json in the checkpoint");
   return Tokenizer::from_json_text(it->second, model + " [tokenizer.json]");
@@ -41,11 +52,21 @@ RunFn setup(CLI::App& app) {
                  "model (or tokenizer directory) whose tokenizer counts tokens; without it every "
                  "document is written as one record");
   app.add_option("--num-samples", a->num_samples, "windows to write (with --model; default 128)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::at_least(1));
   app.add_option("--seq-len", a->seq_len, "tokens per window (with --model; default 256)")
-      ->check(CLI::Range(2, 1 << 20));
+      ->check(cli::in_range(2, 1 << 20));
   app.add_option("--seed", a->seed, "window selection seed (default 0)");
+  add_overwrite_flag(app, a->overwrite);
   return [a]() {
+    OutputRules rules{a->overwrite, {a->model}};
+    for (const auto& f : a->from) rules.inputs.push_back(f);
+    check_output_path(a->output, OutputKind::File, rules);
+    int64_t max_positions = 0;
+    std::optional<Tokenizer> tok;
+    if (!a->model.empty()) {
+      tok.emplace(tokenizer_of(a->model, &max_positions));
+      check_window_length("--seq-len", a->seq_len, max_positions);
+    }
     std::vector<CalibRecord> recs;
     for (const auto& f : a->from) {
       auto r = read_calibration_records(f);
@@ -59,14 +80,13 @@ RunFn setup(CLI::App& app) {
         ++n_records;
       }
     } else {
-      const Tokenizer tok = tokenizer_of(a->model);
-      const std::vector<int32_t> ids = tokenize_records(recs, tok);
+      const std::vector<int32_t> ids = tokenize_records(recs, *tok);
       const CalibWindows w = cut_windows(ids, a->num_samples, a->seq_len, a->seed,
                                          a->from.size() == 1 ? a->from[0] : "(--from files)");
       for (int s = 0; s < w.num_samples; ++s) {
         std::vector<int32_t> win(w.ids.begin() + int64_t(s) * w.seq_len,
                                  w.ids.begin() + int64_t(s + 1) * w.seq_len);
-        out += nlohmann::json({{"text", tok.decode(win)}}).dump(-1, ' ', false,
+        out += nlohmann::json({{"text", tok->decode(win)}}).dump(-1, ' ', false,
                                                                  nlohmann::json::error_handler_t::replace) +
                "\n";
         ++n_records;

@@ -1,6 +1,4 @@
 // llmc convert — HF directory <-> AI-OS Parquet, losslessly (or with a float dtype change).
-#include <csignal>
-
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -14,7 +12,7 @@ using namespace llmc;
 cli::RunFn setup(CLI::App& app) {
   struct Opts {
     std::string input, output, format, dtype = "keep", shard = "5GB", chunk = "64MiB";
-    bool zstd = false;
+    bool zstd = false, overwrite = false;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--input,-i", o->input, "input checkpoint: HF model directory or .parquet file")->required();
@@ -28,9 +26,8 @@ cli::RunFn setup(CLI::App& app) {
   app.add_option("--shard-size", o->shard, "hf: maximum tensor bytes per safetensors shard")->capture_default_str();
   app.add_option("--chunk-size", o->chunk, "parquet: maximum tensor bytes per row")->capture_default_str();
   app.add_flag("--zstd", o->zstd, "parquet: ZSTD-compress data pages");
+  cli::add_overwrite_flag(app, o->overwrite);
   return [o]() -> int {
-    // A file-size limit (ulimit -f) becomes a write error (clean failure), not a signal.
-    std::signal(SIGXFSZ, SIG_IGN);
     ConvertOptions co;
     const std::filesystem::path out(o->output);
     if (!o->format.empty()) co.format = parse_checkpoint_format(o->format);
@@ -42,9 +39,9 @@ cli::RunFn setup(CLI::App& app) {
     co.writer.parquet_chunk_bytes = parse_size(o->chunk);
     co.writer.parquet_zstd = o->zstd;
     co.progress = !quiet();
-    const auto in_abs = std::filesystem::weakly_canonical(o->input);
-    if (in_abs == std::filesystem::weakly_canonical(out))
-      fail(o->output, ": output is the same path as the input");
+    co.writer.overwrite = o->overwrite;
+    check_output_path(out, co.format == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File,
+                      {o->overwrite, {o->input}});
     Checkpoint in = open_checkpoint(o->input);
     const ConvertStats st = convert_checkpoint(in, out, co);
     std::printf("converted %s (%s) -> %s (%s): %llu tensors, %s -> %s in %.2f s (%.1f MB/s)%s\n",

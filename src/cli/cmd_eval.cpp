@@ -6,6 +6,7 @@
 #include "cli/command.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "calib/calib_data.h"
 #include "core/progress.h"
 #include "eval/eval.h"
 #include "eval/model_files.h"
@@ -19,7 +20,7 @@ using namespace llmc;
 struct Opts {
   std::string model, ppl_file, reference, tokenizer, output;
   int ctx = 256, max_windows = 0, batch = 0;
-  bool json = false;
+  bool json = false, overwrite = false;
 };
 
 std::string fmt(const char* f, double v) {
@@ -29,9 +30,13 @@ std::string fmt(const char* f, double v) {
 }
 
 int run(const Opts& o) {
+  // Everything that can be checked before the long work: the output path first.
+  if (!o.output.empty())
+    check_output_path(o.output, OutputKind::File, {o.overwrite, {o.model, o.ppl_file, o.reference, o.tokenizer}});
   const Checkpoint ck = open_checkpoint(o.model);
+  check_window_length("--ctx", o.ctx, ck.config.value("max_position_embeddings", int64_t(0)));
   const Tokenizer tok = model_tokenizer(ck, o.tokenizer);
-  const std::string text = read_text_file(o.ppl_file);
+  const std::string text = read_text_input(o.ppl_file);
   const auto t0 = std::chrono::steady_clock::now();
   const std::vector<int32_t> tokens = tok.encode_parallel(text);
   const double tok_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -41,8 +46,10 @@ int run(const Opts& o) {
   eo.batch_windows = o.batch;
   nlohmann::json out = {{"model", o.model}, {"file", o.ppl_file}};
   std::string report;
+  std::vector<std::pair<double, std::string>> ppls;  // each must be finite (checked after reporting)
   if (o.reference.empty()) {
     const PplResult r = evaluate_ppl(*model, tokens, o.ctx, o.max_windows, eo);
+    ppls = {{r.ppl, o.model}};
     out["ppl"] = to_json(r);
     report = cat("model        ", o.model, "\n",
                  "file         ", o.ppl_file, ": ", r.tokens, " tokens, ", r.windows, " windows of ",
@@ -59,6 +66,7 @@ int run(const Opts& o) {
     }
     auto ref = load_model_for_inference(rck);
     const CompareResult c = compare_models(*model, *ref, tokens, o.ctx, o.max_windows, eo);
+    ppls = {{c.model.ppl, o.model}, {c.reference.ppl, o.reference}};
     out["reference"] = o.reference;
     out["compare"] = to_json(c);
     report = cat("model        ", o.model, "\n", "reference    ", o.reference, "\n",
@@ -74,6 +82,8 @@ int run(const Opts& o) {
   if (!o.output.empty()) write_text_file(o.output, out.dump(2) + "\n");
   const std::string s = o.json ? out.dump(2) + "\n" : report;
   std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+  for (const auto& [ppl, who] : ppls) check_finite_ppl(ppl, who);
   return 0;
 }
 
@@ -81,16 +91,17 @@ cli::RunFn setup(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->model, "model: HF directory or .parquet file")->required();
   app.add_option("--ppl", o->ppl_file, "UTF-8 text file to measure perplexity on")->required();
-  app.add_option("--ctx", o->ctx, "window length in tokens (default 256)")->check(CLI::Range(2, 1 << 20));
+  app.add_option("--ctx", o->ctx, "window length in tokens (default 256)")->check(cli::in_range(2, 1 << 20));
   app.add_option("--max-windows", o->max_windows, "use at most N windows (default: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::at_least(0));
   app.add_option("--reference", o->reference,
                  "reference model (HF dir or .parquet): report KL(ref||model), top-1 agreement, ppl ratio");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (or its directory) instead of the model's");
   app.add_option("--batch", o->batch, "windows per forward pass (default: ~4096 tokens)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::at_least(0));
   app.add_flag("--json", o->json, "print the results as JSON");
   app.add_option("-o,--output", o->output, "also write the JSON results to this file");
+  cli::add_overwrite_flag(app, o->overwrite);
   return [o]() { return run(*o); };
 }
 

@@ -85,11 +85,11 @@ cli::RunFn setup(CLI::App& app) {
   app.add_option("--model", o->model, "model: HF directory or .parquet file")->required();
   app.add_option("--prompt", o->prompt, "text to continue")->required();
   app.add_option("--max-tokens", o->max_tokens, "tokens to generate at most (default 64)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::at_least(0));
   app.add_option("--temperature", o->temperature, "sampling temperature; 0 = greedy (default)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::at_least(0));
   app.add_option("--top-p", o->top_p, "nucleus sampling threshold in (0, 1] (default 1)")
-      ->check(CLI::Range(1e-9, 1.0));
+      ->check(cli::detail::number_check(1e-300, 1.0, "must be in (0, 1]"));
   app.add_option("--seed", o->seed, "random seed for sampling (default 0)");
   app.add_option("--tokenizer", o->tokenizer, "tokenizer.json (or its directory) instead of the model's");
   app.add_flag("--ignore-eos", o->no_stop, "do not stop at the end-of-sequence token");

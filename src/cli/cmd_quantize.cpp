@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "eval/eval.h"
 #include "eval/quality.h"
 #include "quant/pipeline.h"
 
@@ -41,7 +42,7 @@ struct Args {
   std::optional<int> bits;      // unset: the method's default (0 is a value, and refused)
   std::optional<int64_t> group;
   bool sym = false, asym = false, act_order = false, no_act_order = false, no_true_sequential = false;
-  bool no_eval = false, json = false;
+  bool no_eval = false, json = false, overwrite = false;
   std::optional<double> damp;
   uint64_t seed = 0;
 };
@@ -112,9 +113,9 @@ RunFn setup(CLI::App& app) {
   app.add_option("--calibration-data", a->calibration,
                  ".jsonl / .txt / .parquet (a \"text\" column) calibration data (default: the bundled calibration text)");
   app.add_option("--num-samples", a->num_samples, "calibration windows (default 128)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::at_least(1));
   app.add_option("--seq-len", a->seq_len, "tokens per calibration window (default 256)")
-      ->check(CLI::Range(2, 1 << 20));
+      ->check(cli::in_range(2, 1 << 20));
   app.add_option("--ignore", a->ignore,
                  "regex of module names to leave unquantized (repeatable; lm_head always is; a "
                  "match on part of q/k/v or gate/up widens to the group vLLM fuses)");
@@ -134,16 +135,17 @@ RunFn setup(CLI::App& app) {
                  "is, else a string); see docs/methods.md");
   app.add_option("--seed", a->seed, "seed for the calibration windows (default 0)");
   app.add_option("--batch", a->batch, "calibration samples per block run (default 8)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::at_least(1));
   app.add_option("--shard-size", a->shard_size, "hf output: max safetensors shard size (5GB)");
   app.add_flag("--no-eval", a->no_eval, "skip the quality check at the end");
   app.add_option("--eval-data", a->eval_data,
                  "held-out text for the quality check (default: the bundled sample)");
   app.add_option("--eval-tokens", a->eval_tokens, "tokens for the quality check (default 16384)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::at_least(1));
   app.add_option("--eval-seq-len", a->eval_seq, "window of the quality check (default 256)")
-      ->check(CLI::Range(2, 1 << 20));
+      ->check(cli::in_range(2, 1 << 20));
   app.add_flag("--json", a->json, "print the summary as JSON");
+  add_overwrite_flag(app, a->overwrite);
   return [a]() {
     QuantizeOptions o;
     o.input = a->input;
@@ -167,6 +169,9 @@ RunFn setup(CLI::App& app) {
     o.seq_len = a->seq_len;
     o.ignore = a->ignore;
     if (!a->format.empty()) o.format = parse_checkpoint_format(a->format);
+    if (o.format == CheckpointFormat::Parquet && o.output.extension() != ".parquet")
+      fail(a->output, ": a Parquet checkpoint must be named *.parquet");
+    o.writer.overwrite = a->overwrite;
     if (!a->shard_size.empty()) o.writer.max_shard_bytes = parse_size(a->shard_size);
     o.batch = a->batch;
     o.quality.enabled = !a->no_eval;
@@ -176,6 +181,12 @@ RunFn setup(CLI::App& app) {
     const QuantizeResult r = quantize_and_check(o);
     if (a->json) std::cout << summary_json(r).dump(2) << "\n";
     else std::cout << format_summary(r);
+    std::cout.flush();
+    if (r.quality.measured) {
+      // A broken quantized model (or base) must not end with exit 0.
+      check_finite_ppl(r.quality.ppl_base, cat("quality check: the input model ", a->input));
+      check_finite_ppl(r.quality.ppl_quant, cat("quality check: the quantized model ", a->output));
+    }
     return 0;
   };
 }

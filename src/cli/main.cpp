@@ -30,9 +30,10 @@ int main(int argc, char** argv) {
                "calibrate, evaluate, inspect, generate)"};
   app.set_version_flag("--version", std::string("llmc ") + LLMC_VERSION);
   app.require_subcommand(1);
-  int threads = 0;
+  std::string threads_opt;
   bool quiet_flag = false;
-  app.add_option("--threads", threads, "worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads_opt,
+                 cat("worker threads, 1..", kMaxThreads, " (default: $LLMC_THREADS, else all cores)"));
   app.add_flag("-q,--quiet", quiet_flag, "print only warnings, errors and final results");
   std::string device_opt;
   app.add_option("--device", device_opt,
@@ -50,11 +51,25 @@ int main(int argc, char** argv) {
   }
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors: the same prefix as every other error, exit status 2.
+    std::fprintf(stderr, "llmc: error: %s\n(run 'llmc --help' or 'llmc COMMAND --help' for usage)\n", e.what());
+    return 2;
   }
   set_quiet(quiet_flag);
-  if (threads > 0) set_num_threads(threads);
+  try {
+    const int threads = threads_opt.empty() ? threads_from_env() : parse_thread_count(threads_opt, "--threads");
+    if (threads > 0) set_num_threads(threads);
+  } catch (const llmc::Error& e) {
+    std::fprintf(stderr, "llmc: error: %s\n", e.what());
+    return 2;
+  }
   install_signal_cleanup();
   try {
     if (device_opt.empty()) backend::init_device_from_env();

@@ -5,7 +5,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -18,11 +20,14 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/progress.h"
 
 namespace llmc {
 
-MappedFile::MappedFile(const fs::path& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+int open_regular_file(const fs::path& path) {
+  // O_NONBLOCK: opening a FIFO without a writer must not block; S_ISREG is checked on the fd
+  // itself (no window between a stat and the open).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(path.string(), ": cannot open: ", std::strerror(errno));
   struct stat st{};
   if (::fstat(fd, &st) != 0) {
@@ -30,9 +35,28 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
     ::close(fd);
     fail(path.string(), ": cannot stat: ", std::strerror(e));
   }
-  if (S_ISDIR(st.st_mode)) {
+  if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(path.string(), ": is a directory, expected a file");
+    const char* what = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO"
+                       : S_ISCHR(st.st_mode)  ? "a character device"
+                       : S_ISBLK(st.st_mode)  ? "a block device"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                                              : "not a plain file";
+    fail(path.string(), ": is ", what, ", expected a regular file");
+  }
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  return fd;
+}
+
+MappedFile::MappedFile(const fs::path& path) : path_(path) {
+  const int fd = open_regular_file(path);
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    fail(path.string(), ": cannot stat: ", std::strerror(e));
   }
   size_ = size_t(st.st_size);
   if (size_ > 0) {
@@ -65,12 +89,106 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 }
 
 std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path.string(), ": cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) fail(path.string(), ": read error");
-  return ss.str();
+  const int fd = open_regular_file(path);
+  struct stat st{};
+  std::string out;
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) out.reserve(size_t(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int e = errno;
+      ::close(fd);
+      fail(path.string(), ": read error: ", std::strerror(e));
+    }
+    if (n == 0) break;
+    out.append(buf, size_t(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+namespace {
+
+std::string gunzip(const std::string& in, const fs::path& path) {
+  z_stream zs{};
+  if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) fail(path.string(), ": cannot initialise zlib");
+  std::string out;
+  size_t off = 0;  // bytes of `in` handed to zlib so far
+  char buf[1 << 16];
+  auto done = [&](const std::string& err) {
+    inflateEnd(&zs);
+    if (!err.empty()) fail(path.string(), ": ", err);
+  };
+  for (;;) {
+    if (zs.avail_in == 0 && off < in.size()) {
+      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data() + off));
+      zs.avail_in = uInt(std::min<size_t>(in.size() - off, 1u << 30));
+      off += zs.avail_in;
+    }
+    zs.next_out = reinterpret_cast<Bytef*>(buf);
+    zs.avail_out = sizeof buf;
+    const int rc = inflate(&zs, Z_NO_FLUSH);
+    const size_t produced = sizeof buf - zs.avail_out;
+    out.append(buf, produced);
+    if (out.size() > kMaxTextInputBytes)
+      done(cat("decompresses to more than ", human_bytes(double(kMaxTextInputBytes))));
+    const bool input_left = zs.avail_in > 0 || off < in.size();
+    if (rc == Z_STREAM_END) {
+      if (!input_left) break;
+      inflateReset(&zs);  // concatenated gzip members (cat a.gz b.gz)
+      continue;
+    }
+    if (rc == Z_OK) continue;
+    if (rc == Z_BUF_ERROR && produced == 0) done(input_left ? "corrupt gzip data" : "truncated gzip data");
+    if (rc != Z_BUF_ERROR) done(cat("corrupt gzip data (", zs.msg ? zs.msg : "inflate error", ")"));
+  }
+  done("");
+  return out;
+}
+
+}  // namespace
+
+size_t first_invalid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned c = p[i];
+    if (c != 0 && c < 0x80) { ++i; continue; }
+    size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) len = 3, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
+    else if (c == 0xED) len = 3, hi = 0x9F;  // no surrogates
+    else if (c == 0xF0) len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) len = 4, hi = 0x8F;  // <= U+10FFFF
+    else return i;                            // NUL, continuation byte, C0/C1, F5..FF
+    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k)
+      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+std::string read_text_input(const fs::path& path) {
+  std::string text = read_text_file(path);
+  const bool gz = text.size() >= 2 && static_cast<unsigned char>(text[0]) == 0x1f &&
+                  static_cast<unsigned char>(text[1]) == 0x8b;
+  if (gz) text = gunzip(text, path);
+  const size_t bad = first_invalid_utf8(text);
+  if (bad != std::string_view::npos) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02x", static_cast<unsigned char>(text[bad]));
+    fail(path.string(), ": not UTF-8 text", gz ? " (after gzip decompression)" : "", ": byte ", hex,
+         " at offset ", bad, text[bad] == 0 ? " is NUL" : " is not valid UTF-8",
+         "; give a UTF-8 text file (.txt / .jsonl, optionally gzip-compressed)");
+  }
+  return text;
 }
 
 void write_text_file(const fs::path& path, std::string_view text) {
@@ -93,6 +211,9 @@ std::set<std::string>& live_temps() {
 }
 std::atomic<uint64_t> g_tmp_counter{0};
 
+// Signals that end the process while it may be writing: their default action is to terminate.
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+
 // Signal handling must not allocate or take locks (the interrupted thread may hold malloc's or
 // g_tmp_mu): the handler only writes the signal number into a pipe; a dedicated thread reads it
 // in normal context, removes the live temporaries and then dies by the same signal.
@@ -113,34 +234,195 @@ void cleanup_thread() {
     if (n < 0 && errno == EINTR) continue;
     return;  // pipe closed
   }
-  std::vector<std::string> temps;
   {
+    // Holding the lock keeps commit() from renaming half-way while temporaries are removed.
     std::lock_guard<std::mutex> g(g_tmp_mu);
-    temps.assign(live_temps().begin(), live_temps().end());
+    // Other threads keep running meanwhile and may still add files: retry a few times.
+    for (const auto& p : live_temps()) {
+      std::error_code ec;
+      for (int attempt = 0; attempt < 20 && fs::exists(fs::symlink_status(p, ec)); ++attempt)
+        fs::remove_all(p, ec);
+    }
+    std::signal(int(b), SIG_DFL);
+    ::kill(::getpid(), int(b));
   }
-  // Other threads keep running meanwhile and may still add files: retry a few times.
-  for (const auto& p : temps) {
-    std::error_code ec;
-    for (int attempt = 0; attempt < 20 && fs::exists(p, ec); ++attempt) fs::remove_all(p, ec);
-  }
-  std::signal(int(b), SIG_DFL);
-  ::kill(::getpid(), int(b));
   ::_exit(128 + int(b));  // not reached unless the signal is blocked
 }
+
+bool pid_alive(long pid) {
+  if (pid <= 0) return true;  // not a pid we can judge: leave it alone
+  if (pid == long(::getpid())) return true;
+  return ::kill(pid_t(pid), 0) == 0 || errno == EPERM;
+}
+
+bool all_digits(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// The pid in "<base>.tmp-<pid>-<n>" or "<base>.old-<pid>-<n>", or -1 when `name` is not one.
+long temp_owner(const std::string& name, const std::string& base) {
+  for (const char* tag : {".tmp-", ".old-"}) {
+    const std::string pre = base + tag;
+    if (name.size() <= pre.size() || name.compare(0, pre.size(), pre) != 0) continue;
+    const std::string rest = name.substr(pre.size());
+    const size_t dash = rest.find('-');
+    if (dash == std::string::npos || !all_digits(rest.substr(0, dash)) || !all_digits(rest.substr(dash + 1)) ||
+        dash > 9)
+      return -1;
+    return std::stol(rest.substr(0, dash));
+  }
+  return -1;
+}
+
+fs::path canonical_or_absolute(const fs::path& p) {
+  std::error_code ec;
+  fs::path c = fs::weakly_canonical(fs::absolute(p, ec), ec);
+  if (ec) c = fs::absolute(p, ec).lexically_normal();
+  // "dir/" and "dir" are the same path.
+  if (!c.has_filename() && c.has_parent_path() && c != c.root_path()) c = c.parent_path();
+  return c;
+}
+
+// Whether `inner` lies strictly inside `outer` (both canonical).
+bool strictly_inside(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin(), o = outer.begin();
+  for (; o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return i != inner.end();
+}
+
+std::vector<std::string> read_manifest(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path m = dir / kManifestFile;
+  if (!fs::is_regular_file(fs::symlink_status(m, ec))) return {};
+  const std::string text = read_text_file(m);
+  std::vector<std::string> names;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t e = text.find('\n', pos);
+    if (e == std::string::npos) e = text.size();
+    names.push_back(text.substr(pos, e - pos));
+    pos = e + 1;
+  }
+  return names;
+}
+
+constexpr const char* kManifestHeader = "llmc output manifest 1";
+
+void write_manifest(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& de : fs::directory_iterator(dir)) {
+    const std::string n = de.path().filename().string();
+    if (n != kManifestFile) names.push_back(n);
+  }
+  std::sort(names.begin(), names.end());
+  std::string text = std::string(kManifestHeader) + "\n";
+  for (const auto& n : names) text += n + "\n";
+  const fs::path m = dir / kManifestFile;
+  const int fd = ::open(m.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail(m.string(), ": cannot create: ", std::strerror(errno));
+  const bool ok = ::write(fd, text.data(), text.size()) == ssize_t(text.size());
+  if (::close(fd) != 0 || !ok) fail(m.string(), ": write error");
+}
+
 }  // namespace
 
 void install_signal_cleanup() {
   static std::once_flag once;
   std::call_once(once, [] {
+    // A file-size limit (ulimit -f) makes the write fail with EFBIG: a clean error whose
+    // unwinding removes the temporaries, instead of a core-dumping signal that leaves them.
+    std::signal(SIGXFSZ, SIG_IGN);
     if (::pipe2(g_sig_pipe, O_CLOEXEC) != 0) return;  // no cleanup on signals, still correct
     std::thread(cleanup_thread).detach();
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    ::sigaction(SIGINT, &sa, nullptr);
-    ::sigaction(SIGTERM, &sa, nullptr);
+    for (int sig : kCleanupSignals) {
+      struct sigaction old {};
+      // A signal ignored at startup (nohup, a background job's SIGINT) stays ignored.
+      if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+      ::sigaction(sig, &sa, nullptr);
+    }
   });
+}
+
+int remove_stale_temporaries(const fs::path& out) {
+  fs::path parent = out.parent_path();
+  if (parent.empty()) parent = ".";
+  const std::string base = out.filename().string();
+  if (base.empty()) return 0;
+  std::error_code ec;
+  int removed = 0;
+  std::vector<std::pair<fs::path, long>> stale;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const long pid = temp_owner(name, base);
+    if (pid >= 0 && !pid_alive(pid)) stale.emplace_back(it->path(), pid);
+  }
+  for (const auto& [p, pid] : stale) {
+    std::error_code rec;
+    fs::remove_all(p, rec);
+    if (rec) {
+      log_warn(cat(p.string(), ": stale temporary of process ", pid, " (no longer running) could not be removed: ",
+                   rec.message()));
+    } else {
+      log_warn(cat("removed ", p.string(), ", a stale temporary left by process ", pid, " (no longer running)"));
+      ++removed;
+    }
+  }
+  return removed;
+}
+
+void check_llmc_wrote_dir(const fs::path& dir) {
+  const std::vector<std::string> names = read_manifest(dir);
+  if (names.empty() || names[0] != kManifestHeader)
+    fail(dir.string(), ": exists and was not written by llmc (no ", kManifestFile,
+         "); refusing to replace it, even with --overwrite: move it away or choose another output path");
+  const std::set<std::string> ours(names.begin() + 1, names.end());
+  std::error_code ec;
+  for (const auto& de : fs::directory_iterator(dir, ec)) {
+    const std::string n = de.path().filename().string();
+    if (n != kManifestFile && !ours.count(n))
+      fail(dir.string(), ": holds ", n, ", which llmc did not write; refusing to replace the directory, even "
+           "with --overwrite: move that file away or choose another output path");
+  }
+  if (ec) fail(dir.string(), ": cannot list: ", ec.message());
+}
+
+void check_output_path(const fs::path& out, OutputKind kind, const OutputRules& rules) {
+  if (out.empty()) fail("output path is empty");
+  const fs::path co = canonical_or_absolute(out);
+  for (const auto& in : rules.inputs) {
+    if (in.empty()) continue;
+    const fs::path ci = canonical_or_absolute(in);
+    if (co == ci) fail(out.string(), ": is the input ", in.string(), "; choose another output path");
+    if (strictly_inside(co, ci))
+      fail(out.string(), ": lies inside the input ", in.string(), "; choose an output path outside it");
+    if (strictly_inside(ci, co))
+      fail(out.string(), ": contains the input ", in.string(), "; choose an output path that does not");
+  }
+  std::error_code ec;
+  const fs::file_status st = fs::status(out, ec);
+  if (!fs::exists(st)) {
+    if (fs::is_symlink(fs::symlink_status(out, ec)))
+      fail(out.string(), ": is a dangling symbolic link; refusing to write through it");
+    return;
+  }
+  if (kind == OutputKind::Directory) {
+    if (!fs::is_directory(st))
+      fail(out.string(), ": exists and is not a directory (this output is a directory)");
+    if (fs::is_empty(out, ec) && !ec) return;  // nothing to lose
+    if (!rules.overwrite)
+      fail(out.string(), ": already exists; refusing to replace it without --overwrite (which replaces only a "
+           "directory llmc wrote)");
+    check_llmc_wrote_dir(out);
+    return;
+  }
+  if (fs::is_directory(st)) fail(out.string(), ": exists and is a directory (this output is a file)");
+  if (!fs::is_regular_file(st)) fail(out.string(), ": exists and is not a regular file; refusing to replace it");
+  if (!rules.overwrite) fail(out.string(), ": already exists; refusing to replace it without --overwrite");
 }
 
 AtomicPath::AtomicPath(fs::path final_path) : final_(std::move(final_path)) {
@@ -152,6 +434,7 @@ AtomicPath::AtomicPath(fs::path final_path) : final_(std::move(final_path)) {
   if (ec || !fs::is_directory(parent)) fail(final_.string(), ": cannot create parent directory ", parent.string());
   if (::access(parent.c_str(), W_OK) != 0)
     fail(final_.string(), ": output directory ", parent.string(), " is not writable");
+  remove_stale_temporaries(final_);
   temp_ = parent / (final_.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
                     std::to_string(g_tmp_counter.fetch_add(1)));
   std::lock_guard<std::mutex> g(g_tmp_mu);
@@ -171,24 +454,40 @@ AtomicPath::~AtomicPath() {
 
 void AtomicPath::commit() {
   std::error_code ec;
-  if (!fs::exists(temp_, ec)) fail(final_.string(), ": nothing was written");
-  if (fs::is_directory(final_, ec) && fs::is_directory(temp_, ec)) {
-    // Replace a directory: move the old one aside, move the new one in, delete the old one.
-    fs::path old = final_.string() + ".old-" + std::to_string(::getpid());
-    fs::rename(final_, old, ec);
-    if (ec) fail(final_.string(), ": cannot replace existing directory: ", ec.message());
-    fs::rename(temp_, final_, ec);
-    if (ec) {
-      fs::rename(old, final_);
-      fail(final_.string(), ": cannot rename output into place: ", ec.message());
+  if (!fs::exists(fs::symlink_status(temp_, ec))) fail(final_.string(), ": nothing was written");
+  const bool temp_is_dir = fs::is_directory(fs::symlink_status(temp_, ec));
+  if (temp_is_dir) write_manifest(temp_);
+  fs::path old;
+  {
+    std::lock_guard<std::mutex> g(g_tmp_mu);  // no signal cleanup half-way through the renames
+    const bool final_is_dir = fs::is_directory(fs::symlink_status(final_, ec));
+    if (final_is_dir && temp_is_dir) {
+      // Replace a directory llmc wrote: move it aside, move the new one in, delete the old one.
+      if (!fs::is_empty(final_, ec)) check_llmc_wrote_dir(final_);
+      old = final_.string() + ".old-" + std::to_string(::getpid()) + "-" +
+            std::to_string(g_tmp_counter.fetch_add(1));
+      fs::rename(final_, old, ec);
+      if (ec) fail(final_.string(), ": cannot replace existing directory: ", ec.message());
+      fs::rename(temp_, final_, ec);
+      if (ec) {
+        std::error_code ec2;
+        fs::rename(old, final_, ec2);
+        fail(final_.string(), ": cannot rename output into place: ", ec.message());
+      }
+      live_temps().insert(old.string());
+    } else {
+      if (final_is_dir) fail(final_.string(), ": exists and is a directory");
+      fs::rename(temp_, final_, ec);
+      if (ec) fail(final_.string(), ": cannot rename output into place: ", ec.message());
     }
-    fs::remove_all(old, ec);
-  } else {
-    if (fs::is_directory(final_, ec)) fail(final_.string(), ": exists and is a directory");
-    fs::rename(temp_, final_, ec);
-    if (ec) fail(final_.string(), ": cannot rename output into place: ", ec.message());
+    live_temps().erase(temp_.string());
+    committed_ = true;
   }
-  committed_ = true;
+  if (!old.empty()) {
+    fs::remove_all(old, ec);
+    std::lock_guard<std::mutex> g(g_tmp_mu);
+    live_temps().erase(old.string());
+  }
 }
 
 uint64_t parse_size(std::string_view s) {

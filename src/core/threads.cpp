@@ -9,6 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/error.h"
+#include "core/progress.h"
+
 namespace llmc {
 namespace {
 
@@ -24,7 +27,15 @@ class Pool {
   void resize(int n) {
     stop();
     stopping_ = false;
-    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this] { loop(); });
+    for (int i = 0; i < n - 1; ++i) {
+      try {
+        workers_.emplace_back([this] { loop(); });
+      } catch (const std::system_error& e) {
+        log_warn(cat("could only start ", i + 1, " of ", n, " threads (", e.what(), "); continuing with ",
+                     i + 1));
+        break;
+      }
+    }
   }
 
   void run(size_t nchunks, const std::function<void(size_t)>& chunk) {
@@ -100,10 +111,13 @@ class Pool {
 
 int default_threads() {
   if (const char* e = std::getenv("LLMC_THREADS")) {
-    const int n = std::atoi(e);
-    if (n > 0) return n;
+    try {
+      return parse_thread_count(e, "LLMC_THREADS");
+    } catch (const Error& err) {
+      log_warn(cat(err.what(), "; using the number of cores"));  // the CLI refuses it up front
+    }
   }
-  return std::max(1u, std::thread::hardware_concurrency());
+  return int(std::clamp(std::thread::hardware_concurrency(), 1u, unsigned(kMaxThreads)));
 }
 
 int g_threads = 0;
@@ -121,6 +135,26 @@ Pool& pool() {
 
 }  // namespace
 
+int parse_thread_count(const std::string& value, const std::string& what) {
+  size_t i = 0;
+  bool neg = false;
+  if (!value.empty() && (value[0] == '+' || value[0] == '-')) neg = value[0] == '-', i = 1;
+  if (i >= value.size() || value.find_first_not_of("0123456789", i) != std::string::npos)
+    fail(what, " '", value, "' is not an integer");
+  const size_t nz = value.find_first_not_of('0', i);
+  if (neg || nz == std::string::npos) fail(what, " ", value, ": must be >= 1");
+  // More than 9 digits is above the cap whatever they are (and cannot overflow the conversion).
+  const std::string num = value.substr(nz);
+  if (num.size() > 9 || std::stol(num) > kMaxThreads) fail(what, " ", value, ": must be <= ", kMaxThreads);
+  return int(std::stol(num));
+}
+
+int threads_from_env() {
+  const char* e = std::getenv("LLMC_THREADS");
+  if (!e || !*e) return 0;
+  return parse_thread_count(e, "LLMC_THREADS");
+}
+
 int num_threads() {
   std::lock_guard<std::mutex> g(g_pool_mu);
   if (g_threads <= 0) g_threads = default_threads();
@@ -128,6 +162,7 @@ int num_threads() {
 }
 
 void set_num_threads(int n) {
+  if (n > kMaxThreads) fail("thread count ", n, ": must be <= ", kMaxThreads);
   std::lock_guard<std::mutex> g(g_pool_mu);
   g_threads = n > 0 ? n : default_threads();
   if (g_pool) g_pool->resize(g_threads);

@@ -7,11 +7,18 @@
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/vmath.h"
+#include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
 
 namespace llmc {
+
+void check_finite_ppl(double ppl, const std::string& what) {
+  if (!std::isfinite(ppl))
+    fail(what, ": perplexity is ", std::isnan(ppl) ? "nan" : "inf",
+         " (the model's predictions are not finite: broken or corrupt weights?)");
+}
 
 int count_windows(size_t n_tokens, int ctx, int max_windows) {
   if (ctx < 2) fail("eval: context ", ctx, " is too short (at least 2 tokens)");
@@ -67,9 +74,7 @@ double percentile(std::vector<float> v, double q) {
 }
 
 void check_tokens_fit(const Model& m, int ctx) {
-  if (ctx > m.config().max_position_embeddings)
-    fail("eval: context ", ctx, " exceeds the model's max_position_embeddings (",
-         m.config().max_position_embeddings, ")");
+  check_window_length("eval context", ctx, m.config().max_position_embeddings);
 }
 
 }  // namespace

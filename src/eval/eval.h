@@ -62,4 +62,8 @@ CompareResult compare_models(Model& model, Model& reference, const std::vector<i
 nlohmann::json to_json(const PplResult& r);
 nlohmann::json to_json(const CompareResult& r);
 
+// Throws "<what>: perplexity is nan/inf ..." unless ppl is finite (a broken model must not
+// end a command with exit 0).
+void check_finite_ppl(double ppl, const std::string& what);
+
 }  // namespace llmc

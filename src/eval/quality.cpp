@@ -27,11 +27,12 @@ QualityResult quality_check(const std::filesystem::path& base_path,
   }
   const Tokenizer tok = Tokenizer::from_json_text(tok_it->second, base_path.string());
   const std::string text =
-      q.data.empty() ? std::string(default_eval_text()) : read_text_file(q.data);
+      q.data.empty() ? std::string(default_eval_text()) : read_text_input(q.data);
   const std::vector<int32_t> ids = tok.encode_parallel(text);
   std::unique_ptr<Model> base = load_model_for_inference(base_ck);
   std::unique_ptr<Model> quant = load_model_for_inference(quant_ck);
-  const int ctx = std::min(q.seq_len, base->config().max_position_embeddings);
+  check_window_length("--eval-seq-len", q.seq_len, base->config().max_position_embeddings);
+  const int ctx = q.seq_len;
   const int64_t windows = std::min<int64_t>(int64_t(ids.size()) / ctx, q.tokens / ctx);
   if (windows < 1) {
     log_warn(cat("quality check: the evaluation text has ", ids.size(), " tokens, fewer than one "

@@ -147,12 +147,6 @@ void finalize_parquet(TensorWriter& w, const std::filesystem::path& temp, const 
   pw.finish();
 }
 
-bool looks_like_checkpoint_dir(const std::filesystem::path& p) {
-  std::error_code ec;
-  if (std::filesystem::is_empty(p, ec)) return true;
-  return std::filesystem::exists(p / "config.json", ec);
-}
-
 }  // namespace
 
 CheckpointFormat parse_checkpoint_format(const std::string& s) {
@@ -182,12 +176,10 @@ Checkpoint open_checkpoint(const std::filesystem::path& path) {
 std::unique_ptr<CheckpointWriter> make_checkpoint_writer(const std::filesystem::path& out, CheckpointFormat format,
                                                          const WriterOptions& opts) {
   std::error_code ec;
-  const bool exists = std::filesystem::exists(out, ec);
+  OutputRules rules;
+  rules.overwrite = opts.overwrite;
+  check_output_path(out, format == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File, rules);
   if (format == CheckpointFormat::HF) {
-    if (exists && !std::filesystem::is_directory(out, ec))
-      fail(out.string(), ": exists and is not a directory (an HF checkpoint is a directory)");
-    if (exists && !looks_like_checkpoint_dir(out))
-      fail(out.string(), ": exists and is neither empty nor a model directory (no config.json); refusing to replace it");
     if (opts.max_shard_bytes == 0) fail(out.string(), ": shard size must be positive");
     auto ap = std::make_unique<AtomicPath>(out);
     std::filesystem::create_directory(ap->temp(), ec);
@@ -195,8 +187,6 @@ std::unique_ptr<CheckpointWriter> make_checkpoint_writer(const std::filesystem::
     auto w = std::make_unique<HfTensorWriter>(ap->temp(), opts.max_shard_bytes);
     return std::make_unique<AtomicCheckpointWriter>(std::move(ap), std::move(w), &finalize_hf);
   }
-  if (exists && std::filesystem::is_directory(out, ec))
-    fail(out.string(), ": exists and is a directory (a Parquet checkpoint is one file)");
   auto ap = std::make_unique<AtomicPath>(out);
   auto w = std::make_unique<ParquetTensorWriter>(ap->temp(), opts.parquet_chunk_bytes, opts.parquet_zstd);
   return std::make_unique<AtomicCheckpointWriter>(std::move(ap), std::move(w), &finalize_parquet);

@@ -10,6 +10,8 @@
 //    vocab.json, merges.txt, hf_quant_config.json, ...; never config.json or weight files).
 //  * CheckpointWriter streams tensors to a temporary path; commit() writes config + aux files and
 //    atomically renames the result onto the output path. Destroying it uncommitted leaves nothing.
+//    make_checkpoint_writer applies check_output_path (core/fs.h): an existing output is refused
+//    unless opts.overwrite, and even then only a directory llmc wrote is replaced.
 #pragma once
 #include <filesystem>
 #include <map>
@@ -40,6 +42,7 @@ struct WriterOptions {
   uint64_t max_shard_bytes = 5000000000ull;  // HF only: shard size limit (--shard-size)
   uint64_t parquet_chunk_bytes = 64ull << 20;  // Parquet only: tensor bytes per row
   bool parquet_zstd = false;                 // Parquet only: ZSTD page compression
+  bool overwrite = false;                    // --overwrite: replace an existing output llmc wrote
 };
 
 class CheckpointWriter {

@@ -114,13 +114,55 @@ std::unique_ptr<TensorReader> open_hf_tensors(const std::filesystem::path& dir) 
   return std::make_unique<ShardedReader>(dir.string(), std::move(shards));
 }
 
+namespace {
+
+// Where a model directory's files may resolve to: the directory itself, and for a Hugging Face
+// hub cache snapshot (.../models--org--name/snapshots/<rev>/) the repository's blobs/ folder,
+// which its symlinks point into.
+std::vector<std::filesystem::path> allowed_roots(const std::filesystem::path& dir) {
+  std::error_code ec;
+  const auto d = std::filesystem::canonical(dir, ec);
+  if (ec) return {};
+  std::vector<std::filesystem::path> roots = {d};
+  if (d.parent_path().filename() == "snapshots") roots.push_back(d.parent_path().parent_path() / "blobs");
+  return roots;
+}
+
+bool inside(const std::filesystem::path& p, const std::filesystem::path& root) {
+  auto i = p.begin(), r = root.begin();
+  for (; r != root.end(); ++r, ++i)
+    if (i == p.end() || *i != *r) return false;
+  return i != p.end();
+}
+
+}  // namespace
+
 std::map<std::string, std::string> read_aux_files(const std::filesystem::path& dir) {
   std::map<std::string, std::string> out;
+  const auto roots = allowed_roots(dir);
   for (const auto& de : std::filesystem::directory_iterator(dir)) {
     const std::string name = de.path().filename().string();
-    if (!de.is_regular_file() || name.empty() || name[0] == '.') continue;
+    if (name.empty() || name[0] == '.') continue;
     if (name == "config.json" || is_weight_file_name(name)) continue;
     if (name.find(".tmp-") != std::string::npos || ends_with(name, ".data-tmp")) continue;
+    std::error_code ec;
+    if (de.is_symlink(ec)) {
+      // Copy a symlink's target only when it resolves inside the model directory (or its hub
+      // cache blobs): never /etc/passwd or a file of another directory.
+      const auto target = std::filesystem::canonical(de.path(), ec);
+      const bool ok = !ec && std::any_of(roots.begin(), roots.end(), [&](const auto& r) { return inside(target, r); });
+      if (!ok) {
+        log_warn(cat(de.path().string(), ": a symbolic link to ",
+                     ec ? std::string("a missing file") : target.string(),
+                     ", outside the model directory; not copied"));
+        continue;
+      }
+    }
+    if (!de.is_regular_file(ec)) {
+      if (!de.is_directory(ec))
+        log_warn(cat(de.path().string(), ": not a regular file (FIFO, device or socket); not copied"));
+      continue;
+    }
     if (de.file_size() > kMaxAuxFileBytes) {
       log_warn(cat(de.path().string(), ": ", human_bytes(double(de.file_size())),
                    " is too large for an auxiliary file; not copied"));

@@ -10,7 +10,10 @@
 //  * read_aux_files(dir): every regular, non-hidden file of dir that is not config.json and not
 //    a weight file (*.safetensors, *.safetensors.index.json, *.bin, *.pt, *.pth, *.gguf,
 //    *.parquet, *.ckpt, *.h5, *.msgpack), read byte for byte. Files over 256 MiB are skipped
-//    with a warning.
+//    with a warning. A symbolic link is followed only when its target resolves inside dir (or,
+//    for a hub cache snapshot .../snapshots/<rev>/, inside that repository's blobs/); other
+//    links and non-regular files (FIFOs, devices, sockets) are skipped with a warning, so
+//    nothing from outside the model directory is ever copied (HF output or Parquet file:<name>).
 //  * HfTensorWriter(dir, max_shard_bytes) streams tensors into shards of at most
 //    max_shard_bytes of tensor data (a single larger tensor gets a shard of its own). finish()
 //    names them model-00001-of-0000N.safetensors and writes model.safetensors.index.json

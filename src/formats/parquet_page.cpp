@@ -13,6 +13,7 @@
 #include <zlib.h>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "formats/parquet_encoding.h"
 #include "formats/thrift_compact.h"
 
@@ -75,8 +76,7 @@ std::string seal_footer(FileMetaData m) {
 // ---------------- positional file reads ----------------
 
 File::File(const std::string& path) : name_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) fail(name_, ": cannot open: ", std::strerror(errno));
+  fd_ = open_regular_file(path);  // refuses FIFOs / devices without blocking
   struct stat st{};
   if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd_);

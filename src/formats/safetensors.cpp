@@ -9,6 +9,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <unordered_set>
 
 #include "core/error.h"
 
@@ -86,6 +87,41 @@ bool copy_fd(int in_fd, int out_fd, uint64_t n) {
   return true;
 }
 
+// Validating SAX handler for pass 1: depth <= kMaxHeaderDepth, no duplicate key at depth 1.
+// O(1) per event (a hash set of the top-level keys).
+struct HeaderChecker : json::json_sax_t {
+  explicit HeaderChecker(const std::string& o) : origin(o) {}
+  const std::string& origin;
+  int depth = 0;
+  std::unordered_set<std::string> keys;
+  std::string error;
+
+  bool open() {
+    if (++depth > kMaxHeaderDepth) fail(origin, ": safetensors header nested too deeply");
+    return true;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return open(); }
+  bool end_object() override { --depth; return true; }
+  bool start_array(std::size_t) override { return open(); }
+  bool end_array() override { --depth; return true; }
+  bool key(string_t& k) override {
+    if (depth == 1 && !keys.insert(k).second)
+      fail(origin, ": safetensors header has duplicate key '", k.substr(0, 200), "'");
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& ex) override {
+    error = ex.what();
+    return false;
+  }
+};
+
 }  // namespace
 
 SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t size, const std::string& origin) {
@@ -101,18 +137,20 @@ SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t size, co
   const char* text = reinterpret_cast<const char*>(bytes + 8);
   // The JSON parser treats NUL as end of input; a header must not contain one.
   if (std::memchr(text, 0, n) != nullptr) fail(origin, ": safetensors header is not valid JSON: it contains a NUL byte");
-  std::set<std::string> keys;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev, json& parsed) -> bool {
-    if (depth > kMaxHeaderDepth) fail(origin, ": safetensors header nested too deeply");
-    if (ev == json::parse_event_t::key && depth == 1) {
-      const std::string& k = parsed.get_ref<const std::string&>();
-      if (!keys.insert(k).second) fail(origin, ": safetensors header has duplicate key '", k.substr(0, 200), "'");
-    }
-    return true;
-  };
+  // Pass 1 (SAX, linear): nesting depth and duplicate top-level keys, which the DOM parser would
+  // silently collapse. (nlohmann's callback parser is quadratic in the number of tensors: after
+  // each entry it scans the parent object for discarded values.) Pass 2 builds the DOM.
+  HeaderChecker checker(origin);
+  try {
+    json::sax_parse(text, text + n, &checker, json::input_format_t::json, /*strict=*/true,
+                    /*ignore_comments=*/false);
+  } catch (const json::exception& e) {
+    fail(origin, ": safetensors header is not valid JSON: ", e.what());
+  }
+  if (!checker.error.empty()) fail(origin, ": safetensors header is not valid JSON: ", checker.error);
   json h;
   try {
-    h = json::parse(text, text + n, cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+    h = json::parse(text, text + n, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/false);
   } catch (const json::exception& e) {
     fail(origin, ": safetensors header is not valid JSON: ", e.what());
   }

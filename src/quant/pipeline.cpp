@@ -7,6 +7,8 @@
 #include <regex>
 #include <set>
 
+#include <unistd.h>
+
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -234,6 +236,24 @@ uint64_t bf16_bytes_of(const TensorReader& r) {
 
 }  // namespace
 
+// Everything that can be checked before the long work, so that no bad option surfaces after the
+// quantized model was committed: the output path (core/fs.h check_output_path: not an input,
+// not an existing output without --overwrite), the calibration file (a readable regular file),
+// the tokenizer (present and loadable when calibration or the quality check needs it), the
+// quality check's data (readable UTF-8 text) and its window length.
+static void preflight(const QuantizeOptions& opt, const Checkpoint& ck, const std::string& method, bool calibrate) {
+  if (calibrate && !opt.calibration_data.empty()) ::close(open_regular_file(opt.calibration_data));
+  const auto tok_it = ck.aux_files.find("tokenizer.json");
+  if (calibrate && tok_it == ck.aux_files.end())
+    fail(opt.input.string(), ": no tokenizer.json (needed to tokenize calibration data for ", method, ")");
+  if (tok_it != ck.aux_files.end() && (calibrate || opt.quality.enabled))
+    Tokenizer::from_json_text(tok_it->second, (opt.input / "tokenizer.json").string());
+  if (opt.quality.enabled) {
+    check_window_length("--eval-seq-len", opt.quality.seq_len, ck.config.value("max_position_embeddings", int64_t(0)));
+    if (!opt.quality.data.empty()) read_text_input(opt.quality.data);
+  }
+}
+
 QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const double t0 = now_s();
   QuantizeResult res;
@@ -242,12 +262,13 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const Layout* layout = spec.layout.empty() ? nullptr : &find_layout(spec.layout);
   const bool calibrate = needs_calibration(method, spec);
 
-  // 1. Input: mmap'ed, blocks loaded lazily.
-  std::error_code ec;
-  if (std::filesystem::exists(opt.output, ec) &&
-      std::filesystem::equivalent(opt.input, opt.output, ec))
-    fail("--output ", opt.output.string(), " is the input model; choose another path");
+  // 1. Input: mmap'ed, blocks loaded lazily. The output path is checked first.
+  const CheckpointFormat fmt = opt.format.value_or(
+      opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet : CheckpointFormat::HF);
+  check_output_path(opt.output, fmt == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File,
+                    {opt.writer.overwrite, {opt.input, opt.calibration_data, opt.quality.data}});
   Checkpoint ck = open_checkpoint(opt.input);
+  preflight(opt, ck, method.name, calibrate);
   if (ck.config.contains("quantization_config"))
     fail(opt.input.string(), ": the model is already quantized (config.json has a "
          "quantization_config); quantize the base model instead");
@@ -279,8 +300,6 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   }
 
   // 3. Block by block: quantize, write, feed the next block.
-  const CheckpointFormat fmt = opt.format.value_or(
-      opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet : CheckpointFormat::HF);
   std::unique_ptr<CheckpointWriter> writer = make_checkpoint_writer(opt.output, fmt, opt.writer);
   OutputTensors out(*writer, *ck.tensors, dense_dtype_of(method, layout));
   std::unique_ptr<BlockQuantizer> quantizer = method.factory(spec);
