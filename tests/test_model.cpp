@@ -569,9 +569,10 @@ TEST(BlockApi, BlockwiseEqualsForwardAndHooksSeeEveryLinear) {
   std::vector<float> h(size_t(batch) * seq * c.hidden_size);
   m->embed(ids.data(), batch * seq, h.data());
   std::vector<std::tuple<int, LinearSlot, int64_t, int64_t>> seen;
-  LinearHook hook = [&](int layer, LinearSlot s, const float* x, int64_t rows, int64_t cols) {
-    for (int64_t i = 0; i < rows * cols; ++i) ASSERT_TRUE(std::isfinite(x[i]));
-    seen.emplace_back(layer, s, rows, cols);
+  LinearHook hook = [&](int layer, LinearSlot s, const backend::MatView& x) {
+    ASSERT_FALSE(x.on_device());
+    for (int64_t i = 0; i < x.rows * x.cols; ++i) ASSERT_TRUE(std::isfinite(x.data[i]));
+    seen.emplace_back(layer, s, x.rows, x.cols);
   };
   for (int l = 0; l < c.num_layers; ++l) m->run_block(l, h.data(), batch, seq, &hook);
   m->final_norm(h.data(), batch * seq);

@@ -873,9 +873,10 @@ TEST(BlockJobTest, StreamsSlotInputsAndCommitChecksShapes) {
   job.seq = seq;
   job.batch = 2;
   int64_t rows = 0, calls = 0;
-  job.for_each_input(LinearSlot::Down, [&](const float*, int64_t r, int64_t cols) {
-    EXPECT_EQ(cols, 384);
-    rows += r;
+  job.for_each_input(LinearSlot::Down, [&](const backend::MatView& x) {
+    EXPECT_EQ(x.cols, 384);
+    EXPECT_FALSE(x.on_device());
+    rows += x.rows;
     ++calls;
   });
   EXPECT_EQ(rows, n * seq);

@@ -339,6 +339,21 @@ void XtxAccumulator::add(const float* x, int64_t rows, double alpha) {
   }
 }
 
+void XtxAccumulator::add(const MatView& x, double alpha) {
+  if (x.cols != cols_) fail("XtxAccumulator: input has ", x.cols, " columns, expected ", cols_);
+  if (!x.on_device()) return add(x.data, x.rows, alpha);
+  check_xtx_args(x.data, x.rows, cols_);
+  if (x.rows == 0) return;
+#ifdef LLMC_HAVE_CUDA
+  if (impl_->gpu) {
+    rows_seen_ += x.rows;
+    return cuda::xtx_add_device(impl_->gpu, x.data, x.rows, alpha);
+  }
+#endif
+  std::vector<float> buf;
+  add(host_rows(x, &buf), x.rows, alpha);
+}
+
 void XtxAccumulator::reset() {
   rows_seen_ = 0;
 #ifdef LLMC_HAVE_CUDA
@@ -397,5 +412,160 @@ bool try_qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows
   return false;
 #endif
 }
+
+// ---------------------------------------------------------------------------------------------
+// Device arrays and block primitives
+// ---------------------------------------------------------------------------------------------
+namespace {
+[[noreturn]] void no_cuda(const char* what) {
+  fail(what, ": needs the CUDA device (", cuda_device_info(), ")");
+}
+void need_cuda(const char* what) {
+  if (device() != Device::CUDA) no_cuda(what);
+}
+}  // namespace
+
+const float* host_rows(const MatView& v, std::vector<float>* buf) {
+  if (!v.on_device()) return v.data;
+  buf->resize(size_t(v.rows * v.cols));
+#ifdef LLMC_HAVE_CUDA
+  cuda::dev_download(buf->data(), v.data, v.rows * v.cols);
+  return buf->data();
+#else
+  no_cuda("host_rows");
+#endif
+}
+
+DeviceArray::DeviceArray(int64_t n) {
+  if (!cuda_available()) no_cuda("DeviceArray");
+#ifdef LLMC_HAVE_CUDA
+  p_ = cuda::dev_alloc(n);
+  n_ = n;
+#endif
+}
+
+DeviceArray::~DeviceArray() {
+#ifdef LLMC_HAVE_CUDA
+  cuda::dev_free(p_);
+#endif
+}
+
+DeviceArray& DeviceArray::operator=(DeviceArray&& o) noexcept {
+  if (this != &o) {
+#ifdef LLMC_HAVE_CUDA
+    cuda::dev_free(p_);
+#endif
+    p_ = o.p_, n_ = o.n_;
+    o.p_ = nullptr, o.n_ = 0;
+  }
+  return *this;
+}
+
+void DeviceArray::reserve(int64_t n) {
+  if (n <= n_ && p_) return;
+  *this = DeviceArray();
+  *this = DeviceArray(n);
+}
+
+void DeviceArray::upload(const float* host, int64_t n, int64_t offset) {
+  LLMC_CHECK(offset >= 0 && offset + n <= n_, "DeviceArray::upload out of range");
+#ifdef LLMC_HAVE_CUDA
+  if (n > 0) cuda::dev_upload(p_ + offset, host, n);
+#endif
+}
+
+void DeviceArray::download(float* host, int64_t n, int64_t offset) const {
+  LLMC_CHECK(offset >= 0 && offset + n <= n_, "DeviceArray::download out of range");
+#ifdef LLMC_HAVE_CUDA
+  if (n > 0) cuda::dev_download(host, p_ + offset, n);
+#endif
+}
+
+uint64_t cuda_free_bytes() {
+#ifdef LLMC_HAVE_CUDA
+  if (cuda_available()) return cuda::free_bytes();
+#endif
+  return 0;
+}
+
+uint64_t cuda_peak_used_bytes() {
+#ifdef LLMC_HAVE_CUDA
+  if (cuda_available()) return cuda::peak_used_bytes();
+#endif
+  return 0;
+}
+
+void note_gpu_memory() {
+#ifdef LLMC_HAVE_CUDA
+  if (cuda_available()) cuda::note_memory();
+#endif
+}
+
+uint64_t content_fingerprint(const void* p, size_t bytes) { return fingerprint(p, bytes); }
+
+namespace dev {
+#ifdef LLMC_HAVE_CUDA
+#define LLMC_DEV(name, call) \
+  need_cuda(name);           \
+  call
+#else
+#define LLMC_DEV(name, call) no_cuda(name)
+#endif
+
+void copy(float* dst, const float* src, int64_t n) { LLMC_DEV("dev::copy", cuda::dev_copy(dst, src, n)); }
+void upload_async(float* dst, const float* host, int64_t n) {
+  LLMC_DEV("dev::upload", cuda::dev_upload(dst, host, n));
+}
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              const float* bias) {
+  LLMC_DEV("dev::gemm_xwt", cuda::blk_gemm(x, rows, k, w, n, y, bias, cuda_tf32()));
+}
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y) {
+  LLMC_DEV("dev::rms_norm", cuda::blk_rms_norm(x, w, rows, dim, eps, y));
+}
+void rope(float* x, int64_t rows, int64_t stride, int heads, int hd, int seq, const float* cos,
+          const float* sin) {
+  LLMC_DEV("dev::rope", cuda::blk_rope(x, rows, stride, heads, hd, seq, cos, sin));
+}
+void causal_attention(const float* q, const float* k, const float* v, int batch, int seq,
+                      int heads, int kv_heads, int hd, float* out) {
+  LLMC_DEV("dev::causal_attention",
+           cuda::blk_attention(q, k, v, batch, seq, heads, kv_heads, hd, out, cuda_tf32()));
+}
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  LLMC_DEV("dev::silu_mul", cuda::blk_silu_mul(gate, up, out, n));
+}
+void add_inplace(float* y, const float* x, int64_t n) { LLMC_DEV("dev::add_inplace", cuda::blk_add(y, x, n)); }
+void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols) {
+  LLMC_DEV("dev::quantize_activations", cuda::blk_act_quant(act, static_scale, x, rows, cols));
+}
+float abs_max(const float* x, int64_t n) {
+#ifdef LLMC_HAVE_CUDA
+  need_cuda("dev::abs_max");
+  return cuda::blk_abs_max(x, n);
+#else
+  (void)x, (void)n;
+  no_cuda("dev::abs_max");
+#endif
+}
+void col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums) {
+  LLMC_DEV("dev::col_abs_sum", cuda::blk_col_abs_sum(x, rows, cols, sums));
+}
+void gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int64_t stride,
+                 std::vector<float>* out) {
+  LLMC_CHECK(stride >= 1 && first >= 0, "gather_rows: bad stride");
+  const int64_t count = first < rows ? (rows - first + stride - 1) / stride : 0;
+  const size_t at = out->size();
+  out->resize(at + size_t(count * cols));
+  LLMC_DEV("dev::gather_rows",
+           cuda::blk_gather_rows(x, rows, cols, first, stride, out->data() + at, count));
+}
+void sync() {
+#ifdef LLMC_HAVE_CUDA
+  if (cuda_available()) cuda::blk_sync();
+#endif
+}
+#undef LLMC_DEV
+}  // namespace dev
 
 }  // namespace llmc::backend

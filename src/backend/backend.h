@@ -72,7 +72,20 @@ void release_device_memory();                  // drops the weight cache and scr
 // fp32 throughout (BLAS ssyrk on CPU, cuBLAS ssyrk on GPU).
 void accumulate_xtx(const float* x, int64_t rows, int64_t cols, float* H, float alpha = 1.0f);
 
+// A row-major fp32 matrix [rows, cols] in host memory (where == CPU) or in GPU memory
+// (where == CUDA: `data` is a device pointer, to be passed only to the functions of this header).
+// The calibration inputs of the GPU block runner reach LinearHooks as device views.
+struct MatView {
+  const float* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  Device where = Device::CPU;
+  bool on_device() const { return where == Device::CUDA; }
+};
+// The rows of a view as a host array: `v.data` itself for a host view, else a copy in *buf.
+const float* host_rows(const MatView& v, std::vector<float>* buf);
+
 // Accumulator that keeps H where it is computed (on the GPU for CUDA: only x crosses the bus).
+// It is the storage of quant/hessian.h HessianAccumulator, the one Hessian class methods use.
 // Rows of one add() are summed in fp32 in chunks of at most kXtxChunkRows rows; chunks and calls
 // are summed in fp64. The device is fixed at construction (device()).
 inline constexpr int64_t kXtxChunkRows = 1024;  // as quant/gptq.h HessianAccumulator
@@ -84,6 +97,8 @@ class XtxAccumulator {
   XtxAccumulator& operator=(const XtxAccumulator&) = delete;
 
   void add(const float* x, int64_t rows, double alpha = 1.0);  // H += alpha · xᵀx
+  // The same from a view; a device view feeds a GPU accumulator without leaving the GPU.
+  void add(const MatView& x, double alpha = 1.0);
   void reset();                                                // H = 0
   int64_t cols() const { return cols_; }
   int64_t rows_seen() const { return rows_seen_; }
@@ -112,5 +127,78 @@ void quantize_activations(ActQuant act, float static_scale, float* x, int64_t ro
 // product is large enough; returns false when the caller should run its CPU path. `x` is not
 // modified.
 bool try_qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows, float* y);
+
+// ---- device-resident arrays and the block primitives (the GPU block runner) ----
+// Used by model/ (TransformerModel::run_block_device) and quant/ (statistics on device views).
+// Everything below requires device() == CUDA (or cuda_available() for DeviceArray) and throws
+// llmc::Error otherwise. Operations on device pointers are enqueued, in call order, on one
+// stream; the calls that return host data (download, abs_max, col_abs_sum, gather_rows) wait
+// for everything enqueued before them. All math is fp32 without TF32 (unless set_cuda_tf32),
+// reductions of norms and softmax sums in fp64, so results differ from the CPU kernels
+// (backend/cpu/kernels.h) only by summation order.
+
+// An owned fp32 array in GPU memory (move-only, freed on destruction, contents uninitialized).
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(int64_t n);
+  ~DeviceArray();
+  DeviceArray(DeviceArray&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  DeviceArray& operator=(DeviceArray&& o) noexcept;
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  float* data() const { return p_; }
+  int64_t size() const { return n_; }
+  // Grows (never shrinks) to at least n elements; contents are lost when it grows.
+  void reserve(int64_t n);
+  void upload(const float* host, int64_t n, int64_t offset = 0);
+  void download(float* host, int64_t n, int64_t offset = 0) const;
+  MatView view(int64_t rows, int64_t cols, int64_t row0 = 0) const {
+    return {p_ + row0 * cols, rows, cols, Device::CUDA};
+  }
+
+ private:
+  float* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
+// Free / total GPU memory now, and the largest use (total - free) seen so far: sampled at each
+// allocation llmc makes on the GPU and at every note_gpu_memory() call.
+uint64_t cuda_free_bytes();
+uint64_t cuda_peak_used_bytes();
+void note_gpu_memory();
+
+// 64-bit fingerprint of host bytes (the weight cache's key; multithreaded).
+uint64_t content_fingerprint(const void* p, size_t bytes);
+
+namespace dev {
+void copy(float* dst, const float* src, int64_t n);               // device -> device
+void upload_async(float* dst, const float* host, int64_t n);       // waits for the copy itself
+// y[rows, n] = x[rows, k] · w[n, k]ᵀ (+ bias[n]), all device pointers.
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              const float* bias = nullptr);
+// As cpu::rms_norm (fp64 sum of squares, HF rounding order); y may alias x.
+void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y);
+// As cpu::rope_apply with pos0 = 0; cos/sin: device tables [seq, hd/2].
+void rope(float* x, int64_t rows, int64_t stride, int heads, int hd, int seq, const float* cos,
+          const float* sin);
+// As cpu::causal_attention with pos0 = 0 and k/v of `batch` sequences of `seq` rows
+// (kv_heads*hd per row): per query chunk cuBLAS QKᵀ over the visible keys only, an fp32
+// softmax kernel (fp64 sum), then P·V. Scratch grows with seq² · kv_heads.
+void causal_attention(const float* q, const float* k, const float* v, int batch, int seq,
+                      int heads, int kv_heads, int hd, float* out);
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);  // as cpu::silu_mul
+void add_inplace(float* y, const float* x, int64_t n);
+// As llmc::quantize_activations, bit for bit, in place on device rows.
+void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
+// Statistics of a device matrix, returned to the host.
+float abs_max(const float* x, int64_t n);  // NaN ignored as std::max(m, fabs(x)) does
+// sums[c] += Σ_r |x[r, c]| (fp64).
+void col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums);
+// Appends rows first, first + stride, ... (< rows) of x [rows, cols] to *out.
+void gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int64_t stride,
+                 std::vector<float>* out);
+void sync();  // waits for everything enqueued
+}  // namespace dev
 
 }  // namespace llmc::backend

@@ -25,6 +25,18 @@ class Linear {
   virtual int64_t out_features() const = 0;
   virtual void forward(const float* x, int64_t rows, float* y) const = 0;
   virtual uint64_t bytes_held() const = 0;  // memory this layer keeps resident
+
+  // What the GPU block runner (Model::run_block_device) computes with: an fp32 weight [out, in]
+  // (host, row-major), an optional bias [out] and the fake-quantization of the layer's inputs
+  // (`act`: a backend ActQuant value, 0 = none). weight == nullptr: no such form; a block
+  // holding this layer then runs on the CPU. The arrays stay valid while the layer lives.
+  struct DenseForm {
+    const float* weight = nullptr;
+    const float* bias = nullptr;
+    uint8_t act = 0;
+    float input_scale = 0.0f;
+  };
+  virtual DenseForm dense_form() const { return {}; }
 };
 
 class DenseLinear : public Linear {
@@ -34,6 +46,7 @@ class DenseLinear : public Linear {
   int64_t out_features() const override { return out_; }
   void forward(const float* x, int64_t rows, float* y) const override;
   uint64_t bytes_held() const override { return (w_.size() + b_.size()) * sizeof(float); }
+  DenseForm dense_form() const override { return {w_.data(), b_.empty() ? nullptr : b_.data()}; }
   const std::vector<float>& weight() const { return w_; }
   std::vector<float>& weight() { return w_; }
   const std::vector<float>& bias() const { return b_; }

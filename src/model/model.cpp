@@ -123,6 +123,42 @@ class TransformerModel final : public Model {
     block_forward(layer, hidden, batch, seq, 0, hook, nullptr);
   }
 
+  bool run_block_device(int layer, const float* in, float* out, int n_samples, int seq, int batch,
+                        const LinearHook* hook, int stop_after) override {
+    check_layer(layer);
+    check_shape(n_samples, seq, 0);
+    if (backend::device() != backend::Device::CUDA)
+      fail("run_block_device: the device is ", backend::device_name(backend::device()));
+    LLMC_CHECK(stop_after < 0 || out == nullptr, "run_block_device: stop_after with outputs");
+    BlockWeights& w = block(layer);
+    std::array<Linear::DenseForm, kNumLinearSlots> forms;
+    for (int s = 0; s < kNumLinearSlots; ++s) {
+      forms[s] = w.linear[s]->dense_form();
+      if (!forms[s].weight) return false;
+    }
+    upload_block(layer, w, forms);
+    ensure_rope(seq);
+    if (dev_rope_len_ != rope_len_) {
+      dcos_.reserve(int64_t(cos_.size()));
+      dsin_.reserve(int64_t(sin_.size()));
+      dcos_.upload(cos_.data(), int64_t(cos_.size()));
+      dsin_.upload(sin_.data(), int64_t(sin_.size()));
+      dev_rope_len_ = rope_len_;
+    }
+    const int b = std::max(1, std::min(batch, n_samples));
+    const int64_t per = int64_t(seq) * cfg_.hidden_size;
+    if (!out) dh_.reserve(b * per);
+    for (int s0 = 0; s0 < n_samples; s0 += b) {
+      const int n = std::min(b, n_samples - s0);
+      float* h = out ? out + s0 * per : dh_.data();
+      if (h != in + s0 * per) backend::dev::copy(h, in + s0 * per, n * per);
+      block_forward_device(layer, h, n, seq, hook, stop_after);
+    }
+    return true;
+  }
+
+  void release_device_weights() override { dblk_ = DevBlock(); }
+
   void final_norm(float* hidden, int64_t rows) const override {
     cpu::rms_norm(hidden, norm_.data(), rows, cfg_.hidden_size, cfg_.rms_norm_eps, hidden);
   }
@@ -321,7 +357,7 @@ class TransformerModel final : public Model {
     const float eps = float(cfg_.rms_norm_eps);
     ensure_rope(pos0 + seq);
     auto observe = [&](LinearSlot s, const float* x, int64_t cols) {
-      if (hook && *hook) (*hook)(layer, s, x, rows, cols);
+      if (hook && *hook) (*hook)(layer, s, backend::MatView{x, rows, cols, backend::Device::CPU});
     };
 
     // --- attention ---
@@ -378,6 +414,127 @@ class TransformerModel final : public Model {
     w.at(LinearSlot::Down).forward(g, rows, x);
     cpu::add_inplace(h, x, rows * H);
   }
+
+  // ---- the GPU block runner ----
+  struct DevLinear {
+    backend::DeviceArray w, b;
+    uint64_t fp = 0;
+    bool bias = false;
+    ActQuant act = ActQuant::None;
+    float input_scale = 0.0f;
+  };
+  struct DevBlock {
+    int layer = -1;
+    std::array<DevLinear, kNumLinearSlots> lin;
+    backend::DeviceArray input_norm, post_norm, q_norm, k_norm;
+  };
+
+  // Device copies of block `layer`'s weights; a linear is re-uploaded only when its contents
+  // (fingerprint of weight and bias bytes) changed since the last run.
+  void upload_block(int layer, const BlockWeights& w,
+                    const std::array<Linear::DenseForm, kNumLinearSlots>& forms) {
+    for (int s = 0; s < kNumLinearSlots; ++s) {
+      const Linear& l = *w.linear[s];
+      const Linear::DenseForm& f = forms[s];
+      const int64_t n = l.out_features() * l.in_features(), out = l.out_features();
+      uint64_t fp = backend::content_fingerprint(f.weight, size_t(n) * sizeof(float));
+      if (f.bias) fp ^= backend::content_fingerprint(f.bias, size_t(out) * sizeof(float)) * 31;
+      fp ^= uint64_t(f.act) << 56;
+      DevLinear& d = dblk_.lin[s];
+      if (dblk_.layer != layer || d.fp != fp || d.w.size() != n) {
+        d.w.reserve(n);
+        d.w.upload(f.weight, n);
+        if (f.bias) {
+          d.b.reserve(out);
+          d.b.upload(f.bias, out);
+        }
+        d.fp = fp;
+      }
+      d.bias = f.bias != nullptr;
+      d.act = ActQuant(f.act);
+      d.input_scale = f.input_scale;
+    }
+    auto put = [](backend::DeviceArray& a, const std::vector<float>& v) {
+      if (v.empty()) return;
+      a.reserve(int64_t(v.size()));
+      a.upload(v.data(), int64_t(v.size()));
+    };
+    put(dblk_.input_norm, w.input_norm);
+    put(dblk_.post_norm, w.post_norm);
+    put(dblk_.q_norm, w.q_norm);
+    put(dblk_.k_norm, w.k_norm);
+    dblk_.layer = layer;
+  }
+
+  // y[rows, out] = linear s (its input fake-quantization, weight, bias) of x [rows, in].
+  void device_linear(LinearSlot s, const float* x, int64_t rows, float* y) {
+    const DevLinear& d = dblk_.lin[int(s)];
+    const Dims dm = slot_dims(s);
+    const float* src = x;
+    if (d.act != ActQuant::None) {
+      dxq_.reserve(rows * dm.in);
+      backend::dev::copy(dxq_.data(), x, rows * dm.in);
+      backend::dev::quantize_activations(d.act, d.input_scale, dxq_.data(), rows, dm.in);
+      src = dxq_.data();
+    }
+    backend::dev::gemm_xwt(src, rows, dm.in, d.w.data(), dm.out, y, d.bias ? d.b.data() : nullptr);
+  }
+
+  // block_forward on the GPU for `batch` sequences at h (device), pos0 = 0, no cache.
+  void block_forward_device(int layer, float* h, int batch, int seq, const LinearHook* hook,
+                            int stop_after) {
+    namespace dv = backend::dev;
+    const int64_t rows = int64_t(batch) * seq, H = cfg_.hidden_size, F = cfg_.intermediate_size;
+    const int nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim;
+    const int64_t QD = int64_t(nh) * hd, KD = int64_t(nkv) * hd;
+    const double eps = cfg_.rms_norm_eps;
+    // True when the run ends here (stop_after).
+    auto observe = [&](LinearSlot s, const float* x, int64_t cols) {
+      if (hook && *hook) (*hook)(layer, s, backend::MatView{x, rows, cols, backend::Device::CUDA});
+      return int(s) == stop_after;
+    };
+    dx_.reserve(rows * H);
+    dq_.reserve(rows * QD);
+    dk_.reserve(rows * KD);
+    dv_.reserve(rows * KD);
+    da_.reserve(rows * QD);
+    dg_.reserve(rows * F);
+    du_.reserve(rows * F);
+    float *x = dx_.data(), *q = dq_.data(), *k = dk_.data(), *v = dv_.data(), *a = da_.data(),
+          *g = dg_.data(), *u = du_.data();
+    // --- attention ---
+    dv::rms_norm(h, dblk_.input_norm.data(), rows, H, eps, x);
+    if (observe(LinearSlot::Q, x, H)) return;
+    device_linear(LinearSlot::Q, x, rows, q);
+    if (observe(LinearSlot::K, x, H)) return;
+    device_linear(LinearSlot::K, x, rows, k);
+    if (observe(LinearSlot::V, x, H)) return;
+    device_linear(LinearSlot::V, x, rows, v);
+    if (cfg_.qk_norm) {
+      dv::rms_norm(q, dblk_.q_norm.data(), rows * nh, hd, eps, q);
+      dv::rms_norm(k, dblk_.k_norm.data(), rows * nkv, hd, eps, k);
+    }
+    dv::rope(q, rows, QD, nh, hd, seq, dcos_.data(), dsin_.data());
+    dv::rope(k, rows, KD, nkv, hd, seq, dcos_.data(), dsin_.data());
+    dv::causal_attention(q, k, v, batch, seq, nh, nkv, hd, a);
+    if (observe(LinearSlot::O, a, QD)) return;
+    device_linear(LinearSlot::O, a, rows, x);
+    dv::add_inplace(h, x, rows * H);
+    // --- MLP ---
+    dv::rms_norm(h, dblk_.post_norm.data(), rows, H, eps, x);
+    if (observe(LinearSlot::Gate, x, H)) return;
+    device_linear(LinearSlot::Gate, x, rows, g);
+    if (observe(LinearSlot::Up, x, H)) return;
+    device_linear(LinearSlot::Up, x, rows, u);
+    dv::silu_mul(g, u, g, rows * F);
+    if (observe(LinearSlot::Down, g, F)) return;
+    device_linear(LinearSlot::Down, g, rows, x);
+    dv::add_inplace(h, x, rows * H);
+  }
+
+  DevBlock dblk_;
+  backend::DeviceArray dh_, dcos_, dsin_, dx_, dq_, dk_, dv_, da_, dg_, du_, dxq_;
+  int dev_rope_len_ = 0;
 
   const Checkpoint& ckpt_;
   std::shared_ptr<const LinearFactory> factory_;

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "formats/checkpoint.h"
 #include "model/config.h"
 #include "model/linear.h"
@@ -34,8 +35,9 @@ struct BlockWeights {
   Linear& at(LinearSlot s) const { return *linear[int(s)]; }
 };
 
-using LinearHook =
-    std::function<void(int layer, LinearSlot slot, const float* x, int64_t rows, int64_t cols)>;
+// x: the linear's input [rows, in_features], on the host (run_block) or on the GPU
+// (run_block_device: x.where == CUDA, a device pointer for backend/ functions only).
+using LinearHook = std::function<void(int layer, LinearSlot slot, const backend::MatView& x)>;
 
 // Builds a Linear for the module "<prefix>" (e.g. "model.layers.0.self_attn.q_proj") from a
 // checkpoint. The default makes a DenseLinear from "<prefix>.weight" (+ ".bias").
@@ -72,6 +74,17 @@ class Model {
   virtual void embed(const int32_t* ids, int64_t rows, float* hidden) const = 0;
   virtual void run_block(int layer, float* hidden, int batch, int seq,
                          const LinearHook* hook = nullptr) = 0;
+  // The GPU block runner (needs backend::device() == CUDA). `in` is a device array
+  // [n_samples * seq, hidden]; the block's outputs go to `out` (device, may equal `in`), or are
+  // dropped when out == nullptr. Runs `batch` samples at a time; norms, RoPE, attention,
+  // SwiGLU, residuals and the linears (cuBLAS on device copies of each Linear::dense_form(),
+  // re-uploaded only when their contents change) all run on the GPU, and hooks see device
+  // views. stop_after >= 0 (a LinearSlot, out == nullptr): each batch ends right after that
+  // slot's input was observed. Same function as run_block up to fp32 summation order. Returns
+  // false, touching nothing, when a linear of the block has no dense_form() (use the CPU).
+  virtual bool run_block_device(int layer, const float* in, float* out, int n_samples, int seq,
+                                int batch, const LinearHook* hook = nullptr,
+                                int stop_after = -1) = 0;
   virtual void final_norm(float* hidden, int64_t rows) const = 0;
   virtual void lm_head(const float* hidden, int64_t rows, float* logits) const = 0;
   // Full forward: ids [batch*seq] -> logits [batch*seq, vocab].
@@ -90,6 +103,8 @@ class Model {
   virtual void set_block(int layer, BlockWeights w) = 0;  // replaces it
   virtual void release_block(int layer) = 0;              // drops it (reloaded on next use)
   virtual uint64_t bytes_held() const = 0;
+  // Drops the device copies of block weights (run_block_device keeps one block's).
+  virtual void release_device_weights() = 0;
 };
 
 }  // namespace llmc

@@ -27,6 +27,15 @@ void AbsMeanAccumulator::add(const float* x, int64_t rows) {
   count_ += rows;
 }
 
+void AbsMeanAccumulator::add(const backend::MatView& x) {
+  if (x.rows <= 0 || sum_.empty()) return;
+  if (x.cols != int64_t(sum_.size()))
+    fail("AbsMeanAccumulator: input has ", x.cols, " columns, expected ", sum_.size());
+  if (!x.on_device()) return add(x.data, x.rows);
+  backend::dev::col_abs_sum(x.data, x.rows, x.cols, sum_.data());
+  count_ += x.rows;
+}
+
 std::vector<float> AbsMeanAccumulator::mean() const {
   std::vector<float> m(sum_.size(), 0.0f);
   if (count_ == 0) return m;

@@ -44,6 +44,7 @@ class AbsMeanAccumulator {
  public:
   explicit AbsMeanAccumulator(int64_t cols = 0) : sum_(size_t(cols), 0.0) {}
   void add(const float* x, int64_t rows);
+  void add(const backend::MatView& x);  // device rows are reduced on the GPU
   int64_t count() const { return count_; }
   std::vector<float> mean() const;
 

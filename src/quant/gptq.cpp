@@ -23,8 +23,6 @@ namespace {
 // llmc runs OpenBLAS single-threaded and parallelizes over its own pool (model/linear.h).
 void blas_single_threaded() { cpu::blas_init(); }
 
-constexpr int64_t kTile = 128;       // Hessian tile edge
-constexpr int64_t kChunkRows = 1024; // rows summed in fp32 before adding into fp64
 
 float round_scale(const QuantGrid& g, float s) {
   if (!(s > 0.0f) || !std::isfinite(s)) return 1.0f;
@@ -60,74 +58,6 @@ void params_for_shrink(const QuantGrid& g, float lo, float hi, double shrink, fl
 inline float deq(int32_t q, int32_t z, float s) { return float(q - z) * s; }
 
 }  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// Hessian
-
-HessianAccumulator::HessianAccumulator(int64_t cols) : n_(cols) {
-  if (cols > 0 && backend::device() == backend::Device::CUDA) {
-    gpu_ = std::make_shared<backend::XtxAccumulator>(cols);
-  } else {
-    acc_.assign(size_t(cols * cols), 0.0);
-  }
-}
-
-void HessianAccumulator::add(const float* x, int64_t rows) {
-  if (rows <= 0 || n_ == 0) return;
-  if (gpu_) {
-    gpu_->add(x, rows);
-    count_ += rows;
-    return;
-  }
-  blas_single_threaded();
-  const int64_t nb = (n_ + kTile - 1) / kTile;
-  std::vector<std::pair<int64_t, int64_t>> pairs;
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t bj = bi; bj < nb; ++bj) pairs.push_back({bi, bj});
-  const int64_t n = n_;
-  parallel_for(0, pairs.size(), 1, [&](size_t lo, size_t hi) {
-    std::vector<float> tmp(size_t(kTile * kTile));
-    for (size_t p = lo; p < hi; ++p) {
-      const int64_t i0 = pairs[p].first * kTile, j0 = pairs[p].second * kTile;
-      const int64_t ti = std::min(kTile, n - i0), tj = std::min(kTile, n - j0);
-      for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-        const int64_t rc = std::min(kChunkRows, rows - r0);
-        const float* xr = x + r0 * n;
-        if (i0 == j0) {
-          cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(ti), int(rc), 1.0f, xr + i0,
-                      int(n), 0.0f, tmp.data(), int(tj));
-          for (int64_t a = 0; a < ti; ++a)
-            for (int64_t b = a; b < tj; ++b)
-              acc_[size_t((i0 + a) * n + j0 + b)] += double(tmp[size_t(a * tj + b)]);
-        } else {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ti), int(tj), int(rc), 1.0f,
-                      xr + i0, int(n), xr + j0, int(n), 0.0f, tmp.data(), int(tj));
-          for (int64_t a = 0; a < ti; ++a)
-            for (int64_t b = 0; b < tj; ++b)
-              acc_[size_t((i0 + a) * n + j0 + b)] += double(tmp[size_t(a * tj + b)]);
-        }
-      }
-    }
-  });
-  count_ += rows;
-}
-
-std::vector<double> HessianAccumulator::hessian() const {
-  std::vector<double> h(size_t(n_ * n_), 0.0);
-  if (count_ == 0) return h;
-  const double f = 2.0 / double(count_);
-  if (gpu_) {
-    gpu_->read(h.data(), f);
-    return h;
-  }
-  for (int64_t i = 0; i < n_; ++i)
-    for (int64_t j = i; j < n_; ++j) {
-      const double v = acc_[size_t(i * n_ + j)] * f;
-      h[size_t(i * n_ + j)] = v;
-      h[size_t(j * n_ + i)] = v;
-    }
-  return h;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Group parameters

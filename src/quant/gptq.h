@@ -1,11 +1,7 @@
 // quant/gptq.h — GPTQ (Frantar et al., 2022) on one linear layer, the Hessian it needs, and the
 // per-group parameter rule shared with AWQ (quant/awq.h).
 //
-// Hessian
-//  * HessianAccumulator sums x xᵀ over calibration rows (real tokens only; the caller never
-//    passes padding). Products are formed by BLAS in fp32 over chunks of at most 1024 rows and
-//    added into an fp64 accumulator, tiled over the core/threads.h pool. hessian() returns
-//    H = 2/n · Σ x xᵀ (full symmetric, row-major [cols, cols], fp64); all zero when n == 0.
+// Hessian: quant/hessian.h HessianAccumulator (H = 2/n · Σ x xᵀ), the one accumulator.
 //
 // Group parameters (QuantGrid, group_params)
 //  * INT asymmetric: range [min(v, 0), max(v, 0)] · shrink, s = (hi - lo) / (2^b - 1),
@@ -49,28 +45,10 @@
 #include <string>
 #include <vector>
 
+#include "quant/hessian.h"
 #include "quant/qweight.h"
 
 namespace llmc {
-
-namespace backend { class XtxAccumulator; }
-
-class HessianAccumulator {
- public:
-  explicit HessianAccumulator(int64_t cols = 0);
-  // x: [rows, cols] row-major.
-  void add(const float* x, int64_t rows);
-  int64_t cols() const { return n_; }
-  int64_t count() const { return count_; }
-  std::vector<double> hessian() const;
-
- private:
-  int64_t n_ = 0, count_ = 0;
-  std::vector<double> acc_;  // upper triangle tiles valid, [n, n]
-  // When backend::device() == CUDA at construction, H is accumulated on the GPU instead
-  // (backend/backend.h XtxAccumulator: fp32 chunks, fp64 sums, same contract) and acc_ is empty.
-  std::shared_ptr<backend::XtxAccumulator> gpu_;
-};
 
 struct QuantGrid {
   int bits = 4;

@@ -2,6 +2,7 @@
 #include "quant/method.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string_view>
@@ -394,49 +395,138 @@ void BlockJob::check_finite(LinearSlot s) const {
 }
 
 namespace {
-// Thrown by for_each_input's hook to end a block run early; never escapes BlockJob.
+// Thrown by for_each_input's hook to end a CPU block run early; never escapes BlockJob.
 struct StopRun {};
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Wraps a hook so its time counts as statistics (GPU work synchronized at its boundaries).
+LinearHook timed_hook(const LinearHook* hook, bool device, double* seconds) {
+  if (!hook || !*hook) return nullptr;
+  return [hook, device, seconds](int layer, LinearSlot s, const backend::MatView& x) {
+    if (device) backend::dev::sync();
+    const double t = now_s();
+    (*hook)(layer, s, x);
+    if (device) backend::dev::sync();
+    *seconds += now_s() - t;
+  };
+}
+
+// Host copy of samples [first, first + count) of the device inputs (CPU fallback).
+std::vector<float> download_samples(const float* dev, int64_t per, int first, int count) {
+  std::vector<float> h(size_t(count) * size_t(per));
+  std::vector<float> tmp;
+  const backend::MatView v{dev + int64_t(first) * per, count, per, backend::Device::CUDA};
+  const float* p = backend::host_rows(v, &tmp);
+  std::copy(p, p + h.size(), h.begin());
+  return h;
+}
 }  // namespace
 
 void BlockJob::run(const LinearHook* hook, std::vector<float>* out, const float* x, int first,
                    int count) {
-  if (!x) x = inputs;
   if (count < 0) count = n_samples - first;
-  LLMC_CHECK(x != nullptr && seq > 0 && first >= 0 && count >= 0, "block run without inputs");
   const int64_t h = hidden();
   const int64_t per = int64_t(seq) * h;
+  const double t0 = now_s(), s0 = seconds_stats;
+  std::vector<float> fallback;  // host copy of device inputs when the block cannot run there
+  if (!x && !inputs && dev_inputs) {
+    LLMC_CHECK(seq > 0 && first >= 0 && count >= 0 && first + count <= n_samples,
+               "block run outside the calibration samples");
+    const LinearHook th = timed_hook(hook, true, &seconds_stats);
+    bool ok;
+    if (out) {
+      backend::DeviceArray tmp(std::max<int64_t>(1, int64_t(count) * per));
+      ok = model.run_block_device(layer, dev_inputs + int64_t(first) * per, tmp.data(), count,
+                                  seq, batch, th ? &th : nullptr);
+      if (ok) {
+        out->resize(size_t(count) * per);
+        tmp.download(out->data(), int64_t(count) * per);
+      }
+    } else {
+      ok = model.run_block_device(layer, dev_inputs + int64_t(first) * per, nullptr, count, seq,
+                                  batch, th ? &th : nullptr);
+    }
+    if (ok) {
+      seconds_forward += now_s() - t0 - (seconds_stats - s0);
+      return;
+    }
+    fallback = download_samples(dev_inputs, per, first, count);
+    x = fallback.data();
+    first = 0;
+  }
+  if (!x) x = inputs;
+  LLMC_CHECK(x != nullptr && seq > 0 && first >= 0 && count >= 0, "block run without inputs");
+  const LinearHook th = timed_hook(hook, false, &seconds_stats);
   if (out) out->assign(size_t(count) * per, 0.0f);
   const int b = std::max(1, batch);
   std::vector<float> buf;
-  for (int s0 = 0; s0 < count; s0 += b) {
-    const int n = std::min(b, count - s0);
-    const float* src = x + size_t(first + s0) * per;
+  for (int c0 = 0; c0 < count; c0 += b) {
+    const int n = std::min(b, count - c0);
+    const float* src = x + size_t(first + c0) * per;
     buf.assign(src, src + size_t(n) * per);
-    model.run_block(layer, buf.data(), n, seq, hook);
-    if (out) std::copy(buf.begin(), buf.end(), out->begin() + size_t(s0) * per);
+    model.run_block(layer, buf.data(), n, seq, th ? &th : nullptr);
+    if (out) std::copy(buf.begin(), buf.end(), out->begin() + size_t(c0) * per);
   }
+  seconds_forward += now_s() - t0 - (seconds_stats - s0);
 }
 
-void BlockJob::for_each_input(
-    LinearSlot slot, const std::function<void(const float*, int64_t, int64_t)>& fn) {
-  LLMC_CHECK(inputs != nullptr && seq > 0, "for_each_input without calibration inputs");
+void BlockJob::forward_device(float* dev_out) {
+  LLMC_CHECK(dev_inputs != nullptr && seq > 0, "forward_device without device inputs");
+  const double t0 = now_s();
+  const int64_t per = int64_t(seq) * hidden();
+  if (!model.run_block_device(layer, dev_inputs, dev_out, n_samples, seq, batch)) {
+    std::vector<float> y;
+    run(nullptr, &y);
+    backend::dev::upload_async(dev_out, y.data(), int64_t(n_samples) * per);
+  }
+  backend::dev::sync();
+  seconds_forward += now_s() - t0;
+}
+
+void BlockJob::for_each_input(LinearSlot slot,
+                              const std::function<void(const backend::MatView&)>& fn) {
+  LLMC_CHECK(has_inputs() && seq > 0, "for_each_input without calibration inputs");
+  const double t0 = now_s(), s0 = seconds_stats;
   const int64_t per = int64_t(seq) * hidden();
   const int b = std::max(1, batch);
+  if (on_device()) {
+    LinearHook hook = [&](int, LinearSlot s, const backend::MatView& x) {
+      if (s == slot) fn(x);
+    };
+    const LinearHook th = timed_hook(&hook, true, &seconds_stats);
+    if (model.run_block_device(layer, dev_inputs, nullptr, n_samples, seq, b, &th, int(slot))) {
+      seconds_forward += now_s() - t0 - (seconds_stats - s0);
+      return;
+    }
+  }
+  std::vector<float> fallback;
+  const float* src_all = inputs;
+  if (!src_all) {
+    fallback = download_samples(dev_inputs, per, 0, n_samples);
+    src_all = fallback.data();
+  }
   std::vector<float> buf;
-  LinearHook hook = [&](int, LinearSlot s, const float* x, int64_t rows, int64_t cols) {
+  LinearHook hook = [&](int, LinearSlot s, const backend::MatView& x) {
     if (s != slot) return;
-    fn(x, rows, cols);
+    const double t = now_s();
+    fn(x);
+    seconds_stats += now_s() - t;
     throw StopRun{};
   };
-  for (int s0 = 0; s0 < n_samples; s0 += b) {
-    const int n = std::min(b, n_samples - s0);
-    const float* src = inputs + size_t(s0) * per;
+  for (int c0 = 0; c0 < n_samples; c0 += b) {
+    const int n = std::min(b, n_samples - c0);
+    const float* src = src_all + size_t(c0) * per;
     buf.assign(src, src + size_t(n) * per);
     try {
       model.run_block(layer, buf.data(), n, seq, &hook);
     } catch (const StopRun&) {
     }
   }
+  seconds_forward += now_s() - t0 - (seconds_stats - s0);
 }
 
 void BlockJob::commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep) {

@@ -198,7 +198,12 @@ struct BlockJob {
   int layer = 0;
   const QuantSpec& spec;
   BlockWeights& weights;            // == model.block(layer); mutable (scale folding, swaps)
-  const float* inputs = nullptr;    // [n_samples * seq, hidden], or nullptr (no calibration)
+  // Calibration inputs [n_samples * seq, hidden]: on the host (`inputs`), or on the GPU
+  // (`dev_inputs`, a device array; then run()/for_each_input() run the block on the GPU and
+  // hooks see device views — backend::MatView — which quant/hessian.h and backend::dev
+  // reductions consume in place). nullptr both: no calibration.
+  const float* inputs = nullptr;
+  const float* dev_inputs = nullptr;
   int n_samples = 0, seq = 0;
   int batch = 8;                    // samples per block run inside run()/for_each_input()
   std::function<bool(LinearSlot)> ignored;  // true: leave this slot unquantized
@@ -207,11 +212,17 @@ struct BlockJob {
   std::array<std::optional<QuantizedWeight>, kNumLinearSlots> quantized;
   std::array<nlohmann::json, kNumLinearSlots> report;  // per-linear JSON (error, damping, ...)
 
+  // Time inside block runs (forward) and inside hooks (statistics), summed over calls; GPU
+  // work is synchronized at the hook boundaries so the split is real.
+  double seconds_forward = 0, seconds_stats = 0;
+
   BlockJob(Model& m, int layer, const QuantSpec& s, BlockWeights& w);
 
   const ModelConfig& config() const { return model.config(); }
   int64_t hidden() const { return model.config().hidden_size; }
   int64_t rows() const { return int64_t(n_samples) * seq; }
+  bool has_inputs() const { return (inputs || dev_inputs) && n_samples > 0; }
+  bool on_device() const { return dev_inputs != nullptr && inputs == nullptr; }
   // "model.layers.<layer>.self_attn.q_proj" (the HF module name, without ".weight").
   std::string module_name(LinearSlot s) const;
   // The slot's dense weight; throws if the slot is no longer a DenseLinear.
@@ -219,16 +230,19 @@ struct BlockJob {
   // Throws llmc::Error naming "<module>.weight" if any element is NaN/Inf.
   void check_finite(LinearSlot s) const;
 
-  // Runs the block over samples [first, first + count) of `x` (default: `inputs`, all samples)
-  // in batches of `batch` samples, calling `hook` (may be null) for every linear. If `out` is
-  // given it receives the block outputs [count * seq, hidden]. The block weights used are
-  // whatever job.weights holds at call time.
+  // Runs the block over samples [first, first + count) of `x` (default: the calibration
+  // inputs, all samples) in batches of `batch` samples, calling `hook` (may be null) for every
+  // linear. If `out` is given it receives the block outputs [count * seq, hidden] (host). The
+  // block weights used are whatever job.weights holds at call time.
   void run(const LinearHook* hook, std::vector<float>* out = nullptr, const float* x = nullptr,
            int first = 0, int count = -1);
-  // Streams the inputs of `slot` over all calibration samples to fn(x, rows, cols). Stops each
-  // batch's block run right after `slot`'s input is seen (cheap for early slots).
-  void for_each_input(LinearSlot slot,
-                      const std::function<void(const float* x, int64_t rows, int64_t cols)>& fn);
+  // The block's outputs over all calibration samples into `dev_out` (device array of
+  // rows() * hidden(); GPU inputs only): the next block's inputs, never leaving the GPU.
+  void forward_device(float* dev_out);
+  // Streams the inputs of `slot` over all calibration samples to fn(x) (host or device view,
+  // as the inputs are). Stops each batch's block run right after `slot`'s input is seen (cheap
+  // for early slots).
+  void for_each_input(LinearSlot slot, const std::function<void(const backend::MatView& x)>& fn);
   // Records slot's quantized weight and report, and replaces the slot's Linear by one that
   // computes with qw.dequantize() and simulates qw.act on its inputs.
   void commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep = nlohmann::json::object());
@@ -246,6 +260,9 @@ class SimQuantLinear : public Linear {
   int64_t out_features() const override { return out_; }
   void forward(const float* x, int64_t rows, float* y) const override;
   uint64_t bytes_held() const override { return (w_.size() + b_.size()) * sizeof(float); }
+  DenseForm dense_form() const override {
+    return {w_.data(), b_.empty() ? nullptr : b_.data(), uint8_t(act_), input_scale_};
+  }
   const std::vector<float>& weight() const { return w_; }
 
  private:

@@ -20,10 +20,15 @@ namespace {
 
 using S = LinearSlot;
 
-// A linear whose output is zero (disables the MLP inside a block run).
+// A linear whose output is zero (disables the MLP inside a block run); its dense form (all
+// zeros) lets the GPU block runner run it too.
 class ZeroLinear : public Linear {
  public:
   ZeroLinear(int64_t out, int64_t in) : out_(out), in_(in) {}
+  DenseForm dense_form() const override {
+    if (zeros_.empty()) zeros_.assign(size_t(out_ * in_), 0.0f);
+    return {zeros_.data()};
+  }
   int64_t in_features() const override { return in_; }
   int64_t out_features() const override { return out_; }
   void forward(const float*, int64_t rows, float* y) const override {
@@ -33,6 +38,7 @@ class ZeroLinear : public Linear {
 
  private:
   int64_t out_, in_;
+  mutable std::vector<float> zeros_;
 };
 
 template <typename T>
@@ -143,7 +149,7 @@ class AwqQuantizer : public BlockQuantizer {
 };
 
 void AwqQuantizer::quantize_block(BlockJob& job) {
-  LLMC_CHECK(job.inputs != nullptr && job.n_samples > 0, "AWQ needs calibration inputs");
+  LLMC_CHECK(job.has_inputs(), "AWQ needs calibration inputs");
   const ModelConfig& cfg = job.config();
   BlockWeights& bw = job.weights;
   auto quantized = [&](S s) { return !job.ignored(s); };
@@ -165,14 +171,21 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   std::vector<float> mlp_x;  // MLP inputs (post-norm) of the first m windows
   mlp_x.reserve(size_t((job.rows() / stride + 1) * job.hidden()));
   {
-    LinearHook hook = [&](int, S s, const float* x, int64_t rows, int64_t cols) {
+    LinearHook hook = [&](int, S s, const backend::MatView& v) {
       auto it = st.find(int(s));
       if (it == st.end()) return;
-      it->second.absmean.add(x, rows);
-      it->second.hessian.add(x, rows);
+      it->second.absmean.add(v);
+      it->second.hessian.add(v);
       if (s == S::Gate && o_.module_loss) {
-        for (int64_t r = 0; r < rows; ++r, ++seen_rows)
-          if (seen_rows % stride == 0) mlp_x.insert(mlp_x.end(), x + r * cols, x + (r + 1) * cols);
+        const int64_t rows = v.rows, cols = v.cols;
+        const int64_t first = (stride - seen_rows % stride) % stride;  // seen % stride == 0
+        if (v.on_device()) {
+          backend::dev::gather_rows(v.data, rows, cols, first, stride, &mlp_x);
+        } else {
+          for (int64_t r = first; r < rows; r += stride)
+            mlp_x.insert(mlp_x.end(), v.data + r * cols, v.data + (r + 1) * cols);
+        }
+        seen_rows += rows;
       }
     };
     job.run(&hook);

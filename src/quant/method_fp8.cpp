@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "quant/hessian.h"
 #include "quant/method_simple.h"
 #include "quant/rtn.h"
 
@@ -38,35 +39,6 @@ const std::vector<std::vector<LinearSlot>> kInputGroups = {
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
-
-// Σ x xᵀ over streamed rows, fp32 products in chunks added into fp64 (upper triangle).
-class Gram {
- public:
-  explicit Gram(int64_t n) : n_(n), acc_(size_t(n * n), 0.0), tmp_(size_t(n * n)) {}
-  void add(const float* x, int64_t rows) {
-    for (int64_t r0 = 0; r0 < rows; r0 += 512) {
-      const int64_t rc = std::min<int64_t>(512, rows - r0);
-      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(n_), int(rc), 1.0f, x + r0 * n_,
-                  int(n_), 0.0f, tmp_.data(), int(n_));
-      for (int64_t i = 0; i < n_; ++i)
-        for (int64_t j = i; j < n_; ++j) acc_[size_t(i * n_ + j)] += tmp_[size_t(i * n_ + j)];
-    }
-    count_ += rows;
-  }
-  // Full symmetric matrix.
-  std::vector<double> matrix() const {
-    std::vector<double> h = acc_;
-    for (int64_t i = 0; i < n_; ++i)
-      for (int64_t j = 0; j < i; ++j) h[size_t(i * n_ + j)] = h[size_t(j * n_ + i)];
-    return h;
-  }
-  int64_t count() const { return count_; }
-
- private:
-  int64_t n_, count_ = 0;
-  std::vector<double> acc_;
-  std::vector<float> tmp_;
-};
 
 // Upper Cholesky factor of (H + λI)⁻¹ in place (row-major); false when not positive definite.
 bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
@@ -216,17 +188,26 @@ class Fp8Quantizer : public BlockQuantizer {
     const auto t_collect = std::chrono::steady_clock::now();
     float amax = 0.0f;
     std::vector<float> sub;
-    std::unique_ptr<Gram> gram;
+    std::unique_ptr<HessianAccumulator> gram;  // Σ x xᵀ (quant/hessian.h)
     if (calibrated) {
       const int64_t total = job.rows();
       const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
-      if (gptq_) gram = std::make_unique<Gram>(in);
+      if (gptq_) gram = std::make_unique<HessianAccumulator>(in);
       int64_t seen = 0;
-      job.for_each_input(slots[0], [&](const float* x, int64_t rows, int64_t cols) {
-        for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
-        for (int64_t r = 0; r < rows; ++r, ++seen)
-          if (seen % stride == 0) sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
-        if (gram) gram->add(x, rows);
+      job.for_each_input(slots[0], [&](const backend::MatView& v) {
+        const int64_t rows = v.rows, cols = v.cols;
+        const int64_t first = (stride - seen % stride) % stride;  // rows with seen % stride == 0
+        if (v.on_device()) {
+          amax = std::max(amax, backend::dev::abs_max(v.data, rows * cols));
+          backend::dev::gather_rows(v.data, rows, cols, first, stride, &sub);
+        } else {
+          const float* x = v.data;
+          for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
+          for (int64_t r = first; r < rows; r += stride)
+            sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
+        }
+        seen += rows;
+        if (gram) gram->add(v);
       });
       if (!std::isfinite(amax))
         fail(job.module_name(slots[0]), ": non-finite calibration activations");
@@ -239,7 +220,7 @@ class Fp8Quantizer : public BlockQuantizer {
     const auto t_weights = std::chrono::steady_clock::now();
     std::vector<double> H;
     std::vector<float> H0;
-    if (gram) H = gram->matrix();
+    if (gram) H = gram->sum();
     if (gram && report_errors_) H0.assign(H.begin(), H.end());
     std::vector<std::vector<float>> targets(slots.size());
     for (size_t k = 0; k < slots.size(); ++k) targets[k] = job.dense(slots[k]).weight();

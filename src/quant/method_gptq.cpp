@@ -120,7 +120,7 @@ void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats*
     stages = {{S::Q, S::K, S::V}, {S::O}, {S::Gate, S::Up}, {S::Down}};
   else
     stages = {{S::Q, S::K, S::V, S::O, S::Gate, S::Up, S::Down}};
-  LLMC_CHECK(job.inputs != nullptr && job.n_samples > 0, "GPTQ needs calibration inputs");
+  LLMC_CHECK(job.has_inputs(), "GPTQ needs calibration inputs");
 
   std::vector<int32_t> down_perm;  // permutation trick: position -> original channel
   for (const auto& stage : stages) {
@@ -137,12 +137,11 @@ void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats*
     }
     if (acc.size() == 1) {
       HessianAccumulator& a = acc.begin()->second;
-      job.for_each_input(S(acc.begin()->first),
-                         [&](const float* x, int64_t rows, int64_t) { a.add(x, rows); });
+      job.for_each_input(S(acc.begin()->first), [&](const backend::MatView& x) { a.add(x); });
     } else {
-      LinearHook hook = [&](int, S s, const float* x, int64_t rows, int64_t) {
+      LinearHook hook = [&](int, S s, const backend::MatView& x) {
         auto it = acc.find(int(s));  // only key slots: q (not k/v), gate (not up), o, down
-        if (it != acc.end()) it->second.add(x, rows);
+        if (it != acc.end()) it->second.add(x);
       };
       job.run(&hook);
     }

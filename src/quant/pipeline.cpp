@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -162,6 +163,7 @@ class OutputTensors {
 
 struct BlockWriteStats {
   uint64_t qbytes = 0, qbf16 = 0;
+  double seconds_pack = 0;  // layout encoding (the rest of write_block is writing)
 };
 
 // Writes every tensor of one decoder block from the job (quantized slots encoded in `layout`).
@@ -177,7 +179,10 @@ BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchS
       LLMC_CHECK(layout != nullptr, "quantized weight without a layout");
       const QuantizedWeight& qw = *job.quantized[s];
       bool has_bias = false;
-      for (const EncodedTensor& t : layout->encode(m, qw)) {
+      const double tp = now_s();
+      const std::vector<EncodedTensor> enc = layout->encode(m, qw);
+      st.seconds_pack += now_s() - tp;
+      for (const EncodedTensor& t : enc) {
         out.add(t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size());
         st.qbytes += t.bytes.size();
         has_bias |= t.name == m + ".bias";
@@ -280,6 +285,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
 
   // 2. Calibration windows -> embeddings = block 0's inputs.
   std::vector<float> x, y;
+  backend::DeviceArray dx, dy;  // the activations when they live on the GPU
   if (calibrate) {
     auto tok_it = ck.aux_files.find("tokenizer.json");
     if (tok_it == ck.aux_files.end())
@@ -295,9 +301,49 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
                  origin, " (", w.tokens_available, " tokens available)"));
     spec.num_samples = res.num_samples = w.num_samples;
     spec.seq_len = res.seq_len = w.seq_len;
-    x.resize(w.ids.size() * size_t(cfg.hidden_size));
-    model->embed(w.ids.data(), int64_t(w.ids.size()), x.data());
+    const int64_t per = int64_t(w.seq_len) * cfg.hidden_size;
+    const int64_t total = int64_t(w.num_samples) * per;
+    if (backend::device() == backend::Device::CUDA) {
+      // Inputs and outputs of the current block, plus the block runner's scratch (about a
+      // batch of activations at the widest layer and the block's weights, here estimated
+      // generously) must fit in what is free; else the activations stay on the host.
+      const uint64_t need = 2 * uint64_t(total) * sizeof(float);
+      const int64_t wide = std::max<int64_t>(cfg.intermediate_size, int64_t(cfg.num_heads) * cfg.head_dim);
+      const uint64_t scratch = uint64_t(std::max(1, opt.batch)) * uint64_t(w.seq_len) *
+                                   uint64_t(cfg.hidden_size * 4 + wide * 5) * sizeof(float) +
+                               (uint64_t(2) << 30);
+      const uint64_t avail = backend::cuda_free_bytes();
+      if (need + scratch <= avail) {
+        dx = backend::DeviceArray(total);
+        dy = backend::DeviceArray(total);
+        res.activations = "gpu";
+        log_info(cat("calibration activations on the GPU: 2 x ", human_bytes(double(need / 2)),
+                     " (", human_bytes(double(avail)), " free)"));
+      } else {
+        res.activations = "host";
+        log_info(cat("calibration activations on the host: 2 x ", human_bytes(double(need / 2)),
+                     " plus ~", human_bytes(double(scratch)), " of scratch do not fit the ",
+                     human_bytes(double(avail)), " free on the GPU; each block's inputs are "
+                     "streamed through it"));
+      }
+    } else {
+      res.activations = "host";
+    }
+    if (res.activations == "gpu") {
+      // Embed a few windows at a time straight into GPU memory (no full host copy).
+      const int chunk = std::max(1, std::min(w.num_samples, 8));
+      std::vector<float> e(size_t(chunk) * size_t(per));
+      for (int s0 = 0; s0 < w.num_samples; s0 += chunk) {
+        const int n = std::min(chunk, w.num_samples - s0);
+        model->embed(w.ids.data() + int64_t(s0) * w.seq_len, int64_t(n) * w.seq_len, e.data());
+        dx.upload(e.data(), int64_t(n) * per, int64_t(s0) * per);
+      }
+    } else {
+      x.resize(w.ids.size() * size_t(cfg.hidden_size));
+      model->embed(w.ids.data(), int64_t(w.ids.size()), x.data());
+    }
   }
+  res.seconds_load = now_s() - t0;
 
   // 3. Block by block: quantize, write, feed the next block.
   std::unique_ptr<CheckpointWriter> writer = make_checkpoint_writer(opt.output, fmt, opt.writer);
@@ -314,12 +360,18 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     const std::array<bool, kNumLinearSlots> ignored = ignored_slots(job, arch, ignore_rules);
     job.ignored = [&](LinearSlot s) { return !layout || ignored[int(s)]; };
     if (calibrate) {
-      job.inputs = x.data();
+      if (dx.data()) job.dev_inputs = dx.data();
+      else job.inputs = x.data();
       job.n_samples = spec.num_samples;
       job.seq = spec.seq_len;
     }
+    const double tq = now_s();
     quantizer->quantize_block(job);
+    res.seconds_solve += now_s() - tq - job.seconds_forward - job.seconds_stats;
+    const double tw = now_s();
     const BlockWriteStats st = write_block(out, job, arch, layout);
+    res.seconds_pack += st.seconds_pack;
+    res.seconds_write += now_s() - tw - st.seconds_pack;
     res.qlinear_bytes += st.qbytes;
     res.qlinear_bf16_bytes += st.qbf16;
     for (int s = 0; s < kNumLinearSlots; ++s) {
@@ -341,9 +393,17 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
       if (layout && ignored[int(g.slots[0])])
         fused_ignore.push_back(cat(arch.layer_prefix, i, ".", g.fused));
     if (calibrate && i + 1 < cfg.num_layers) {
-      job.run(nullptr, &y);
-      x.swap(y);
+      if (dx.data()) {
+        job.forward_device(dy.data());
+        std::swap(dx, dy);
+      } else {
+        job.run(nullptr, &y);
+        x.swap(y);
+      }
     }
+    res.seconds_forward += job.seconds_forward;
+    res.seconds_stats += job.seconds_stats;
+    backend::note_gpu_memory();
     model->release_block(i);
     progress.step(1, cat("(layer ", i, ")"));
   }
@@ -356,7 +416,12 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     if (!res.vllm_why_not.empty()) log_warn("not loadable by vLLM: " + res.vllm_why_not);
   }
 
+  dx = backend::DeviceArray();
+  dy = backend::DeviceArray();
+  model->release_device_weights();
+
   // 4. Non-block tensors (embeddings, final norm, lm_head, anything else) unchanged.
+  const double tw = now_s();
   for (const auto& t : ck.tensors->list())
     if (!out.written(t.name)) out.copy(t.name);
 
@@ -378,6 +443,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
                                fused_ignore, quantizer->config_extra()),
                  aux);
   writer.reset();
+  res.seconds_write += now_s() - tw;
 
   res.output = opt.output;
   res.method = method.name;
@@ -391,6 +457,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   // The quality check (opt.quality) runs above this layer: eval/quality.h quantize_and_check.
   res.seconds = now_s() - t0;
   res.peak_rss = peak_rss_bytes();
+  res.peak_gpu = backend::cuda_peak_used_bytes();
   return res;
 }
 
@@ -413,6 +480,14 @@ json summary_json(const QuantizeResult& r) {
             {"seconds", r.seconds},
             {"quantize_seconds", r.quantize_seconds},
             {"peak_rss_bytes", r.peak_rss},
+            {"peak_gpu_bytes", r.peak_gpu},
+            {"activations", r.activations},
+            {"time_split", {{"load", r.seconds_load},
+                            {"forward", r.seconds_forward},
+                            {"stats", r.seconds_stats},
+                            {"solve", r.seconds_solve},
+                            {"pack", r.seconds_pack},
+                            {"write", r.seconds_write}}},
             {"output_bytes", r.out_bytes},
             {"bf16_bytes", r.bf16_bytes},
             {"quantized_linear_bytes", r.qlinear_bytes},
@@ -445,7 +520,14 @@ std::string format_summary(const QuantizeResult& r) {
   if (r.num_samples > 0) line("calibration", cat(r.num_samples, " x ", r.seq_len, " tokens"));
   std::snprintf(buf, sizeof buf, "%.2f s (quantize + write %.2f s)", r.seconds, r.quantize_seconds);
   line("time", buf);
-  line("peak RSS", human_bytes(double(r.peak_rss)));
+  std::snprintf(buf, sizeof buf,
+                "load %.2f, forward %.2f, statistics %.2f, solve %.2f, pack %.2f, write %.2f s",
+                r.seconds_load, r.seconds_forward, r.seconds_stats, r.seconds_solve,
+                r.seconds_pack, r.seconds_write);
+  line("time split", buf);
+  line("peak RSS", human_bytes(double(r.peak_rss)) +
+                       (r.peak_gpu ? ", peak GPU memory " + human_bytes(double(r.peak_gpu)) : std::string()) +
+                       (r.activations.empty() ? std::string() : " (activations on the " + r.activations + ")"));
   line("output size", human_bytes(double(r.out_bytes)) + " = " + pct(double(r.out_bytes), double(r.bf16_bytes)) +
                           " of bf16 (" + human_bytes(double(r.bf16_bytes)) + ")");
   if (r.qlinear_bf16_bytes > 0)

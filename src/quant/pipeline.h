@@ -73,7 +73,14 @@ struct QuantizeResult {
   int layers = 0, quantized_linears = 0, skipped_linears = 0;
   int num_samples = 0, seq_len = 0;      // 0 when the method needs no calibration
   double seconds = 0, quantize_seconds = 0;
+  // Where quantize_seconds went: opening the model + calibration embeddings (load), block
+  // forwards (forward), statistics hooks (stats: Hessians, abs-max, ...), the methods' own
+  // work (solve: GPTQ/AWQ/fp8 searches), layout encoding (pack) and tensor writing (write).
+  double seconds_load = 0, seconds_forward = 0, seconds_stats = 0, seconds_solve = 0,
+         seconds_pack = 0, seconds_write = 0;
+  std::string activations;  // where the calibration activations lived ("gpu", "host", "")
   uint64_t peak_rss = 0;
+  uint64_t peak_gpu = 0;    // GPU memory in use at its peak (0 on the CPU)
   uint64_t out_bytes = 0, bf16_bytes = 0;              // whole model (tensor bytes)
   uint64_t qlinear_bytes = 0, qlinear_bf16_bytes = 0;  // quantized linears only
   QualityResult quality;

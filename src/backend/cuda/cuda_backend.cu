@@ -41,6 +41,7 @@ const CublasApi& cublas() {
     load_symbol(lib, name, "cublasSetMathMode", &a.set_math_mode);
     load_symbol(lib, name, "cublasSgemm_v2", &a.sgemm);
     load_symbol(lib, name, "cublasSsyrk_v2", &a.ssyrk);
+    load_symbol(lib, name, "cublasSgemmStridedBatched", &a.sgemm_strided_batched);
     load_symbol(lib, name, "cublasGetStatusString", &a.status_string);
     return a;
   }();
@@ -56,6 +57,7 @@ void* DevBuf::get(size_t bytes) {
   const size_t want = std::max<size_t>(bytes, 256);
   LLMC_CU(cudaMalloc(&p_, want));
   cap_ = want;
+  sample_memory_use();
   return p_;
 }
 
@@ -121,6 +123,7 @@ void* WeightCache::get(uint64_t fp, size_t host_bytes, int tag, size_t dev_bytes
     e = cudaMalloc(&d, dev_bytes);
   }
   check(e, "cudaMalloc (weight cache)");
+  sample_memory_use();
   try {
     fill(d, st);
     LLMC_CU(cudaStreamSynchronize(st));
@@ -414,6 +417,18 @@ void xtx_add(XtxState* s, const float* x, int64_t rows, double alpha) {
               });
 }
 
+void xtx_add_device(XtxState* s, const float* dx, int64_t rows, double alpha) {
+  Context& c = ctx();
+  std::lock_guard<std::mutex> g(c.mu);
+  const int64_t cols = s->cols;
+  for (int64_t r = 0; r < rows; r += kXtxChunkRows) {
+    const int64_t m = std::min(kXtxChunkRows, rows - r);
+    syrk_upper(c, c.s[0], dx + r * cols, m, cols, s->S, 0.0f);
+    add_mirrored_kernel<double><<<grid_for(cols * cols, 256), 256, 0, c.s[0]>>>(s->S, cols, alpha, s->H);
+    LLMC_CU_LAUNCH("add_mirrored_kernel<double>");
+  }
+}
+
 void xtx_reset(XtxState* s) {
   Context& c = ctx();
   std::lock_guard<std::mutex> g(c.mu);
@@ -423,6 +438,7 @@ void xtx_reset(XtxState* s) {
 void xtx_read(const XtxState* s, double* H) {
   Context& c = ctx();
   std::lock_guard<std::mutex> g(c.mu);
+  LLMC_CU(cudaStreamSynchronize(c.s[0]));  // device-view adds run on s[0]
   LLMC_CU(cudaMemcpy(H, s->H, size_t(s->cols) * size_t(s->cols) * sizeof(double),
                      cudaMemcpyDeviceToHost));
 }

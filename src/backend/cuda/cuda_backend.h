@@ -43,6 +43,33 @@ void xtx_reset(XtxState* s);
 void xtx_read(const XtxState* s, double* H);
 void syrk_accumulate(const float* x, int64_t rows, int64_t cols, float* H, float alpha);
 
+void xtx_add_device(XtxState* s, const float* dx, int64_t rows, double alpha);
+
+// Device arrays and block primitives (backend.h "device-resident arrays"; block_kernels.cu).
+float* dev_alloc(int64_t n);
+void dev_free(float* p) noexcept;
+void dev_upload(float* d, const float* h, int64_t n);
+void dev_download(float* h, const float* d, int64_t n);
+void dev_copy(float* dst, const float* src, int64_t n);
+uint64_t free_bytes();
+uint64_t peak_used_bytes();
+void note_memory();
+void blk_gemm(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              const float* bias, bool tf32);
+void blk_rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y);
+void blk_rope(float* x, int64_t rows, int64_t stride, int heads, int hd, int seq, const float* cos,
+              const float* sin);
+void blk_attention(const float* q, const float* k, const float* v, int batch, int seq, int heads,
+                   int kv_heads, int hd, float* out, bool tf32);
+void blk_silu_mul(const float* g, const float* u, float* out, int64_t n);
+void blk_add(float* y, const float* x, int64_t n);
+void blk_act_quant(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
+float blk_abs_max(const float* x, int64_t n);
+void blk_col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums);
+void blk_gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int64_t stride,
+                     float* out, int64_t count);
+void blk_sync();
+
 void dequantize(const QuantizedWeight& qw, float* out);
 void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
 void qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows, float* y, bool tf32);

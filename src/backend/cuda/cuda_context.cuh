@@ -24,6 +24,7 @@ struct CublasApi {
   decltype(&cublasSetMathMode) set_math_mode;
   decltype(&cublasSgemm_v2) sgemm;
   decltype(&cublasSsyrk_v2) ssyrk;
+  decltype(&cublasSgemmStridedBatched) sgemm_strided_batched;
   decltype(&cublasGetStatusString) status_string;
 };
 const CublasApi& cublas();
@@ -140,6 +141,13 @@ void stream_rows(Context& c, const float* x, int64_t rows, int64_t k, float* y, 
 // cuBLAS: y[nr, n] = x[nr, k] · w[n, k]ᵀ on stream st (device pointers).
 void sgemm_xwt(Context& c, cudaStream_t st, const float* dx, int64_t nr, int64_t k,
                const float* dw, int64_t n, float* dy, bool tf32);
+
+// Fake-quantizes nr device rows on st as llmc::quantize_activations does; `tensor_scale` is
+// used by the per-tensor modes (quant_kernels.cu).
+void launch_act_quant(ActQuant act, float tensor_scale, float* dx, int64_t nr, int64_t cols,
+                      cudaStream_t st);
+// Records the GPU memory in use for cuda_peak_used_bytes() (block_kernels.cu).
+void sample_memory_use() noexcept;
 
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 8) {
   int64_t b = (n + threads - 1) / threads;

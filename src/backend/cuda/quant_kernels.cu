@@ -258,6 +258,8 @@ float host_tensor_scale(const float* x, int64_t n) {
   return host_scale_for(m, 448.0f);
 }
 
+}  // namespace
+
 // Launches the fake-quantization of nr rows at dx on st. `tensor_scale` is used by the
 // per-tensor modes (static, or dynamic computed beforehand).
 void launch_act_quant(ActQuant act, float tensor_scale, float* dx, int64_t nr, int64_t cols,
@@ -275,6 +277,8 @@ void launch_act_quant(ActQuant act, float tensor_scale, float* dx, int64_t nr, i
                                                              tensor_scale);
   LLMC_CU_LAUNCH("act_quant_kernel");
 }
+
+namespace {
 
 float resolve_tensor_scale(ActQuant act, float static_scale, const float* x, int64_t rows,
                            int64_t cols) {
