@@ -28,14 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 std::string resolve_error(const std::string& method, const QuantOverrides& o) {
   return error_of([&] { resolve_spec(find_method(method), o); });
