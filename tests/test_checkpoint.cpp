@@ -237,12 +237,7 @@ TEST(Checkpoint, DuplicateTensorAcrossShards) {
   // s2 is named (for "b") and also holds "a", which the index maps to s1: a duplicate, refused
   // with a message naming the tensor and the shard.
   write_text_file(d / kHfIndex, R"({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}})");
-  std::string msg = "(no error)";
-  try {
-    open_checkpoint(d);
-  } catch (const Error& e) {
-    msg = e.what();
-  }
+  const std::string msg = test::error_of([&] { open_checkpoint(d); });
   EXPECT_NE(msg.find("tensor 'a' in s2.safetensors is not mapped to that file"), std::string::npos)
       << msg;
   // Control: the same index with s2 holding only "b" opens; so the error above is the duplicate.

@@ -28,14 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 std::string resolve_error(const std::string& method, const QuantOverrides& o) {
   return error_of([&] { resolve_spec(find_method(method), o); });
@@ -254,6 +247,19 @@ TEST(MethodOptions, CliRejectsBadValuesBeforeWork) {
     EXPECT_NE(out.find(b.expect), std::string::npos) << b.args << " -> " << out;
     EXPECT_FALSE(fs::exists(o)) << b.args;
   }
+  // Calibration options for a method that reads no data: a warning, and the run goes on.
+  ASSERT_EQ(test::run_cli("quantize" + in + " --output " + (d / "w").string() +
+                              " --no-eval --method int8 --num-samples 4 --calibration-data " +
+                              test::data_path("calibration-sample.jsonl").string(),
+                          &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("--calibration-data is not used by method int8 (it needs no calibration "
+                     "data)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("--num-samples is not used by method int8"), std::string::npos) << out;
+  EXPECT_EQ(out.find("--seq-len is not used"), std::string::npos) << out;
   ASSERT_EQ(test::run_cli("quantize --help", &out), 0);
   EXPECT_NE(out.find("with --backend angelslim: fp8_static | fp8_dynamic | int8_dynamic | "
                      "int4_gptq | int4_awq"),

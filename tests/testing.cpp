@@ -9,6 +9,8 @@
 #include <mutex>
 #include <vector>
 
+#include "core/error.h"
+
 namespace llmc::test {
 
 namespace fs = std::filesystem;
@@ -62,6 +64,15 @@ int run_cli(const std::string& args, std::string* output) {
   const int st = ::pclose(f);
   if (output) *output = out;
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 }  // namespace llmc::test

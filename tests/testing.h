@@ -1,6 +1,7 @@
 // Shared helpers for the test executables.
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace llmc::test {
@@ -18,5 +19,7 @@ std::filesystem::path temp_dir(const std::string& tag);
 // Runs the llmc CLI with the given argument string through /bin/sh; returns the exit status
 // and captures stdout+stderr into *output.
 int run_cli(const std::string& args, std::string* output);
+// The message of the llmc::Error that f throws, or "(no error)" (other exceptions propagate).
+std::string error_of(const std::function<void()>& f);
 
 }  // namespace llmc::test

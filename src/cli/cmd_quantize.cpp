@@ -97,6 +97,17 @@ nlohmann::json parse_method_opts(const std::vector<std::string>& opts) {
   return j;
 }
 
+// Calibration options given to a method that reads no calibration data are warned about, not
+// silently ignored (they change nothing, so they are not errors: scripts pass them to every
+// method).
+void warn_unused_calibration_options(const CLI::App& app, const QuantizeOptions& o) {
+  const MethodInfo& m = find_method(o.method);
+  if (needs_calibration(m, resolve_spec(m, o.overrides))) return;
+  for (const char* opt : {"--calibration-data", "--num-samples", "--seq-len", "--batch", "--seed"})
+    if (app.count(opt) > 0)
+      log_warn(cat(opt, " is not used by method ", m.name, " (it needs no calibration data)"));
+}
+
 RunFn setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--input,-i", a->input, "input model: HF directory or .parquet file")->required();
@@ -146,7 +157,7 @@ RunFn setup(CLI::App& app) {
       ->check(cli::in_range(2, 1 << 20));
   app.add_flag("--json", a->json, "print the summary as JSON");
   add_overwrite_flag(app, a->overwrite);
-  return [a]() {
+  return [a, &app]() {
     QuantizeOptions o;
     o.input = a->input;
     o.output = a->output;
@@ -178,6 +189,7 @@ RunFn setup(CLI::App& app) {
     o.quality.data = a->eval_data;
     o.quality.tokens = a->eval_tokens;
     o.quality.seq_len = a->eval_seq;
+    warn_unused_calibration_options(app, o);
     const QuantizeResult r = quantize_and_check(o);
     if (a->json) std::cout << summary_json(r).dump(2) << "\n";
     else std::cout << format_summary(r);
