@@ -828,9 +828,11 @@ TEST(QuantizeSummary, MentionsSizesAndQuality) {
   EXPECT_EQ(j["quantized_linear_bytes"], 25);
   EXPECT_EQ(j["vllm"]["loadable"], true);
   EXPECT_NE(s.find("vLLM                   loadable"), std::string::npos) << s;
-  r.vllm_why_not = "3-bit symmetric weights";
-  EXPECT_NE(format_summary(r).find("not loadable by vLLM: 3-bit symmetric weights"), std::string::npos);
-  EXPECT_EQ(summary_json(r)["vllm"]["reason"], "3-bit symmetric weights");
+  r.vllm_why_not = "3-bit symmetric weights" + std::string(300, '.');  // longer than a line
+  EXPECT_NE(format_summary(r).find("not loadable by vLLM: 3-bit symmetric weights" +
+                                   std::string(300, '.') + "\n"),
+            std::string::npos);
+  EXPECT_EQ(summary_json(r)["vllm"]["reason"], r.vllm_why_not);
 }
 
 // A group size no consumer takes (not dividing some in_features, or larger than it) is refused

@@ -68,8 +68,11 @@ std::array<bool, kNumLinearSlots> ignored_slots(const BlockJob& job, const ArchS
   for (int s = 0; s < kNumLinearSlots; ++s) ign[s] = rules.match(job.module_name(LinearSlot(s)));
   for (const FusedGroup& g : arch.fused) {
     std::string matched, widened;
-    for (int k = 0; k < g.n_slots; ++k)
-      (ign[int(g.slots[k])] ? matched : widened) += " " + job.module_name(g.slots[k]);
+    for (int k = 0; k < g.n_slots; ++k) {
+      std::string& list = ign[int(g.slots[k])] ? matched : widened;
+      list += ' ';
+      list += job.module_name(g.slots[k]);
+    }
     if (matched.empty() || widened.empty()) continue;
     for (int k = 0; k < g.n_slots; ++k) ign[int(g.slots[k])] = true;
     log_info(cat("--ignore matched", matched, " (fused by vLLM into ", g.fused,
@@ -503,9 +506,8 @@ json summary_json(const QuantizeResult& r) {
 std::string format_summary(const QuantizeResult& r) {
   char buf[256];
   std::string s;
-  auto line = [&](const std::string& k, const std::string& v) {
-    std::snprintf(buf, sizeof buf, "  %-22s %s\n", k.c_str(), v.c_str());
-    s += buf;
+  auto line = [&](const std::string& k, const std::string& v) {  // any length of v
+    s += "  " + k + std::string(k.size() < 22 ? 22 - k.size() : 0, ' ') + " " + v + "\n";
   };
   auto pct = [](double a, double b) {
     char t[64];
