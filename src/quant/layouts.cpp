@@ -122,7 +122,7 @@ std::vector<float> read_floats(const TensorReader& r, const TensorRef& t) {
 std::vector<uint32_t> read_words(const TensorReader& r, const TensorRef& t) {
   expect_dtype(r, t, {DType::I32});
   std::vector<uint32_t> w(size_t(t.info.numel()));
-  std::memcpy(w.data(), t.data, w.size() * 4);
+  if (!w.empty()) std::memcpy(w.data(), t.data, w.size() * 4);  // an empty tensor has no data pointer
   return w;
 }
 
@@ -513,7 +513,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
       for (size_t k = 0; k < w.qu.size(); ++k) w.qu[k] = uint8_t(int32_t(int8_t(wt.data[k])) + 128);
     } else {
       w.q8.resize(size_t(w.out * w.in));
-      std::memcpy(w.q8.data(), wt.data, w.q8.size());
+      if (!w.q8.empty()) std::memcpy(w.q8.data(), wt.data, w.q8.size());
     }
   }
   if (is_static(w.act)) w.input_scale = read_scalar(r, prefix + ".input_scale");
@@ -905,7 +905,7 @@ QuantizedWeight fp8_decode(const TensorReader& r, const std::string& prefix, int
   w.out = agree(r, prefix + " out_features", out, wt.info.shape[0]);
   w.in = agree(r, prefix + " in_features", in, wt.info.shape[1]);
   w.q8.resize(size_t(w.out * w.in));
-  std::memcpy(w.q8.data(), wt.data, w.q8.size());
+  if (!w.q8.empty()) std::memcpy(w.q8.data(), wt.data, w.q8.size());  // empty: no data pointer
   const json& bs = qc.contains("weight_block_size") ? qc["weight_block_size"] : json();
   const bool block = bs.is_array();
   if (block) {
