@@ -84,7 +84,8 @@ for t in targets:
     corpus = len(os.listdir(f"{build}/corpus/{t}"))
     r = {"target": t, "seconds": secs, "execs": stat("number_of_executed_units"),
          "execs_per_sec": stat("average_exec_per_sec"), "peak_rss_mb": stat("peak_rss_mb"),
-         "corpus_units": corpus, "exit_code": rc, **{k + "s": v for k, v in kinds.items()},
+         "corpus_units": corpus, "exit_code": rc, "crashes": kinds["crash"], "leaks": kinds["leak"], "timeouts": kinds["timeout"],
+         "ooms": kinds["oom"], "slow_units": kinds["slow-unit"],
          "artifacts": art}
     ok = rc == 0 and not any(kinds[k] for k in ("crash", "leak", "timeout", "oom"))
     bad += not ok

@@ -4,12 +4,14 @@
 # report fails the test that triggered it (halt_on_error, no recovery from UB).
 #   usage: bash scripts/sanitize.sh [CTEST_REGEX]      (default: every test)
 #   env:   LLMC_ASAN_BUILD=dir   LLMC_ASAN_JOBS=N (ctest -j, default nproc)
+#          LLMC_ASAN_CXX / LLMC_ASAN_CC (default g++ / gcc; clang++ / clang work too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${LLMC_ASAN_BUILD:-build-asan}
 JOBS=${LLMC_ASAN_JOBS:-$(nproc)}
 FLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="$FLAGS" \
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DCMAKE_CXX_COMPILER="${LLMC_ASAN_CXX:-g++}" -DCMAKE_C_COMPILER="${LLMC_ASAN_CC:-gcc}" -DCMAKE_CXX_FLAGS_DEBUG="$FLAGS" \
   -DCMAKE_C_FLAGS_DEBUG="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
   -DLLMC_BENCH=OFF -DLLMC_CUDA=OFF >/dev/null
 start=$(date +%s)
