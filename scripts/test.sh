@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs dependencies, builds llmc with coverage instrumentation, runs every test and prints
-# line coverage of src/. Usage: bash scripts/test.sh   (the README's test command)
+# Installs dependencies, builds llmc with coverage instrumentation, runs every test, prints
+# line coverage of src/, then runs a short smoke of every fuzz target (scripts/fuzz.sh).
+# Usage: bash scripts/test.sh   (the README's test command)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -14,3 +15,8 @@ ctest --test-dir "$BUILD" --output-on-failure -j"$JOBS"
 echo "== line coverage of src/ =="
 gcovr -r . --filter 'src/' --object-directory "$BUILD" --gcov-ignore-parse-errors --print-summary \
   -o "$BUILD/coverage.txt" | tail -n 3
+# Fuzz smoke: each libFuzzer target (fuzz/) for LLMC_FUZZ_SECONDS (default 15 s) from its seeds;
+# skips with a message when clang/libFuzzer cannot be installed (scripts/fuzz-deps.sh).
+echo "== fuzz smoke =="
+bash scripts/fuzz-deps.sh || echo "fuzz: could not install clang/libFuzzer"
+bash scripts/fuzz.sh "${LLMC_FUZZ_SECONDS:-15}"

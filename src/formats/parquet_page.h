@@ -8,8 +8,10 @@
 //  * schema_leaves() flattens a Parquet schema into its leaf columns with their max definition
 //    and repetition levels; a malformed tree (bad child counts, too deep, stray elements) throws.
 //  * read_file_metadata() checks both PAR1 magics and the footer length, verifies llmc's footer
-//    checksum when the footer carries one (kFooterCrcKey), decodes the footer and returns where
-//    it starts; key-value pairs go to *kv (duplicates throw).
+//    checksum when the footer carries one (kFooterCrcKey) before decoding it, and returns where
+//    the footer starts; key-value pairs go to *kv (duplicates throw) without kFooterCrcKey. A
+//    footer with kTensorCrcKey but no footer checksum throws (a flipped key cannot turn the
+//    checks off).
 //  * PageCursor walks the page headers of one column chunk; each page it returns lies inside
 //    the chunk. decode_*_page() read one page body, check its CRC-32 when the header has one
 //    (zlib's CRC-32 over the page bytes as stored after the header, as the Parquet spec

@@ -358,7 +358,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
       for (size_t k = 0; k < w.qu.size(); ++k) w.qu[k] = uint8_t(int32_t(int8_t(wt.data[k])) + 128);
     } else {
       w.q8.resize(size_t(w.out * w.in));
-      std::memcpy(w.q8.data(), wt.data, w.q8.size());
+      if (!w.q8.empty()) std::memcpy(w.q8.data(), wt.data, w.q8.size());
     }
   }
   if (is_static(w.act)) w.input_scale = read_scalar(r, prefix + ".input_scale");

@@ -28,7 +28,7 @@ QuantizedWeight fp8_decode(const TensorReader& r, const std::string& prefix, int
   w.out = agree(r, prefix + " out_features", out, wt.info.shape[0]);
   w.in = agree(r, prefix + " in_features", in, wt.info.shape[1]);
   w.q8.resize(size_t(w.out * w.in));
-  std::memcpy(w.q8.data(), wt.data, w.q8.size());
+  if (!w.q8.empty()) std::memcpy(w.q8.data(), wt.data, w.q8.size());  // empty: no data pointer
   const json& bs = qc.contains("weight_block_size") ? qc["weight_block_size"] : json();
   const bool block = bs.is_array();
   if (block) {

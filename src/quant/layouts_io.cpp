@@ -105,7 +105,7 @@ std::vector<float> read_floats(const TensorReader& r, const TensorRef& t) {
 std::vector<uint32_t> read_words(const TensorReader& r, const TensorRef& t) {
   expect_dtype(r, t, {DType::I32});
   std::vector<uint32_t> w(size_t(t.info.numel()));
-  std::memcpy(w.data(), t.data, w.size() * 4);
+  if (!w.empty()) std::memcpy(w.data(), t.data, w.size() * 4);  // an empty tensor has no data pointer
   return w;
 }
 
