@@ -872,9 +872,9 @@ TEST(Cuda, QuantizeOnGpuMatchesCpuQuality) {
     const char* model;
     const char* method;
   };
-  for (const Case& k : {Case{"qwen3-tiny", "int4_gptq"}, Case{"qwen3-tiny", "fp8_static"},
-                        Case{"qwen3-tiny", "int4_awq"}, Case{"qwen3-small", "int4_gptq"},
-                        Case{"qwen3-small", "fp8_static"}, Case{"qwen3-small", "int4_awq"}}) {
+  for (const Case& k : {Case{"qwen3-small", "int4_gptq"}, Case{"qwen3-small", "fp8_static"},
+                        Case{"qwen3-small", "int4_awq"}, Case{"qwen3-tiny", "int4_gptq"},
+                        Case{"qwen3-tiny", "fp8_static"}, Case{"qwen3-tiny", "int4_awq"}}) {
     const bool small = std::string(k.model) == "qwen3-small";
     const std::filesystem::path input =
         small ? test::shared_path("models/qwen3-small") : test::model_dir(k.model);
