@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "backend/cpu/kernels.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -108,6 +109,9 @@ bool fp8_gptq(QuantizedWeight& qw, const float* w, std::vector<double> H, double
 // W̃ᵀ = (H + D)⁻¹ H Wᵀ (H = XᵀX, D = diag(d)). Returns false when H + D is not factorizable.
 bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<double>& H,
                     const std::vector<double>& d, std::vector<float>* wt) {
+  // With --device cuda the factorization and solves use every core (the CPU default keeps
+  // single-threaded LAPACK, bit for bit as before).
+  const cpu::BlasThreadsScope threads(backend::device() == backend::Device::CUDA);
   std::vector<double> A = H;
   for (int64_t i = 0; i < n; ++i) A[size_t(i * n + i)] += d[size_t(i)];
   const lapack_int ni = lapack_int(n);

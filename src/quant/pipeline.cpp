@@ -370,7 +370,8 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     }
     const double tq = now_s();
     quantizer->quantize_block(job);
-    res.seconds_solve += now_s() - tq - job.seconds_forward - job.seconds_stats;
+    const double solve_i = now_s() - tq - job.seconds_forward - job.seconds_stats;
+    res.seconds_solve += solve_i;
     const double tw = now_s();
     const BlockWriteStats st = write_block(out, job, arch, layout);
     res.seconds_pack += st.seconds_pack;
@@ -408,7 +409,10 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     res.seconds_stats += job.seconds_stats;
     backend::note_gpu_memory();
     model->release_block(i);
-    progress.step(1, cat("(layer ", i, ")"));
+    char prof[128];
+    std::snprintf(prof, sizeof prof, "(layer %d: forward %.2f s, statistics %.2f s, solve %.2f s)",
+                  i, job.seconds_forward, job.seconds_stats, solve_i);
+    progress.step(1, prof);
   }
   progress.finish();
   // An ignore list of exactly what was skipped; nothing quantized at all is an error.

@@ -18,6 +18,15 @@ void blas_init() {
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
+BlasThreadsScope::BlasThreadsScope(bool enable) : on_(enable && num_threads() > 1) {
+  blas_init();
+  if (on_) openblas_set_num_threads(num_threads());
+}
+
+BlasThreadsScope::~BlasThreadsScope() {
+  if (on_) openblas_set_num_threads(1);
+}
+
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y) {
   const float feps = float(eps);
   parallel_for(0, size_t(rows), 16, [&](size_t r0, size_t r1) {

@@ -25,6 +25,19 @@ namespace llmc::cpu {
 
 // Sets OpenBLAS to one thread, once per process (the pool parallelizes instead).
 void blas_init();
+// For its lifetime, OpenBLAS/LAPACK calls made from this thread use num_threads() threads (a
+// dense factorization with the pool idle); back to one thread afterwards. Not for use while
+// other threads call BLAS.
+class BlasThreadsScope {
+ public:
+  explicit BlasThreadsScope(bool enable = true);
+  ~BlasThreadsScope();
+  BlasThreadsScope(const BlasThreadsScope&) = delete;
+  BlasThreadsScope& operator=(const BlasThreadsScope&) = delete;
+
+ private:
+  bool on_;
+};
 
 // y[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w, per row of `dim` (HF LlamaRMSNorm in fp32).
 // y may alias x.
