@@ -43,6 +43,9 @@ void xtx_reset(XtxState* s);
 void xtx_read(const XtxState* s, double* H);
 void syrk_accumulate(const float* x, int64_t rows, int64_t cols, float* H, float alpha);
 
+// GPTQ column solver (backend.h cuda_gptq_solve; arguments checked there).
+bool gptq_solve(GptqSolveJob& job);
+
 void dequantize(const QuantizedWeight& qw, float* out);
 void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
 void qlinear_forward(const QuantizedWeight& qw, const float* x, int64_t rows, float* y, bool tf32);
