@@ -15,7 +15,8 @@
 //   bench_scale solver [--shapes 1024x1024,...] [--devices cpu,cuda]
 //       times quant/gptq.h gptq_quantize (int4, group 128, act-order dynamic, MSE search 20)
 //       on random layers of real sizes (out x in) with a full-rank H, per solver, and
-//       compares the GPU codes/errors with the CPU's; writes key "solver" of --out.
+//       compares the GPU codes/errors with the CPU's; writes key "solver" of --out (default
+//       bench/results/gptq_solver.json).
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -317,6 +318,8 @@ int cmd_quantize(const fs::path& model, const std::string& methods, const std::s
 
 // ---- solver ----------------------------------------------------------------------------------
 
+json solver_json(const json& rows);
+
 int cmd_solver(const std::string& shapes, const std::string& devices, const fs::path& out_json,
                int64_t cpu_max_in) {
   json rows = json::array();
@@ -412,14 +415,17 @@ int cmd_solver(const std::string& shapes, const std::string& devices, const fs::
     std::fflush(stdout);
     rows.push_back(row);
     backend::set_device(backend::Device::CPU);
+    save_results(out_json, "solver", solver_json(rows));  // after every layer: a cut run keeps rows
   }
-  json j = {{"note", "gptq_quantize wall time per layer (host arrays in and out, report "
+  return 0;
+}
+
+json solver_json(const json& rows) {
+  return {{"note", "gptq_quantize wall time per layer (host arrays in and out, report "
                      "included; rel_error reported without the RTN baseline); H full rank from "
                      "in + 512 correlated random rows; weights normal(0, 0.02)"},
-            {"threads", num_threads()},
-            {"runs", rows}};
-  save_results(out_json, "solver", j);
-  return 0;
+          {"threads", num_threads()},
+          {"runs", rows}};
 }
 
 }  // namespace
@@ -427,7 +433,7 @@ int cmd_solver(const std::string& shapes, const std::string& devices, const fs::
 int main(int argc, char** argv) {
   CLI::App app{"bench_scale: synthetic Qwen3 checkpoints, quantize timings, GPTQ solver timings"};
   app.require_subcommand(1);
-  fs::path results = fs::path(LLMC_SOURCE_DIR) / "bench/results/scale.json";
+  fs::path results;  // default: bench/results/scale.json (quantize), gptq_solver.json (solver)
   int threads = 0;
   app.add_option("--threads", threads);
   app.add_option("--out", results, "results JSON (keys are merged)");
@@ -464,6 +470,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) set_num_threads(threads);
   set_quiet(true);
+  if (results.empty())
+    results = fs::path(LLMC_SOURCE_DIR) / "bench/results" /
+              (*solver ? "gptq_solver.json" : "scale.json");
   try {
     if (*synth) return cmd_synth(size, dir, tokdir, shard);
     if (*quant) return cmd_quantize(model, methods, devices, llmc_bin, samples, seq, results, calib);
