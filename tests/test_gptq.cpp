@@ -8,6 +8,7 @@
 #include <random>
 #include <set>
 
+#include "backend/backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -476,6 +477,27 @@ std::string error_of(F&& f) {
     return e.what();
   }
   return "<no error>";
+}
+
+// The CUDA solver is asked for explicitly only on the CUDA device (tests/test_cuda.cpp compares
+// it with this CPU solver on a GPU); the backend entry point checks its job.
+TEST(Gptq, CudaSolverNeedsTheCudaDevice) {
+  if (backend::device() == backend::Device::CUDA) GTEST_SKIP() << "device is cuda";
+  const int64_t n = 64, out = 8;
+  const auto w = random_weight(out, n, 3);
+  const auto H = hessian_of(correlated_inputs(256, n, 4), n);
+  GptqOptions o;
+  o.group = 32;
+  o.solver = GptqSolver::Cuda;
+  EXPECT_NE(error_of([&] { gptq_quantize(w.data(), out, n, H.data(), o); }).find("solver cuda"),
+            std::string::npos);
+  o.solver = GptqSolver::Auto;  // CPU device: the CPU solver, same result as asking for it
+  const GptqResult a = gptq_quantize(w.data(), out, n, H.data(), o);
+  o.solver = GptqSolver::Cpu;
+  EXPECT_EQ(a.qw.q8, gptq_quantize(w.data(), out, n, H.data(), o).qw.q8);
+  backend::GptqSolveJob job;
+  EXPECT_NE(error_of([&] { backend::cuda_gptq_solve(job); }).find("current device is cpu"),
+            std::string::npos);
 }
 
 // qwen3-tiny block 0 with 8 windows of 64 real tokens (held-out text) as calibration inputs.
