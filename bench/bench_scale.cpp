@@ -233,6 +233,8 @@ ChildResult run_child(const std::vector<std::string>& args, const fs::path& log)
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  std::fflush(stdout);  // the child must not inherit unwritten output
+  std::fflush(stderr);
   const double t0 = now_s();
   const pid_t pid = fork();
   if (pid < 0) fail("fork failed");
