@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/qweight.h"
+#include "core/fs.h"
 #include "formats/checkpoint.h"
 #include "loader/quant_linear.h"
 #include "model/linear.h"
@@ -26,7 +28,11 @@
 #include "quant/awq.h"
 #include "quant/hessian.h"
 #include "quant/pipeline.h"
+#include "quant/method.h"
+#include "quant/qweight.h"
+#include "quant/rtn.h"
 #include "testing.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace llmc;
 namespace be = llmc::backend;
@@ -789,6 +795,95 @@ std::vector<int32_t> test_ids(size_t n, int vocab, int mul) {
   std::vector<int32_t> ids(n);
   for (size_t i = 0; i < n; ++i) ids[i] = int32_t((i * mul + 11) % size_t(vocab));
   return ids;
+// =============================================================================================
+// GPTQ solver: CUDA (backend.h cuda_gptq_solve) against the CPU solver (quant/gptq.h)
+// =============================================================================================
+namespace {
+
+struct SolverComparison {
+  double code_diff = 0;      // fraction of codes that differ
+  double scale_diff = 0;     // fraction of scales that differ
+  double rel_cpu = 0, rel_gpu = 0, rel_rtn_cpu = 0, rel_rtn_gpu = 0;
+  GptqResult cpu, gpu;
+};
+
+SolverComparison compare_solvers(const std::vector<float>& w, int64_t out, int64_t in,
+                                 const std::vector<double>& H, GptqOptions o) {
+  DeviceGuard g(be::Device::CUDA);  // both reports measured the same way (GPU GEMM)
+  SolverComparison c;
+  o.solver = GptqSolver::Cpu;
+  c.cpu = gptq_quantize(w.data(), out, in, H.data(), o, "cpu");
+  o.solver = GptqSolver::Cuda;
+  c.gpu = gptq_quantize(w.data(), out, in, H.data(), o, "gpu");
+  int64_t diff = 0;
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t i = 0; i < in; ++i) diff += c.cpu.qw.code(r, i) != c.gpu.qw.code(r, i);
+  c.code_diff = double(diff) / double(out * in);
+  int64_t sd = 0;
+  EXPECT_EQ(c.cpu.qw.scales.size(), c.gpu.qw.scales.size());
+  for (size_t k = 0; k < c.cpu.qw.scales.size() && k < c.gpu.qw.scales.size(); ++k)
+    sd += c.cpu.qw.scales[k] != c.gpu.qw.scales[k];
+  c.scale_diff = c.cpu.qw.scales.empty() ? 0.0 : double(sd) / double(c.cpu.qw.scales.size());
+  c.rel_cpu = c.cpu.report.rel_error;
+  c.rel_gpu = c.gpu.report.rel_error;
+  c.rel_rtn_cpu = c.cpu.report.rel_error_rtn;
+  c.rel_rtn_gpu = c.gpu.report.rel_error_rtn;
+  EXPECT_EQ(c.cpu.qw.g_idx, c.gpu.qw.g_idx);
+  EXPECT_EQ(c.cpu.report.damp, c.gpu.report.damp);
+  EXPECT_EQ(c.cpu.report.fallback, c.gpu.report.fallback);
+  EXPECT_NO_THROW(c.gpu.qw.validate("gpu solver"));
+  return c;
+}
+
+// Correlated activations (a few dominant channels) -> H = 2/n Xᵀ X.
+std::vector<double> random_hessian(int64_t n, int64_t rows, uint32_t seed) {
+  const int64_t k = std::max<int64_t>(8, n / 8);
+  const auto z = randn(size_t(rows * k), seed);
+  const auto a = randn(size_t(k * n), seed + 1);
+  std::vector<float> x(size_t(rows * n));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(n), int(k), 1.0f,
+              z.data(), int(k), a.data(), int(n), 0.0f, x.data(), int(n));
+  const auto noise = randn(size_t(rows * n), seed + 2, 0.1f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j)
+      x[size_t(r * n + j)] = x[size_t(r * n + j)] * (j % 17 == 3 ? 8.0f : 1.0f) + noise[size_t(r * n + j)];
+  HessianAccumulator acc(n);
+  acc.add(x.data(), rows);
+  return acc.hessian();
+}
+
+struct SolverCase {
+  const char* name;
+  QKind kind;
+  int bits;
+  bool sym;
+  int64_t group;
+  ActOrder order;
+  int mse;
+};
+
+GptqOptions options_for(const SolverCase& c, int64_t out, const std::vector<float>& w) {
+  GptqOptions o;
+  o.act_order = c.order;
+  if (c.kind == QKind::FP8) {
+    o.grid = fp8_e4m3_grid();
+    o.group = c.group;
+    o.block_size = 1 << 20;  // as quant/method_fp8.cpp: one batch on the CPU
+    o.fixed_scales = quantize_fp8_rtn(w.data(), out, int64_t(w.size()) / out, c.group).scales;
+  } else {
+    o.grid.bits = c.bits;
+    o.grid.symmetric = c.sym;
+    o.grid.search_steps = c.mse;
+    o.group = c.group;
+  }
+  return o;
+}
+
+void print_comparison(const std::string& what, const SolverComparison& c) {
+  std::printf("  %-44s codes differ %.2e, scales differ %.2e, rel err cpu %.6e gpu %.6e "
+              "(%+.2e rel), rtn %.6e / %.6e\n",
+              what.c_str(), c.code_diff, c.scale_diff, c.rel_cpu, c.rel_gpu,
+              (c.rel_gpu - c.rel_cpu) / c.rel_cpu, c.rel_rtn_cpu, c.rel_rtn_gpu);
 }
 
 }  // namespace
@@ -998,4 +1093,130 @@ TEST(Cuda, QuantizeOnGpuMatchesCpuQuality) {
     const bool fp8 = std::string(k.method) == "fp8_static";
     EXPECT_LT(rel, fp8 ? 2.5e-3 : 1.5e-3) << k.model << " " << k.method;
   }
+}
+TEST(CudaGptq, MatchesCpuOnRandomProblems) {
+  REQUIRE_GPU();
+  const SolverCase cases[] = {
+      {"int4 sym g128 dynamic mse", QKind::INT, 4, true, 128, ActOrder::Dynamic, 20},
+      {"int4 asym g128 none", QKind::INT, 4, false, 128, ActOrder::None, 0},
+      {"int3 sym g128 static", QKind::INT, 3, true, 128, ActOrder::Static, 0},
+      {"int2 asym g64 dynamic mse", QKind::INT, 2, false, 64, ActOrder::Dynamic, 20},
+      {"int8 sym per-channel static", QKind::INT, 8, true, -1, ActOrder::Static, 0},
+      {"int4 asym per-channel mse", QKind::INT, 4, false, -1, ActOrder::None, 10},
+      {"fp8 per-tensor", QKind::FP8, 8, true, 0, ActOrder::None, 0},
+      {"fp8 per-row", QKind::FP8, 8, true, -1, ActOrder::None, 0},
+  };
+  const int64_t shapes[][2] = {{1024, 1024}, {1024, 3072}, {3072, 1024}};  // {in, out}
+  int k = 0;
+  for (const auto& sh : shapes) {
+    const int64_t in = sh[0], out = sh[1];
+    const auto H = random_hessian(in, 2 * in, uint32_t(100 + in));
+    const auto w = randn(size_t(out * in), uint32_t(7 + out), 0.02f);
+    for (int rep = 0; rep < 3; ++rep, ++k) {
+      const SolverCase& c = cases[k % (sizeof(cases) / sizeof(cases[0]))];
+      const SolverComparison r = compare_solvers(w, out, in, H, options_for(c, out, w));
+      print_comparison(std::string(c.name) + " in " + std::to_string(in) + " out " +
+                           std::to_string(out), r);
+      EXPECT_FALSE(r.gpu.report.fallback);
+      EXPECT_LT(r.code_diff, 2e-2) << c.name;
+      EXPECT_LT(std::fabs(r.rel_gpu - r.rel_cpu), 2e-2 * r.rel_cpu) << c.name;
+      EXPECT_LT(r.rel_gpu, r.rel_rtn_gpu) << c.name;
+    }
+  }
+  // The remaining cases on a small layer (one batch; codes nearly identical).
+  const int64_t in = 256, out = 192;
+  const auto H = random_hessian(in, 1024, 5);
+  const auto w = randn(size_t(out * in), 6, 0.02f);
+  for (const SolverCase& c : cases) {
+    const SolverComparison r = compare_solvers(w, out, in, H, options_for(c, out, w));
+    print_comparison(std::string(c.name) + " in 256 out 192", r);
+    EXPECT_LT(r.code_diff, 5e-3) << c.name;
+    EXPECT_LT(std::fabs(r.rel_gpu - r.rel_cpu), 5e-3 * r.rel_cpu) << c.name;
+  }
+}
+
+TEST(CudaGptq, DampingRetriesFallbackAndDeadColumns) {
+  REQUIRE_GPU();
+  const int64_t n = 256, out = 64;
+  const auto w = randn(size_t(out * n), 9, 0.05f);
+  GptqOptions o;
+  o.group = 64;
+  // Indefinite, fixable by damping: eigenvalues 1 ± 3 -> the same damping on both solvers.
+  std::vector<double> h(size_t(n * n), 0.0);
+  for (int64_t i = 0; i < n; ++i) h[size_t(i * n + i)] = 1.0;
+  h[1] = h[size_t(n)] = 3.0;
+  SolverComparison r = compare_solvers(w, out, n, h, o);
+  EXPECT_FALSE(r.gpu.report.fallback);
+  EXPECT_GT(r.gpu.report.damp, 1.0);
+  // Hopeless (singular and indefinite): RTN fallback with the CPU's semantics.
+  h[1] = h[size_t(n)] = 1e6;
+  r = compare_solvers(w, out, n, h, o);
+  EXPECT_TRUE(r.gpu.report.fallback);
+  EXPECT_EQ(r.gpu.report.reason, r.cpu.report.reason);
+  EXPECT_EQ(r.gpu.qw.q8, r.cpu.qw.q8);
+  EXPECT_EQ(r.gpu.qw.scales, r.cpu.qw.scales);
+  // Dead columns: zero weights, counted.
+  auto H = random_hessian(n, 1024, 11);
+  for (int64_t c : {5, 77}) {
+    for (int64_t k = 0; k < n; ++k) H[size_t(c * n + k)] = H[size_t(k * n + c)] = 0.0;
+  }
+  r = compare_solvers(w, out, n, H, o);
+  EXPECT_EQ(r.gpu.report.dead_columns, 2);
+  const auto wq = r.gpu.qw.dequantize();
+  for (int64_t i = 0; i < out; ++i) {
+    EXPECT_EQ(wq[size_t(i * n + 5)], 0.0f);
+    EXPECT_EQ(wq[size_t(i * n + 77)], 0.0f);
+  }
+  // Auto picks the GPU only for large layers; Cuda on the CPU device is an error.
+  o.solver = GptqSolver::Cuda;
+  EXPECT_THROW(gptq_quantize(w.data(), out, n, H.data(), o), Error);
+}
+
+// Real Hessians: qwen3-small block 0's q/k/v input (384) and down_proj input (1024) on 64
+// windows of held-out text; the layer's own weights.
+TEST(CudaGptq, MatchesCpuOnRealHessians) {
+  REQUIRE_GPU();
+  const auto dir = test::shared_path("models/qwen3-small");
+  if (dir.empty()) GTEST_SKIP() << "qwen3-small fixture not found";
+  const Checkpoint ck = open_checkpoint(dir);
+  auto model = Model::load(ck);
+  const Tokenizer tok = Tokenizer::from_json_text(ck.aux_files.at("tokenizer.json"), "small");
+  const int n = 64, seq = 128;
+  std::vector<int32_t> ids = tok.encode(read_text_file(test::data_path("eval/heldout.txt")));
+  ASSERT_GE(ids.size(), size_t(n * seq));
+  ids.resize(size_t(n * seq));
+  const int64_t hidden = model->config().hidden_size;
+  std::vector<float> x(ids.size() * size_t(hidden));
+  model->embed(ids.data(), int64_t(ids.size()), x.data());
+  const QuantSpec spec = resolve_spec(find_method("int4_gptq"), {});
+  BlockJob job(*model, 0, spec, model->block(0));
+  job.inputs = x.data();
+  job.n_samples = n;
+  job.seq = seq;
+  double worst_codes = 0, worst_rel = 0;
+  for (LinearSlot s : {LinearSlot::Q, LinearSlot::Gate, LinearSlot::Down}) {
+    const DenseLinear& d = job.dense(s);
+    HessianAccumulator acc(d.in_features());
+    job.for_each_input(s, [&](const float* xi, int64_t rows, int64_t) { acc.add(xi, rows); });
+    const std::vector<double> H = acc.hessian();
+    for (const SolverCase& c : {SolverCase{"int4 sym g128 dynamic mse", QKind::INT, 4, true, 128,
+                                           ActOrder::Dynamic, 20},
+                                SolverCase{"int4 asym g128 static", QKind::INT, 4, false, 128,
+                                           ActOrder::Static, 0},
+                                SolverCase{"int2 asym g64 dynamic", QKind::INT, 2, false, 64,
+                                           ActOrder::Dynamic, 0},
+                                SolverCase{"fp8 per-tensor", QKind::FP8, 8, true, 0,
+                                           ActOrder::None, 0}}) {
+      const SolverComparison r =
+          compare_solvers(d.weight(), d.out_features(), d.in_features(), H,
+                          options_for(c, d.out_features(), d.weight()));
+      print_comparison(std::string(linear_slot_name(s)) + " " + c.name, r);
+      worst_codes = std::max(worst_codes, r.code_diff);
+      worst_rel = std::max(worst_rel, std::fabs(r.rel_gpu - r.rel_cpu) / r.rel_cpu);
+    }
+  }
+  std::printf("  real Hessians: worst fraction of differing codes %.2e, worst relative "
+              "difference of the output error %.2e\n", worst_codes, worst_rel);
+  EXPECT_LT(worst_codes, 2e-2);
+  EXPECT_LT(worst_rel, 2e-2);
 }

@@ -383,6 +383,22 @@ void XtxAccumulator::read(float* H, double scale) const {
 // ---------------------------------------------------------------------------------------------
 // Quantized weights
 // ---------------------------------------------------------------------------------------------
+bool cuda_gptq_solve(GptqSolveJob& job) {
+  if (device() != Device::CUDA)
+    fail("cuda_gptq_solve: the current device is ", device_name(device()));
+  if (job.out <= 0 || job.n <= 0 || !job.w || !job.h || !job.codes || !job.scales)
+    fail("cuda_gptq_solve: bad job [", job.out, ", ", job.n, "]");
+  if (job.block <= 0 || (job.group > 0 && job.block % job.group != 0))
+    fail("cuda_gptq_solve: block ", job.block, " is not a positive multiple of group ", job.group);
+  if (!job.params_given && job.group <= 0)
+    fail("cuda_gptq_solve: parameters must be given unless groups are formed in the solver");
+#ifdef LLMC_HAVE_CUDA
+  return cuda::gptq_solve(job);
+#else
+  fail("cuda_gptq_solve: llmc was built without the CUDA backend");
+#endif
+}
+
 std::vector<float> dequantize(const QuantizedWeight& qw) {
 #ifdef LLMC_HAVE_CUDA
   if (device() == Device::CUDA) {

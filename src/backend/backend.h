@@ -115,6 +115,51 @@ class XtxAccumulator {
   std::unique_ptr<Impl> impl_;
 };
 
+// ---- GPTQ column solver on the GPU (quant/gptq.h gptq_quantize dispatches here for large
+// layers when device() == CUDA; its CPU solver is the reference) ----
+// One linear [out, n], already in processing order (act-order permutation applied, dead
+// columns zeroed, their diagonal set to 1):
+//  1. U = upper Cholesky factor of (H + λI)⁻¹ in fp64 (cuSOLVER potrf, potri, potrf), with
+//     λ = damp · mean_diag; while a factorization fails (or diag U is not finite and > 0) damp
+//     is raised ×10, at most damp_retries times. All fail: returns false, outputs untouched,
+//     damp_used = the last damp tried.
+//  2. Columns left to right in lazy batches of `block` columns (a multiple of `group` when
+//     group > 0): per column j each row's code c = code(w_j) on the grid, its error
+//     e = (w_j - value(c)) / U[j,j] spread over the batch's later columns (w_k -= e U[j,k],
+//     fp32), then W[:, i2:] -= E · U[i1:i2, i2:] (cuBLAS sgemm, fp32, no TF32).
+//  3. Parameters: params_given — scales/zeros hold them on entry, the value of position j in
+//     row r at index r · param_stride + (gidx ? gidx[j] : 0). Otherwise (group > 0) each run of
+//     `group` columns gets them when the solver reaches its first column, from the current
+//     weights, by quant/grid.h's INT rule (fp16 scales when fp16_scales, shrink search of
+//     search_steps weighted by imp (processing order, may be null), ties keep the least
+//     shrink), written at r · param_stride + j / group.
+// Grid: fp8 — code f32_to_fp8e4m3(w / s), value fp8(c) · s; else INT with bits/symmetric:
+// code clamp(rint(w / s) + z), value (c - z) · s. Results equal the CPU solver's up to fp32
+// summation order (codes can differ where a value lies within rounding of a decision boundary).
+struct GptqSolveJob {
+  int64_t out = 0, n = 0;
+  const float* w = nullptr;   // [out, n]
+  const double* h = nullptr;  // [n, n]
+  double damp = 0.01, mean_diag = 1.0;
+  int damp_retries = 4;
+  bool fp8 = false;
+  int bits = 4;
+  bool symmetric = true, sym_full_range = true, fp16_scales = true;
+  int search_steps = 0;
+  double min_shrink = 0.5;
+  int64_t group = 0, block = 128;
+  bool params_given = false;
+  const int32_t* gidx = nullptr;  // [n] or null
+  int64_t param_stride = 1;
+  const float* imp = nullptr;     // [n] or null
+  int32_t* codes = nullptr;       // [out, n] out
+  float* scales = nullptr;        // in (params_given) / out
+  int32_t* zeros = nullptr;       // in / out; null for symmetric and fp8 grids
+  double damp_used = 0;           // out
+};
+// Requires device() == CUDA (else llmc::Error); CUDA failures throw llmc::Error.
+bool cuda_gptq_solve(GptqSolveJob& job);
+
 // ---- quantized weights ----
 // Same values as qw.dequantize() ([out, in] fp32), bit for bit; decoded on the GPU when
 // device() == CUDA.

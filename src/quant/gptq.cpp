@@ -1,4 +1,4 @@
-// quant/gptq.cpp — Hessian accumulation, group parameters and the GPTQ solver (quant/gptq.h).
+// quant/gptq.cpp — Hessian accumulation, error measures and the GPTQ solver (quant/gptq.h).
 #include "quant/gptq.h"
 
 #include <cblas.h>
@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 
 #include "backend/backend.h"
@@ -14,6 +15,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "quant/grid.h"
 #include "quant/rtn.h"
 
 namespace llmc {
@@ -24,141 +26,9 @@ namespace {
 void blas_single_threaded() { cpu::blas_init(); }
 
 
-float round_scale(const QuantGrid& g, float s) {
-  if (!(s > 0.0f) || !std::isfinite(s)) return 1.0f;
-  if (!g.fp16_scales) return s;
-  float r = f16_to_f32(f32_to_f16(s));
-  if (!(r > 0.0f)) r = 5.9604645e-08f;  // smallest fp16 subnormal
-  if (!std::isfinite(r)) r = 65504.0f;
-  return r;
-}
-
-void params_for_shrink(const QuantGrid& g, float lo, float hi, double shrink, float* scale,
-                       int32_t* zero) {
-  if (g.symmetric) {
-    const double amax = std::max(std::fabs(double(lo)), std::fabs(double(hi))) * shrink;
-    const double d = g.sym_full_range ? double(1 << (g.bits - 1)) - 0.5
-                                      : double((1 << (g.bits - 1)) - 1);
-    *scale = amax > 0 ? round_scale(g, float(amax / d)) : 1.0f;
-    *zero = 0;
-    return;
-  }
-  const double l = std::min(double(lo), 0.0) * shrink, h = std::max(double(hi), 0.0) * shrink;
-  const int32_t qmax = (1 << g.bits) - 1;
-  if (!(h - l > 0)) {
-    *scale = 1.0f;
-    *zero = 0;
-    return;
-  }
-  const float s = round_scale(g, float((h - l) / qmax));
-  *scale = s;
-  *zero = std::clamp(int32_t(std::nearbyint(-l / double(s))), 0, qmax);
-}
-
-inline float deq(int32_t q, int32_t z, float s) { return float(q - z) * s; }
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Group parameters
-
-void group_params_shrink(const QuantGrid& g, const float* v, int64_t n, double shrink,
-                         float* scale, int32_t* zero) {
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, v[i]);
-    hi = std::max(hi, v[i]);
-  }
-  params_for_shrink(g, lo, hi, shrink, scale, zero);
-}
-
-double group_error(const QuantGrid& g, const float* v, int64_t n, const float* imp, float scale,
-                   int32_t zero) {
-  double e = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t q = int_quantize_value(v[i], scale, zero, g.bits, g.symmetric);
-    const double d = double(deq(q, zero, scale)) - double(v[i]);
-    e += (imp ? double(imp[i]) : 1.0) * d * d;
-  }
-  return e;
-}
-
-void group_params(const QuantGrid& g, const float* v, int64_t n, const float* imp, float* scale,
-                  int32_t* zero) {
-  LLMC_CHECK(g.bits >= 2 && g.bits <= 8, "grid bits ", g.bits);
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    lo = std::min(lo, v[i]);
-    hi = std::max(hi, v[i]);
-  }
-  params_for_shrink(g, lo, hi, 1.0, scale, zero);
-  if (g.search_steps <= 0 || !(hi > lo)) return;
-  double best = group_error(g, v, n, imp, *scale, *zero);
-  const double step = (1.0 - g.min_shrink) / g.search_steps;
-  for (int k = 1; k <= g.search_steps; ++k) {
-    float s;
-    int32_t z;
-    params_for_shrink(g, lo, hi, 1.0 - step * k, &s, &z);
-    const double e = group_error(g, v, n, imp, s, z);
-    if (e < best) {
-      best = e;
-      *scale = s;
-      *zero = z;
-    }
-  }
-}
-
-namespace {
-
-QuantizedWeight empty_qweight(int64_t out, int64_t in, int64_t group, const QuantGrid& g) {
-  QuantizedWeight qw;
-  qw.kind = QKind::INT;
-  qw.bits = g.bits;
-  qw.symmetric = g.symmetric;
-  qw.out = out;
-  qw.in = in;
-  qw.group = group;
-  const int64_t ng = qw.n_groups();
-  qw.scales.assign(size_t(out * ng), 1.0f);
-  if (g.symmetric) {
-    qw.q8.assign(size_t(out * in), 0);
-  } else {
-    qw.qu.assign(size_t(out * in), 0);
-    qw.zeros.assign(size_t(out * ng), 0);
-  }
-  return qw;
-}
-
-inline void set_code(QuantizedWeight& qw, size_t k, int32_t c) {
-  if (qw.symmetric) qw.q8[k] = int8_t(c);
-  else qw.qu[k] = uint8_t(c);
-}
-
-}  // namespace
-
-QuantizedWeight quantize_grid_rtn(const float* w, int64_t out, int64_t in, int64_t group,
-                                  const QuantGrid& g, const float* imp) {
-  LLMC_CHECK(group == -1 || group > 0, "grid group ", group);
-  QuantizedWeight qw = empty_qweight(out, in, group, g);
-  const int64_t gs = group > 0 ? group : in;
-  const int64_t ng = qw.n_groups();
-  const size_t grain = std::max<size_t>(1, size_t(16384 / std::max<int64_t>(in, 1)));
-  parallel_for(0, size_t(out), grain, [&](size_t r0, size_t r1) {
-    for (size_t r = r0; r < r1; ++r) {
-      for (int64_t gi = 0; gi < ng; ++gi) {
-        const int64_t c0 = gi * gs, n = std::min(gs, in - c0);
-        const float* v = w + r * in + c0;
-        float s;
-        int32_t z;
-        group_params(g, v, n, imp ? imp + c0 : nullptr, &s, &z);
-        qw.scales[r * ng + gi] = s;
-        if (!g.symmetric) qw.zeros[r * ng + gi] = z;
-        for (int64_t i = 0; i < n; ++i)
-          set_code(qw, r * in + c0 + i, int_quantize_value(v[i], s, z, g.bits, g.symmetric));
-      }
-    }
-  });
-  return qw;
 }
 
 ActOrder parse_act_order(const std::string& s) {
@@ -196,6 +66,21 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
   constexpr int64_t kRows = 32;
   const int64_t nchunks = (rows + kRows - 1) / kRows;
   std::vector<double> part(size_t(nchunks), 0.0);
+  if (backend::device() == backend::Device::CUDA) {
+    // x · H on the GPU (H symmetric, so x · Hᵀ), the fp64 dot products here.
+    std::vector<float> m(size_t(rows * n));
+    if (backend::try_gemm_xwt(x, rows, n, hf.data(), n, m.data())) {
+      parallel_for(0, size_t(nchunks), 1, [&](size_t c0, size_t c1) {
+        for (size_t c = c0; c < c1; ++c) {
+          const int64_t r0 = int64_t(c) * kRows, rc = std::min(kRows, rows - r0);
+          double s = 0;
+          for (int64_t k = r0 * n; k < (r0 + rc) * n; ++k) s += double(x[k]) * double(m[size_t(k)]);
+          part[c] = s;
+        }
+      });
+      return std::accumulate(part.begin(), part.end(), 0.0);
+    }
+  }
   parallel_for(0, size_t(nchunks), 1, [&](size_t c0, size_t c1) {
     std::vector<float> m(size_t(kRows * n));
     for (size_t c = c0; c < c1; ++c) {
@@ -252,6 +137,8 @@ QuantizedWeight permute_rows(const QuantizedWeight& qw, const std::vector<int32_
 
 namespace {
 
+constexpr int64_t kCudaMinElems = int64_t(1) << 20;  // out · in from which CUDA solves (Auto)
+
 // Upper Cholesky factor U (row-major, lower triangle zero) of A⁻¹, A symmetric positive
 // definite [n, n]. Returns false when a factorization fails.
 bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
@@ -278,184 +165,291 @@ bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
   return true;
 }
 
+// Step 1: the layer in processing order (dead columns, finiteness, act-order permutation).
+struct Layer {
+  int64_t out = 0, n = 0;
+  bool finite = true;
+  std::vector<float> W;       // natural order, dead columns zeroed
+  std::vector<double> h;      // natural order, dead diagonal set to 1
+  std::vector<int32_t> perm;  // processing position -> column
+  std::vector<float> Wp;      // processing order
+  std::vector<double> hp;
+  std::vector<float> imp;     // diag(H) in processing order
+  std::vector<float> impn;    // diag(H) in natural order
+  double mean_diag = 0;       // of hp
+};
+
+Layer prepare_layer(const float* w, int64_t out, int64_t n, const double* H, ActOrder order,
+                    GptqReport& rep) {
+  Layer L;
+  L.out = out;
+  L.n = n;
+  L.h.assign(H, H + size_t(n * n));
+  L.W.assign(w, w + size_t(out * n));
+  for (double v : L.h) L.finite = L.finite && std::isfinite(v);
+  for (int64_t i = 0; i < n; ++i) {
+    if (L.h[size_t(i * n + i)] == 0.0) {
+      L.h[size_t(i * n + i)] = 1.0;
+      ++rep.dead_columns;
+      for (int64_t r = 0; r < out; ++r) L.W[size_t(r * n + i)] = 0.0f;
+    }
+  }
+  L.perm.resize(size_t(n));
+  std::iota(L.perm.begin(), L.perm.end(), 0);
+  if (order != ActOrder::None && L.finite) L.perm = diag_order(L.h.data(), n);
+  L.Wp.resize(size_t(out * n));
+  L.hp.resize(size_t(n * n));
+  L.imp.resize(size_t(n));
+  L.impn.resize(size_t(n));
+  parallel_for(0, size_t(n), 64, [&](size_t j0, size_t j1) {
+    for (size_t j = j0; j < j1; ++j) {
+      const int64_t pj = L.perm[j];
+      for (int64_t r = 0; r < out; ++r) L.Wp[size_t(r * n) + j] = L.W[size_t(r * n + pj)];
+      for (int64_t k = 0; k < n; ++k) L.hp[j * n + size_t(k)] = L.h[size_t(pj * n + L.perm[size_t(k)])];
+      L.imp[j] = float(L.h[size_t(pj * n + pj)]);
+      L.impn[j] = float(L.h[j * n + j]);
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) L.mean_diag += L.hp[size_t(i * n + i)];
+  L.mean_diag /= double(n);
+  return L;
+}
+
+// Step 2: the parameter layout, and the parameters known before the solve: per channel (from
+// the original row in processing order), static groups (natural contiguous groups of the
+// original weights) and fixed fp8 scales. Dynamic groups are left to the solver.
+void initial_params(const Layer& L, const GptqOptions& opt, QuantizedWeight& qw,
+                    backend::GptqSolveJob& job, std::vector<int32_t>& gidx) {
+  const int64_t n = L.n, gs = opt.group > 0 ? opt.group : n, ng = qw.n_groups();
+  const QuantGrid& grid = opt.grid;
+  const bool static_groups = opt.act_order == ActOrder::Static && opt.group > 0;
+  const float* impp = opt.weighted_search ? L.imp.data() : nullptr;
+  const float* impn = opt.weighted_search ? L.impn.data() : nullptr;
+  job.group = opt.group > 0 ? opt.group : 0;
+  job.param_stride = opt.group == 0 ? 0 : ng;
+  job.imp = impp;
+  if (grid.kind == QKind::FP8) {
+    job.params_given = true;
+    qw.scales = opt.fixed_scales;
+    return;
+  }
+  if (opt.group > 0 && !static_groups) return;  // dynamic groups: in the solver
+  job.params_given = true;
+  if (static_groups) {
+    gidx.resize(size_t(n));
+    for (int64_t j = 0; j < n; ++j) gidx[size_t(j)] = int32_t(L.perm[size_t(j)] / gs);
+    job.gidx = gidx.data();
+  }
+  float* sc = qw.scales.data();
+  int32_t* zr = qw.zeros.empty() ? nullptr : qw.zeros.data();
+  parallel_for(0, size_t(L.out), 4, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) {
+      int32_t z = 0;
+      if (opt.group <= 0) {
+        group_params(grid, L.Wp.data() + r * n, n, impp, &sc[r], &z);
+        if (zr) zr[r] = z;
+        continue;
+      }
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t c0 = g * gs, len = std::min(gs, n - c0);
+        group_params(grid, L.W.data() + r * n + c0, len, impn ? impn + c0 : nullptr,
+                     &sc[r * ng + g], &z);
+        if (zr) zr[r * ng + g] = z;
+      }
+    }
+  });
+}
+
+// Step 3a (CPU): damping retries around the inverse Cholesky factor, in fp64.
+bool factor_cpu(const Layer& L, double damp, int retries, std::vector<float>& Uf, double* used) {
+  const int64_t n = L.n;
+  std::vector<double> U;
+  bool ok = false;
+  for (int t = 0; t <= retries && !ok; ++t, damp *= 10.0) {
+    U = L.hp;
+    const double lambda = damp * L.mean_diag;
+    for (int64_t i = 0; i < n; ++i) U[size_t(i * n + i)] += lambda;
+    ok = inverse_cholesky_upper(U, n);
+    *used = damp;
+  }
+  if (ok) Uf.assign(U.begin(), U.end());
+  return ok;
+}
+
+// Step 3b (CPU): the lazy-batch column loop of backend.h GptqSolveJob on W (modified).
+void columns_cpu(const backend::GptqSolveJob& job, const QuantGrid& grid,
+                 const std::vector<float>& Uf, std::vector<float>& W) {
+  const int64_t n = job.n, out = job.out, B = job.block, gs = job.group;
+  const int64_t rows_per_task = 16;
+  const int64_t ntasks = (out + rows_per_task - 1) / rows_per_task;
+  parallel_for(0, size_t(ntasks), 1, [&](size_t t0, size_t t1) {
+    std::vector<float> E(size_t(rows_per_task * B));
+    for (size_t t = t0; t < t1; ++t) {
+      const int64_t r0 = int64_t(t) * rows_per_task, rc = std::min(rows_per_task, out - r0);
+      for (int64_t i1 = 0; i1 < n; i1 += B) {
+        const int64_t i2 = std::min(i1 + B, n), bw = i2 - i1;
+        for (int64_t r = r0; r < r0 + rc; ++r) {
+          float* wr = W.data() + r * n;
+          float* er = E.data() + (r - r0) * B;
+          for (int64_t j = i1; j < i2; ++j) {
+            if (!job.params_given && gs > 0 && j % gs == 0) {
+              const int64_t len = std::min(gs, n - j), p = r * job.param_stride + j / gs;
+              int32_t z;
+              group_params(grid, wr + j, len, job.imp ? job.imp + j : nullptr, &job.scales[p], &z);
+              if (job.zeros) job.zeros[p] = z;
+            }
+            const int64_t p = r * job.param_stride +
+                              (job.params_given ? (job.gidx ? job.gidx[j] : 0) : (gs > 0 ? j / gs : 0));
+            const float s = job.scales[p];
+            const int32_t z = job.zeros ? job.zeros[p] : 0;
+            const int32_t c = grid_code(grid, wr[j], s, z);
+            job.codes[size_t(r * n + j)] = c;
+            const float* u = Uf.data() + j * n;
+            const float err = grid_residual(grid, wr[j], c, s, z) / u[j];
+            er[j - i1] = err;
+            for (int64_t k = j + 1; k < i2; ++k) wr[k] -= err * u[k];
+          }
+        }
+        if (i2 < n) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rc), int(n - i2), int(bw),
+                      -1.0f, E.data(), int(B), Uf.data() + i1 * n + i2, int(n), 1.0f,
+                      W.data() + r0 * n + i2, int(n));
+        }
+      }
+    }
+  });
+}
+
+bool use_cuda(const GptqOptions& opt, int64_t out, int64_t n) {
+  switch (opt.solver) {
+    case GptqSolver::Cpu: return false;
+    case GptqSolver::Cuda:
+      if (backend::device() != backend::Device::CUDA)
+        fail("GPTQ solver cuda requested but the device is ", backend::device_name(backend::device()));
+      return true;
+    case GptqSolver::Auto: break;
+  }
+  if (backend::device() != backend::Device::CUDA) return false;
+  if (const char* e = std::getenv("LLMC_GPTQ_SOLVER")) {
+    const std::string v = e;
+    if (v == "cpu") return false;
+    if (v == "cuda") return true;
+    if (v != "auto") fail("LLMC_GPTQ_SOLVER=", v, " (expected cpu, cuda or auto)");
+  }
+  return out * n >= kCudaMinElems;
+}
+
+// Step 4: codes back to natural order, g_idx.
+void assemble(const Layer& L, const GptqOptions& opt, const std::vector<int32_t>& codes,
+              QuantizedWeight& qw) {
+  const int64_t n = L.n, out = L.out, gs = opt.group > 0 ? opt.group : n;
+  parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        set_grid_code(qw, r * n + size_t(L.perm[size_t(j)]), codes[r * n + size_t(j)]);
+  });
+  if (opt.act_order == ActOrder::Dynamic && opt.group > 0) {
+    qw.g_idx.assign(size_t(n), 0);
+    for (int64_t j = 0; j < n; ++j) qw.g_idx[size_t(L.perm[size_t(j)])] = int32_t(j / gs);
+  } else if (opt.act_order == ActOrder::Static && opt.group > 0) {
+    qw.g_idx.assign(size_t(n), 0);
+    for (int64_t c = 0; c < n; ++c) qw.g_idx[size_t(c)] = int32_t(c / gs);
+  }
+}
+
+// Round-to-nearest on the option's grid (fallback and the report's baseline).
+QuantizedWeight rtn_on_grid(const Layer& L, const GptqOptions& opt, bool weighted) {
+  if (opt.grid.kind == QKind::FP8)
+    return quantize_grid_fixed(L.W.data(), L.out, L.n, opt.group, opt.grid, opt.fixed_scales);
+  return quantize_grid_rtn(L.W.data(), L.out, L.n, opt.group, opt.grid,
+                           weighted ? L.impn.data() : nullptr);
+}
+
+void check_options(const GptqOptions& opt, int64_t out, int64_t in) {
+  LLMC_CHECK(out > 0 && in > 0, "gptq shape");
+  if (opt.grid.kind == QKind::FP8) {
+    LLMC_CHECK(opt.group == 0 || opt.group == -1, "fp8 gptq group ", opt.group);
+    LLMC_CHECK(opt.fixed_scales.size() == size_t(opt.group == 0 ? 1 : out),
+               "fp8 gptq needs ", opt.group == 0 ? 1 : out, " fixed scales, got ",
+               opt.fixed_scales.size());
+  } else {
+    LLMC_CHECK(opt.group == -1 || opt.group > 0, "gptq group ", opt.group);
+    LLMC_CHECK(opt.fixed_scales.empty(), "gptq: fixed scales are for fp8 grids");
+    LLMC_CHECK(opt.grid.bits >= 2 && opt.grid.bits <= 8, "grid bits ", opt.grid.bits);
+  }
+}
+
 }  // namespace
 
 GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* H,
                          const GptqOptions& opt, const std::string& name) {
-  LLMC_CHECK(out > 0 && in > 0, "gptq shape");
-  LLMC_CHECK(opt.group == -1 || opt.group > 0, "gptq group ", opt.group);
+  check_options(opt, out, in);
   blas_single_threaded();
   const int64_t n = in;
-  const QuantGrid& grid = opt.grid;
   GptqResult res;
   GptqReport& rep = res.report;
+  Layer L = prepare_layer(w, out, n, H, opt.act_order, rep);
 
-  // ---- dead columns, finiteness ----
-  std::vector<double> h(H, H + size_t(n * n));
-  std::vector<float> W(w, w + size_t(out * n));
-  bool finite = true;
-  for (double v : h) finite = finite && std::isfinite(v);
-  for (int64_t i = 0; i < n; ++i) {
-    if (h[size_t(i * n + i)] == 0.0) {
-      h[size_t(i * n + i)] = 1.0;
-      ++rep.dead_columns;
-      for (int64_t r = 0; r < out; ++r) W[size_t(r * n + i)] = 0.0f;
-    }
-  }
-
-  // ---- processing order ----
-  std::vector<int32_t> perm(static_cast<size_t>(n));
-  std::iota(perm.begin(), perm.end(), 0);
-  if (opt.act_order != ActOrder::None && finite) perm = diag_order(h.data(), n);
-  std::vector<float> Wp(size_t(out * n));
-  std::vector<double> hp(size_t(n * n));
-  std::vector<float> imp(static_cast<size_t>(n));  // diag(H) in processing order
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t pj = perm[size_t(j)];
-    for (int64_t r = 0; r < out; ++r) Wp[size_t(r * n + j)] = W[size_t(r * n + pj)];
-    for (int64_t k = 0; k < n; ++k) hp[size_t(j * n + k)] = h[size_t(pj * n + perm[size_t(k)])];
-    imp[size_t(j)] = float(h[size_t(pj * n + pj)]);
-  }
-
-  // ---- damping + inverse Cholesky ----
-  std::vector<double> U;
-  bool ok = false;
-  if (finite) {
-    double mean_diag = 0;
-    for (int64_t i = 0; i < n; ++i) mean_diag += hp[size_t(i * n + i)];
-    mean_diag /= double(n);
-    if (mean_diag > 0) {
-      double damp = opt.damp;
-      for (int t = 0; t <= opt.damp_retries && !ok; ++t, damp *= 10.0) {
-        U = hp;
-        const double lambda = damp * mean_diag;
-        for (int64_t i = 0; i < n; ++i) U[size_t(i * n + i)] += lambda;
-        ok = inverse_cholesky_upper(U, n);
-        if (ok) rep.damp = damp;
-      }
-      if (!ok) rep.reason = cat("Cholesky failed up to damping ", damp / 10.0);
-    } else {
-      rep.reason = "Hessian diagonal mean is not positive";
-    }
-  } else {
-    rep.reason = "Hessian is not finite";
-  }
-
-  const int64_t gs = opt.group > 0 ? opt.group : n;
   QuantizedWeight& qw = res.qw;
-  std::vector<float> wq;  // dequantized result [out, n], natural order
+  qw = grid_qweight(out, n, opt.group, opt.grid);
+  backend::GptqSolveJob job;
+  std::vector<int32_t> gidx, codes;
+  bool ok = false;
+  if (!L.finite) {
+    rep.reason = "Hessian is not finite";
+  } else if (!(L.mean_diag > 0)) {
+    rep.reason = "Hessian diagonal mean is not positive";
+  } else {
+    initial_params(L, opt, qw, job, gidx);
+    job.out = out;
+    job.n = n;
+    job.w = L.Wp.data();
+    job.h = L.hp.data();
+    job.damp = opt.damp;
+    job.mean_diag = L.mean_diag;
+    job.damp_retries = opt.damp_retries;
+    job.fp8 = opt.grid.kind == QKind::FP8;
+    job.bits = opt.grid.bits;
+    job.symmetric = opt.grid.symmetric;
+    job.sym_full_range = opt.grid.sym_full_range;
+    job.fp16_scales = opt.grid.fp16_scales;
+    job.search_steps = opt.grid.search_steps;
+    job.min_shrink = opt.grid.min_shrink;
+    // Lazy block size: a multiple of the group size so that every group lies in one block.
+    job.block = std::max<int64_t>(1, opt.block_size);
+    if (opt.group > 0) job.block = ((job.block + opt.group - 1) / opt.group) * opt.group;
+    codes.assign(size_t(out * n), 0);
+    job.codes = codes.data();
+    job.scales = qw.scales.data();
+    job.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
+    if (use_cuda(opt, out, n)) {
+      ok = backend::cuda_gptq_solve(job);
+    } else {
+      std::vector<float> Uf;
+      ok = factor_cpu(L, opt.damp, opt.damp_retries, Uf, &job.damp_used);
+      if (ok) columns_cpu(job, opt.grid, Uf, L.Wp);
+    }
+    if (ok) rep.damp = job.damp_used;
+    else rep.reason = cat("Cholesky failed up to damping ", job.damp_used);
+  }
 
-  if (!ok) {
+  if (ok) {
+    assemble(L, opt, codes, qw);
+  } else {
     rep.fallback = true;
     log_warn(cat(name, ": GPTQ ", rep.reason, "; falling back to round-to-nearest"));
-    std::vector<float> impn(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) impn[size_t(i)] = finite ? float(h[size_t(i * n + i)]) : 1.0f;
-    qw = quantize_grid_rtn(W.data(), out, n, opt.group, grid,
-                           opt.weighted_search && finite ? impn.data() : nullptr);
-  } else {
-    std::vector<float> Uf(U.begin(), U.end());
-    U.clear();
-    U.shrink_to_fit();
-    qw = empty_qweight(out, n, opt.group, grid);
-    const int64_t ng = qw.n_groups();
-    // Lazy block size: a multiple of the group size so that every group lies in one block.
-    int64_t B = std::max<int64_t>(1, opt.block_size);
-    if (opt.group > 0) B = ((B + gs - 1) / gs) * gs;
-    const bool static_groups = opt.act_order == ActOrder::Static && opt.group > 0;
-    // Processing position -> group index.
-    std::vector<int32_t> gid(size_t(n), 0);
-    if (opt.group > 0) {
-      for (int64_t j = 0; j < n; ++j)
-        gid[size_t(j)] = int32_t(static_groups ? perm[size_t(j)] / gs : j / gs);
-    }
-    std::vector<int32_t> codes(size_t(out * n));  // processing order
-    const float* impp = opt.weighted_search ? imp.data() : nullptr;
-    // Natural-order importance for static groups.
-    std::vector<float> impn(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j) impn[size_t(perm[size_t(j)])] = imp[size_t(j)];
-
-    const int64_t rows_per_task = 16;
-    const int64_t ntasks = (out + rows_per_task - 1) / rows_per_task;
-    parallel_for(0, size_t(ntasks), 1, [&](size_t t0, size_t t1) {
-      std::vector<float> E(size_t(rows_per_task * B));
-      std::vector<float> tmp(static_cast<size_t>(n));
-      for (size_t t = t0; t < t1; ++t) {
-        const int64_t r0 = int64_t(t) * rows_per_task, rc = std::min(rows_per_task, out - r0);
-        float* sc = qw.scales.data();
-        int32_t* zr = qw.zeros.empty() ? nullptr : qw.zeros.data();
-        // Up-front parameters: per channel, or static groups on the natural-order weights.
-        for (int64_t r = r0; r < r0 + rc; ++r) {
-          if (opt.group <= 0) {
-            int32_t z;
-            group_params(grid, Wp.data() + r * n, n, impp, &sc[r], &z);
-            if (zr) zr[r] = z;
-          } else if (static_groups) {
-            for (int64_t g = 0; g < ng; ++g) {
-              const int64_t c0 = g * gs, len = std::min(gs, n - c0);
-              int32_t z;
-              group_params(grid, W.data() + r * n + c0, len, impp ? impn.data() + c0 : nullptr,
-                           &sc[r * ng + g], &z);
-              if (zr) zr[r * ng + g] = z;
-            }
-          }
-        }
-        for (int64_t i1 = 0; i1 < n; i1 += B) {
-          const int64_t i2 = std::min(i1 + B, n), bw = i2 - i1;
-          for (int64_t r = r0; r < r0 + rc; ++r) {
-            float* wr = Wp.data() + r * n;
-            float* er = E.data() + (r - r0) * B;
-            for (int64_t j = i1; j < i2; ++j) {
-              if (opt.group > 0 && !static_groups && j % gs == 0) {
-                const int64_t len = std::min(gs, n - j);
-                int32_t z;
-                group_params(grid, wr + j, len, impp ? impp + j : nullptr,
-                             &sc[r * ng + j / gs], &z);
-                if (zr) zr[r * ng + j / gs] = z;
-              }
-              const int64_t gi = opt.group > 0 ? gid[size_t(j)] : 0;
-              const float s = sc[r * ng + gi];
-              const int32_t z = zr ? zr[r * ng + gi] : 0;
-              const int32_t c = int_quantize_value(wr[j], s, z, grid.bits, grid.symmetric);
-              codes[size_t(r * n + j)] = c;
-              const float* u = Uf.data() + j * n;
-              const float err = (wr[j] - deq(c, z, s)) / u[j];
-              er[j - i1] = err;
-              for (int64_t k = j + 1; k < i2; ++k) wr[k] -= err * u[k];
-            }
-          }
-          if (i2 < n) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rc), int(n - i2), int(bw),
-                        -1.0f, E.data(), int(B), Uf.data() + i1 * n + i2, int(n), 1.0f,
-                        Wp.data() + r0 * n + i2, int(n));
-          }
-        }
-      }
-    });
-    for (int64_t r = 0; r < out; ++r)
-      for (int64_t j = 0; j < n; ++j)
-        set_code(qw, size_t(r * n + perm[size_t(j)]), codes[size_t(r * n + j)]);
-    if (opt.act_order == ActOrder::Dynamic && opt.group > 0) {
-      qw.g_idx.assign(size_t(n), 0);
-      for (int64_t j = 0; j < n; ++j) qw.g_idx[size_t(perm[size_t(j)])] = int32_t(j / gs);
-    } else if (static_groups) {
-      qw.g_idx.assign(size_t(n), 0);
-      for (int64_t c = 0; c < n; ++c) qw.g_idx[size_t(c)] = int32_t(c / gs);
-    }
+    qw = rtn_on_grid(L, opt, opt.weighted_search && L.finite);
   }
 
-  wq = qw.dequantize();
-  if (finite) {
-    rep.rel_error = relative_output_error(w, wq.data(), out, n, H);
-    if (opt.report_rtn) {
-      std::vector<float> impn(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) impn[size_t(i)] = float(h[size_t(i * n + i)]);
-      const QuantizedWeight rq = quantize_grid_rtn(W.data(), out, n, opt.group, grid,
-                                                   opt.weighted_search ? impn.data() : nullptr);
-      const std::vector<float> rw = rq.dequantize();
-      rep.rel_error_rtn = relative_output_error(w, rw.data(), out, n, H);
-    }
-  } else {
+  // Step 5: the report.
+  if (!L.finite) {
     rep.rel_error = -1;
+  } else if (opt.report_errors) {
+    rep.rel_error = relative_output_error(w, qw.dequantize().data(), out, n, H);
+    if (opt.report_rtn) {
+      const QuantizedWeight rq = rtn_on_grid(L, opt, opt.weighted_search);
+      rep.rel_error_rtn = relative_output_error(w, rq.dequantize().data(), out, n, H);
+    }
   }
   return res;
 }

@@ -1,22 +1,10 @@
-// quant/gptq.h — GPTQ (Frantar et al., 2022) on one linear layer, the Hessian it needs, and the
-// per-group parameter rule shared with AWQ (quant/awq.h).
+// quant/gptq.h — GPTQ (Frantar et al., 2022) on one linear layer and the Hessian it needs: the
+// one solver of llmc, used by int*_gptq, AWQ's optional gptq solver and fp8's GPTQ rounding, on
+// any grid of quant/grid.h (INT groups, or fp8 e4m3 with scales fixed by the caller).
 //
 // Hessian: quant/hessian.h HessianAccumulator (H = 2/n · Σ x xᵀ), the one accumulator.
 //
-// Group parameters (QuantGrid, group_params)
-//  * INT asymmetric: range [min(v, 0), max(v, 0)] · shrink, s = (hi - lo) / (2^b - 1),
-//    z = clamp(round(-lo / s), 0, 2^b - 1).
-//  * INT symmetric: s = amax · shrink / d with d = 2^(b-1) - 0.5 when `sym_full_range` (GPTQ's
-//    grid: the code -2^(b-1) is used, +amax rounds to 2^(b-1) - 1) or d = 2^(b-1) - 1 (llmc's
-//    RTN convention, quant/rtn.h).
-//  * search_steps > 0: shrink ∈ {1, 1 - δ, ..., min_shrink} (δ = (1 - min_shrink) / steps) is
-//    chosen per group minimizing Σ imp_i (v_i - deq_i)² (imp = 1 when not given); ties keep
-//    the least shrink. search_steps == 0: shrink = 1.
-//  * Scales are rounded to fp16 when `fp16_scales` (the gptq/awq layouts store fp16), BEFORE
-//    the codes are chosen, so stored scales reproduce the quantizer's weights bit for bit.
-//    A zero range gives s = 1; an fp16 underflow gives the smallest fp16 subnormal.
-//  * Codes: quant/rtn.h int_quantize_value (round half to even, clamp); dequantized value
-//    float(q - z) · s (z = 0 when symmetric), exactly as QuantizedWeight::dequantize.
+// Grids and group parameters: quant/grid.h (QuantGrid, group_params, quantize_grid_rtn).
 //
 // GPTQ (gptq_quantize)
 //  * Dead input columns (H[i,i] == 0) get H[i,i] = 1 and W[:, i] = 0.
@@ -36,8 +24,16 @@
 //    in processing order (AutoGPTQ desc_act); g_idx maps each column to its group.
 //    (The permutation trick for down_proj, which needs no g_idx, is done at block level in
 //    method_gptq.cpp by permuting gate/up rows and down columns; see permute_rows below.)
-//  * Report: relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with the undamped H, the same for
-//    plain RTN on the same grid (when `report_rtn`), damping used, dead columns, fallback.
+//  * fp8 grid: group 0 (one scale) or -1 (one per row), the scales given in fixed_scales; the
+//    fallback rounds with those scales.
+//  * Report (when `report_errors`): relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with the
+//    undamped H, the same for plain RTN on the same grid (when `report_rtn`); always damping
+//    used, dead columns, fallback.
+//  * Where: the CPU solver (LAPACK fp64 factorization, fp32 column loop over the core/threads.h
+//    pool) or, when backend::device() == CUDA and out · in >= 2^20 (solver Auto; the
+//    environment variable LLMC_GPTQ_SOLVER=cpu|cuda|auto overrides the size rule), the CUDA one
+//    (backend/backend.h cuda_gptq_solve: the same steps; codes may differ from the CPU's only
+//    where fp32 summation order moves a value across a rounding boundary).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -46,48 +42,32 @@
 #include <vector>
 
 #include "quant/hessian.h"
+#include "quant/grid.h"
 #include "quant/qweight.h"
 
 namespace llmc {
-
-struct QuantGrid {
-  int bits = 4;
-  bool symmetric = true;
-  bool sym_full_range = true;
-  bool fp16_scales = true;
-  int search_steps = 0;
-  double min_shrink = 0.5;
-};
-
-// Scale and zero (0 for symmetric) of one group of n values; imp may be null.
-void group_params(const QuantGrid& g, const float* v, int64_t n, const float* imp, float* scale,
-                  int32_t* zero);
-// Parameters of one group with its range scaled by `shrink` (no search).
-void group_params_shrink(const QuantGrid& g, const float* v, int64_t n, double shrink,
-                         float* scale, int32_t* zero);
-// Squared (importance-weighted) rounding error of one group with (scale, zero).
-double group_error(const QuantGrid& g, const float* v, int64_t n, const float* imp, float scale,
-                   int32_t zero);
-
-// Plain round-to-nearest of w [out, in] on the grid (the GPTQ fallback and the AWQ quantizer).
-// imp (size in, may be null) weights the per-group search. Per-group shrink search as above.
-QuantizedWeight quantize_grid_rtn(const float* w, int64_t out, int64_t in, int64_t group,
-                                  const QuantGrid& g, const float* imp = nullptr);
 
 enum class ActOrder { None, Static, Dynamic };
 // "none" | "static" | "dynamic"; throws llmc::Error listing the choices.
 ActOrder parse_act_order(const std::string& s);
 const char* act_order_name(ActOrder a);
 
+// Auto: CUDA for large layers when backend::device() == CUDA, else CPU. Cuda without the CUDA
+// device -> llmc::Error.
+enum class GptqSolver { Auto, Cpu, Cuda };
+
 struct GptqOptions {
   QuantGrid grid;
-  int64_t group = 128;      // >0 group size; -1 per channel
+  int64_t group = 128;      // >0 group size; -1 per channel; 0 per tensor (fp8 grid only)
   double damp = 0.01;       // fraction of mean(diag H)
   int block_size = 128;
   ActOrder act_order = ActOrder::None;
   int damp_retries = 4;     // each ×10
   bool report_rtn = true;   // also measure RTN's error on the same grid
   bool weighted_search = true;  // weight the per-group shrink search by diag(H)
+  bool report_errors = true;    // measure rel_error (and rel_error_rtn) in the report
+  std::vector<float> fixed_scales;  // fp8 grid: 1 (group 0) or `out` (group -1) scales
+  GptqSolver solver = GptqSolver::Auto;
 };
 
 struct GptqReport {

@@ -24,6 +24,7 @@
 #include "core/progress.h"
 #include "core/threads.h"
 #include "quant/hessian.h"
+#include "quant/gptq.h"
 #include "quant/method_simple.h"
 #include "quant/rtn.h"
 
@@ -41,68 +42,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// Upper Cholesky factor of (H + λI)⁻¹ in place (row-major); false when not positive definite.
-bool inverse_cholesky_upper(std::vector<double>& a, int64_t n) {
-  const lapack_int ni = lapack_int(n);
-  lapack_int info = 0;
-  const char lo = 'L';
-  LAPACK_dpotrf(&lo, &ni, a.data(), &ni, &info);
-  if (info != 0) return false;
-  LAPACK_dpotri(&lo, &ni, a.data(), &ni, &info);
-  if (info != 0) return false;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = j + 1; i < n; ++i) a[size_t(j + i * n)] = a[size_t(i + j * n)];
-  LAPACK_dpotrf(&lo, &ni, a.data(), &ni, &info);
-  if (info != 0) return false;
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t c = 0; c < r; ++c) a[size_t(r * n + c)] = 0.0;
-  for (int64_t i = 0; i < n; ++i)
-    if (!(a[size_t(i * n + i)] > 0) || !std::isfinite(a[size_t(i * n + i)])) return false;
-  return true;
-}
-
-inline float fp8_round(float v, float s) { return fp8e4m3_to_f32(f32_to_fp8e4m3(v / s)) * s; }
-
-// GPTQ on the fp8 grid with fixed scales (per tensor or per row): column by column, each row's
-// rounding error is spread over the later columns through U = chol((H + λI)⁻¹). Returns false
-// (weights untouched) when H cannot be factorized even with raised damping.
-bool fp8_gptq(QuantizedWeight& qw, const float* w, std::vector<double> H, double damp,
-              double* damp_used) {
-  const int64_t n = qw.in, out = qw.out;
-  double mean_diag = 0;
-  for (int64_t i = 0; i < n; ++i) mean_diag += H[size_t(i * n + i)];
-  mean_diag /= double(n);
-  if (!(mean_diag > 0) || !std::isfinite(mean_diag)) return false;
-  std::vector<char> dead(size_t(n), 0);
-  for (int64_t i = 0; i < n; ++i)
-    if (H[size_t(i * n + i)] == 0.0) dead[size_t(i)] = 1, H[size_t(i * n + i)] = 1.0;
-  std::vector<double> U;
-  bool ok = false;
-  for (int attempt = 0; attempt < 5 && !ok; ++attempt, damp *= 10) {
-    U = H;
-    for (int64_t i = 0; i < n; ++i) U[size_t(i * n + i)] += damp * mean_diag;
-    ok = inverse_cholesky_upper(U, n);
-    if (ok) *damp_used = damp;
-  }
-  if (!ok) return false;
-  std::vector<float> Uf(U.begin(), U.end());
-  parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
-    std::vector<float> row(static_cast<size_t>(n));
-    for (size_t r = r0; r < r1; ++r) {
-      const float s = qw.scales[qw.group == 0 ? 0 : r];
-      for (int64_t i = 0; i < n; ++i) row[size_t(i)] = dead[size_t(i)] ? 0.0f : w[r * n + i];
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = row[size_t(i)];
-        const uint8_t code = f32_to_fp8e4m3(v / s);
-        qw.q8[r * n + i] = int8_t(code);
-        const float e = (v - fp8e4m3_to_f32(code) * s) / Uf[size_t(i * n + i)];
-        const float* u = Uf.data() + i * n;
-        for (int64_t j = i + 1; j < n; ++j) row[size_t(j)] -= e * u[j];
-      }
-    }
-  });
-  return true;
-}
 
 // Activation-aware target: with X̃ = X + E (E the input rounding error, independent across
 // channels with per-channel energy d_i), the least-squares weights for ‖X̃ W̃ᵀ − X Wᵀ‖² are
@@ -128,20 +67,6 @@ bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<do
   if (info != 0) return false;
   wt->assign(B.begin(), B.end());  // column o of B is row o of W̃
   return true;
-}
-
-// tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with ΔW = Wq − W: the relative output error on the calibration
-// inputs (H = Σ x xᵀ, fp32 copy); 0 when the denominator is 0.
-double rel_output_error(const float* w, const std::vector<float>& wq, int64_t out, int64_t n,
-                        const std::vector<float>& Hf) {
-  std::vector<float> d(size_t(out * n)), y(size_t(out * n));
-  for (size_t i = 0; i < d.size(); ++i) d[i] = wq[i] - w[i];
-  double num = 0, den = 0;
-  gemm_xwt(d.data(), out, n, Hf.data(), n, y.data());  // H symmetric: ΔW H
-  for (size_t i = 0; i < d.size(); ++i) num += double(d[i]) * y[i];
-  gemm_xwt(w, out, n, Hf.data(), n, y.data());
-  for (size_t i = 0; i < d.size(); ++i) den += double(w[i]) * y[i];
-  return den > 0 ? num / den : 0.0;
 }
 
 class Fp8Quantizer : public BlockQuantizer {
@@ -222,10 +147,10 @@ class Fp8Quantizer : public BlockQuantizer {
 
     // 2. Weights (targets: W, or the activation-aware W̃).
     const auto t_weights = std::chrono::steady_clock::now();
-    std::vector<double> H;
-    std::vector<float> H0;
+    std::vector<double> H, H0;  // H0: the undamped H of the report when aa_ changes H
     if (gram) H = gram->sum();
-    if (gram && report_errors_) H0.assign(H.begin(), H.end());
+    if (gram && report_errors_ && aa_) H0 = H;
+    const std::vector<double>& Hrep = aa_ ? H0 : H;
     std::vector<std::vector<float>> targets(slots.size());
     for (size_t k = 0; k < slots.size(); ++k) targets[k] = job.dense(slots[k]).weight();
     if (aa_) {
@@ -260,22 +185,31 @@ class Fp8Quantizer : public BlockQuantizer {
       QuantizedWeight qw = rtn(targets[k].data(), out, in, tscale);
       nlohmann::json r = {{"weights", "rtn"}};
       if (gram) {
-        double used = 0;
-        if (fp8_gptq(qw, targets[k].data(), H, damp_, &used)) {
-          r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", used}};
-        } else {
-          log_warn(job.module_name(slots[k]) + ": fp8 GPTQ failed (Hessian not positive "
-                   "definite); using round-to-nearest");
-          qw = rtn(targets[k].data(), out, in, tscale);
-          r = {{"weights", "rtn"}, {"fallback", true}};
-        }
+        // quant/gptq.h on the fp8 grid with the RTN scales fixed; one lazy batch spanning all
+        // columns (rank-1 updates only, the rounding order fp8 GPTQ has always had).
+        GptqOptions o;
+        o.grid = fp8_e4m3_grid();
+        o.group = qw.group;
+        o.fixed_scales = qw.scales;
+        o.damp = damp_;
+        o.act_order = ActOrder::None;
+        o.block_size = int(in);
+        o.weighted_search = false;
+        o.report_errors = false;
+        o.report_rtn = false;
+        GptqResult g =
+            gptq_quantize(targets[k].data(), out, in, H.data(), o, job.module_name(slots[k]));
+        qw = std::move(g.qw);
+        if (!g.report.fallback) r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", g.report.damp}};
+        else r = {{"weights", "rtn"}, {"fallback", true}};
+        if (g.report.dead_columns > 0) r["dead_columns"] = g.report.dead_columns;
       }
-      if (!H0.empty()) {
+      if (gram && report_errors_) {
         // Output error of these codes and of plain rounding, on the calibration inputs.
         const float* w = job.dense(slots[k]).weight().data();
-        r["rel_output_error"] = rel_output_error(w, qw.dequantize(), out, in, H0);
-        r["rel_output_error_rtn"] =
-            rel_output_error(w, rtn(w, out, in, wscale(job, slots)).dequantize(), out, in, H0);
+        r["rel_output_error"] = relative_output_error(w, qw.dequantize().data(), out, in, Hrep.data());
+        r["rel_output_error_rtn"] = relative_output_error(
+            w, rtn(w, out, in, wscale(job, slots)).dequantize().data(), out, in, Hrep.data());
       }
       qws.push_back(std::move(qw));
       wrep.push_back(std::move(r));

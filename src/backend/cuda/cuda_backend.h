@@ -69,6 +69,8 @@ void blk_col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums);
 void blk_gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int64_t stride,
                      float* out, int64_t count);
 void blk_sync();
+// GPTQ column solver (backend.h cuda_gptq_solve; arguments checked there).
+bool gptq_solve(GptqSolveJob& job);
 
 void dequantize(const QuantizedWeight& qw, float* out);
 void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
