@@ -25,11 +25,7 @@ namespace {
 // llmc runs OpenBLAS single-threaded and parallelizes over its own pool (model/linear.h).
 void blas_single_threaded() { cpu::blas_init(); }
 
-
 }  // namespace
-
-// ---------------------------------------------------------------------------------------------
-}
 
 ActOrder parse_act_order(const std::string& s) {
   if (s == "none") return ActOrder::None;
