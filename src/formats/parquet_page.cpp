@@ -28,6 +28,10 @@ uint32_t crc32_bytes(const void* p, size_t n, uint32_t crc) {
   return uint32_t(::crc32_z(crc, static_cast<const Bytef*>(p), n));
 }
 
+uint32_t crc32_concat(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+  return uint32_t(::crc32_combine(crc_a, crc_b, z_off_t(len_b)));
+}
+
 std::string crc_hex(uint32_t crc) {
   static const char* const kHex = "0123456789abcdef";
   std::string s(8, '0');

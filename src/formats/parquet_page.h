@@ -57,6 +57,9 @@ inline void put_u32(std::string* out, uint32_t v) {
 
 // CRC-32 (ISO-HDLC, polynomial 0x04C11DB7 as in gzip; zlib's crc32), continuing from `crc`.
 uint32_t crc32_bytes(const void* p, size_t n, uint32_t crc = 0);
+// The CRC-32 of A followed by B from crc_a = CRC(A), crc_b = CRC(B) and B's length (zlib's
+// crc32_combine): lets one pass over the bytes serve both a page CRC and a tensor CRC.
+uint32_t crc32_concat(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 std::string crc_hex(uint32_t crc);  // 8 lowercase hex digits
 // Throws llmc::Error naming ctx when the header carries a CRC and `crc` differs from it.
 void check_page_crc(const PageHeader& h, uint32_t crc, const std::string& ctx);

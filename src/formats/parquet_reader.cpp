@@ -305,6 +305,7 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
   uint64_t cap = std::min({e.info.nbytes, declared, compressed * 64 + (1u << 20)});
   auto buf = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<uint64_t>(cap, 1)]);
   uint64_t filled = 0;
+  uint32_t tcrc = 0;  // CRC-32 of buf[0, filled) when e.has_crc
   auto reserve = [&](uint64_t n) {  // room for n more bytes (n <= nbytes - filled)
     if (filled + n <= cap) return;
     const uint64_t nc = std::min(e.info.nbytes, std::max(filled + n, cap * 2));
@@ -321,6 +322,7 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
     if (n > e.info.nbytes - filled) too_long();
     reserve(n);
     if (n) std::memcpy(buf.get() + filled, p, n);
+    if (e.has_crc) tcrc = pq::crc32_bytes(buf.get() + filled, n, tcrc);
     filled += n;
   };
   // Row groups overlapping [first_row, row_end).
@@ -366,8 +368,11 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
         if (len > e.info.nbytes - filled) too_long();
         reserve(len);
         file_.read(pi.body_off + 4, size_t(len), buf.get() + filled, ctx);
-        if (pi.h.crc)
-          pq::check_page_crc(pi.h, pq::crc32_bytes(buf.get() + filled, size_t(len), pq::crc32_bytes(lenb, 4)), ctx);
+        if (pi.h.crc || e.has_crc) {  // one pass over the bytes for both CRCs
+          const uint32_t dcrc = pq::crc32_bytes(buf.get() + filled, size_t(len));
+          if (pi.h.crc) pq::check_page_crc(pi.h, pq::crc32_concat(pq::crc32_bytes(lenb, 4), dcrc, len), ctx);
+          tcrc = pq::crc32_concat(tcrc, dcrc, len);
+        }
         filled += len;
         ++row;
         continue;
@@ -387,6 +392,7 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
         if (len > e.info.nbytes - filled) too_long();
         reserve(len);
         zs.read(buf.get() + filled, size_t(len));
+        if (e.has_crc) tcrc = pq::crc32_bytes(buf.get() + filled, size_t(len), tcrc);
         zs.finish();
         filled += len;
         ++row;
@@ -411,7 +417,7 @@ TensorRef ParquetTensorFile::get_impl(const std::string& name) const {
     fail(tctx, ": data holds ", filled, " bytes, its shape ", shape_str(e.info.shape), " and dtype ",
          dtype_traits(e.info.dtype).safetensors, " need ", e.info.nbytes);
   if (e.has_crc) {
-    const uint32_t got = pq::crc32_bytes(buf.get(), size_t(filled));
+    const uint32_t got = tcrc;
     if (got != e.crc)
       fail(tctx, ": checksum mismatch (CRC-32 stored ", pq::crc_hex(e.crc), ", computed ", pq::crc_hex(got),
            "): the tensor's data is corrupt");

@@ -121,8 +121,9 @@ struct ParquetTensorWriter::Impl {
     add_page(reinterpret_cast<const uint8_t*>(body.data()), body.size(), nullptr, 0, num_values, out);
   }
   // Page body = head[0..head_n) + tail[0..tail_n) (avoids concatenating big tensors).
+  // tail_crc: the CRC-32 of tail when the caller has it (saves a pass over the tensor bytes).
   void add_page(const uint8_t* head, size_t head_n, const uint8_t* tail, size_t tail_n,
-                int32_t num_values, ChunkBuf* out) const {
+                int32_t num_values, ChunkBuf* out, const uint32_t* tail_crc = nullptr) const {
     pq::PageHeader h;
     h.type = int32_t(PageType::DATA_PAGE);
     h.uncompressed_page_size = int32_t(head_n + tail_n);
@@ -146,7 +147,9 @@ struct ParquetTensorWriter::Impl {
       if (checksums) crc = pq::crc32_bytes(compressed.data(), compressed.size());
     } else {
       h.compressed_page_size = h.uncompressed_page_size;
-      if (checksums) crc = pq::crc32_bytes(tail, tail_n, pq::crc32_bytes(head, head_n));
+      if (checksums)
+        crc = tail_crc ? pq::crc32_concat(pq::crc32_bytes(head, head_n), *tail_crc, tail_n)
+                       : pq::crc32_bytes(tail, tail_n, pq::crc32_bytes(head, head_n));
     }
     if (checksums) h.crc = int32_t(crc);
     thrift::ThriftWriter w;
@@ -308,24 +311,28 @@ void ParquetTensorWriter::add(const std::string& name, DType dtype, const Shape&
   const uint64_t pieces = nbytes == 0 ? 1 : (nbytes + w.chunk_bytes - 1) / w.chunk_bytes;
   if (pieces > uint64_t(INT32_MAX)) fail(w.path, ": tensor '", name, "' needs too many chunks");
   w.names.insert(name);
-  if (w.checksums) {
-    if (!w.tensor_crcs.empty()) w.tensor_crcs += ' ';
-    w.tensor_crcs += pq::crc_hex(pq::crc32_bytes(data, size_t(nbytes)));
-  }
   // Room for one row group plus one chunk, so appends rarely re-allocate (kept across groups).
   const size_t want = size_t(std::min<uint64_t>(w.row_group_bytes, kDefaultRowGroupBytes) +
                              std::min<uint64_t>(w.chunk_bytes, kDefaultRowGroupBytes) + 4096);
   if (w.data.bytes.capacity() < want) w.data.bytes.reserve(want);
   const auto* src = static_cast<const uint8_t*>(data);
+  uint32_t tensor_crc = 0;
   for (uint64_t c = 0; c < pieces; ++c) {
     const uint64_t off = c * w.chunk_bytes;
     const uint64_t len = std::min<uint64_t>(w.chunk_bytes, nbytes - off);
     std::string len_prefix;
     put_u32(&len_prefix, uint32_t(len));
+    // One pass over the chunk serves the page CRC and the tensor CRC.
+    const uint32_t chunk_crc = w.checksums ? pq::crc32_bytes(src + off, size_t(len)) : 0;
+    tensor_crc = pq::crc32_concat(tensor_crc, chunk_crc, len);
     w.add_page(reinterpret_cast<const uint8_t*>(len_prefix.data()), 4, len ? src + off : nullptr, size_t(len),
-               1, &w.data);
+               1, &w.data, w.checksums ? &chunk_crc : nullptr);
     w.rows.push_back({name, dtype_traits(dtype).safetensors, shape, int32_t(c)});
     if (w.data.bytes.size() >= w.row_group_bytes) w.flush_row_group();
+  }
+  if (w.checksums) {
+    if (!w.tensor_crcs.empty()) w.tensor_crcs += ' ';
+    w.tensor_crcs += pq::crc_hex(tensor_crc);
   }
 }
 
