@@ -100,7 +100,11 @@ std::vector<std::string> entries(const fs::path& dir) {
 void expect_finishes(const std::function<bool()>& f, const std::string& what, int seconds = 20) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
-  if (pid == 0) _exit(f() ? 0 : 1);
+  if (pid == 0) {
+    setpgid(0, 0);  // its own process group: a hung llmc it spawned is killed with it
+    _exit(f() ? 0 : 1);
+  }
+  setpgid(pid, pid);
   int st = 0;
   for (int i = 0; i < seconds * 20; ++i) {
     if (waitpid(pid, &st, WNOHANG) == pid) {
@@ -109,7 +113,7 @@ void expect_finishes(const std::function<bool()>& f, const std::string& what, in
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  kill(pid, SIGKILL);
+  kill(-pid, SIGKILL);
   waitpid(pid, &st, 0);
   ADD_FAILURE() << what << ": blocked for " << seconds << " s";
 }
@@ -357,13 +361,15 @@ TEST(AuxFiles, SymlinksOutsideTheModelAndNonRegularFilesAreNotCopied) {
   fs::create_symlink("/etc/passwd", m / "chat_template.jinja");
   fs::create_symlink("../secret.txt", m / "relative.txt");
   fs::create_symlink("generation_config.json", m / "alias.json");  // inside: copied
+  fs::create_symlink(d / "gone.txt", m / "dangling.txt");
   ASSERT_EQ(0, ::mkfifo((m / "fifo.txt").c_str(), 0644));
   std::string out;
   ASSERT_EQ(0, cli("convert -i " + q(m) + " -o " + q(d / "hf"), &out)) << out;
   EXPECT_TRUE(has(out, "outside the model directory")) << out;
   EXPECT_TRUE(has(out, "fifo.txt")) << out;
   ASSERT_EQ(0, cli("-q convert -i " + q(m) + " -o " + q(d / "m.parquet"), &out)) << out;
-  for (const char* n : {"tokenizer_config.json", "chat_template.jinja", "relative.txt", "fifo.txt"})
+  EXPECT_TRUE(has(out, "dangling.txt: a symbolic link to a missing file")) << out;
+  for (const char* n : {"tokenizer_config.json", "chat_template.jinja", "relative.txt", "fifo.txt", "dangling.txt"})
     EXPECT_FALSE(fs::exists(d / "hf" / n)) << n;
   EXPECT_EQ(read_text_file(d / "hf" / "alias.json"), read_text_file(m / "generation_config.json"));
   const Checkpoint p = open_checkpoint(d / "m.parquet");
@@ -473,20 +479,20 @@ TEST(NonRegularInputs, FifosDevicesAndDirectoriesAreRefusedWithoutBlocking) {
       return has(e, want);
     };
   };
-  expect_finishes(refused([&] { open_checkpoint(m); }, "is a FIFO"), "config.json FIFO");
-  expect_finishes(refused([&] { Tokenizer::load(t); }, "is a FIFO"), "tokenizer.json FIFO");
-  expect_finishes(refused([&] { open_checkpoint(w); }, "is a FIFO"), "model.safetensors FIFO");
+  expect_finishes(refused([&] { open_checkpoint(m); }, "not a regular file (a FIFO)"), "config.json FIFO");
+  expect_finishes(refused([&] { Tokenizer::load(t); }, "not a regular file (a FIFO)"), "tokenizer.json FIFO");
+  expect_finishes(refused([&] { open_checkpoint(w); }, "not a regular file (a FIFO)"), "model.safetensors FIFO");
   expect_finishes(refused([&] { read_calibration_records(d / "data.txt"); }, "data.txt"), "calibration FIFO");
-  expect_finishes(refused([&] { read_text_input(d / "data.txt"); }, "is a FIFO"), "eval text FIFO");
-  expect_finishes(refused([&] { open_checkpoint(d / "x.parquet"); }, "is a FIFO"), "Parquet FIFO");
+  expect_finishes(refused([&] { read_text_input(d / "data.txt"); }, "not a regular file (a FIFO)"), "eval text FIFO");
+  expect_finishes(refused([&] { open_checkpoint(d / "x.parquet"); }, "not a regular file (a FIFO)"), "Parquet FIFO");
   expect_finishes(refused([&] { read_text_input("/dev/zero"); }, "character device"), "device");
-  expect_finishes(refused([&] { read_text_input(d); }, "is a directory"), "directory");
-  expect_finishes(refused([&] { MappedFile f(d / "data.txt"); }, "is a FIFO"), "mmap FIFO");
+  expect_finishes(refused([&] { read_text_input(d); }, "(a directory)"), "directory");
+  expect_finishes(refused([&] { MappedFile f(d / "data.txt"); }, "not a regular file (a FIFO)"), "mmap FIFO");
   // Through the CLI: eval text and calibration data.
   expect_finishes([&] {
     std::string out;
     const int rc = cli("-q eval --model " + q(tiny()) + " --ppl " + q(d / "data.txt"), &out);
-    return rc == 1 && has(out, "is a FIFO");
+    return rc == 1 && has(out, "not a regular file (a FIFO)");
   }, "llmc eval --ppl FIFO");
   expect_finishes([&] {
     std::string out;

@@ -42,8 +42,8 @@ int open_regular_file(const fs::path& path) {
                        : S_ISCHR(st.st_mode)  ? "a character device"
                        : S_ISBLK(st.st_mode)  ? "a block device"
                        : S_ISSOCK(st.st_mode) ? "a socket"
-                                              : "not a plain file";
-    fail(path.string(), ": is ", what, ", expected a regular file");
+                                              : "an unknown file type";
+    fail(path.string(), ": not a regular file (", what, "); expected a regular file");
   }
   const int fl = ::fcntl(fd, F_GETFL);
   if (fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);

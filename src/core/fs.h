@@ -3,7 +3,7 @@
 //
 // Contracts:
 //  * open_regular_file(path) opens read-only with O_NONBLOCK and checks S_ISREG on the fd, so a
-//    FIFO, device or directory is refused ("not a regular file") and never blocks. Every reader
+//    FIFO, device or directory is refused ("not a regular file (a FIFO)") and never blocks. Every reader
 //    (MappedFile, read_text_file, read_text_input, the Parquet reader) opens through it.
 //  * MappedFile maps a whole file read-only; data()/size() stay valid for the object's life.
 //    Opening a missing, unreadable or non-regular file throws llmc::Error naming the path.

@@ -15,7 +15,10 @@
 //
 // Contracts:
 //  * Output goes through make_checkpoint_writer (temp path + rename): an error or Ctrl-C
-//    leaves nothing under the output name. The output may not be the input.
+//    leaves nothing under the output name. Before any work the output is checked
+//    (core/fs.h check_output_path: not, around or inside an input; an existing output only
+//    with writer.overwrite), and so are the calibration file, the tokenizer, the quality check's
+//    data (UTF-8) and its window length (preflight in pipeline.cpp).
 //  * Peak memory: about one block in fp32 + calibration activations (2 x samples x seq x
 //    hidden floats) + the embeddings.
 //  * An input that already has a quantization_config is refused (quantize a base model).
