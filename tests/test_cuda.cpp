@@ -19,6 +19,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/qweight.h"
+#include "eval/quality.h"
 #include "core/fs.h"
 #include "formats/checkpoint.h"
 #include "loader/quant_linear.h"
@@ -795,6 +796,10 @@ std::vector<int32_t> test_ids(size_t n, int vocab, int mul) {
   std::vector<int32_t> ids(n);
   for (size_t i = 0; i < n; ++i) ids[i] = int32_t((i * mul + 11) % size_t(vocab));
   return ids;
+}
+
+}  // namespace
+
 // =============================================================================================
 // GPTQ solver: CUDA (backend.h cuda_gptq_solve) against the CPU solver (quant/gptq.h)
 // =============================================================================================
