@@ -7,8 +7,9 @@
 #          runs only their tests); default: all of them.
 #          LLMC_ASAN_BUILD=dir   LLMC_ASAN_JOBS=N (ctest -j, default nproc)
 #          LLMC_ASAN_CXX / LLMC_ASAN_CC (default g++ / gcc; clang++ / clang work too)
-# CI (scripts/test.sh) runs the parsers of outside data: test_parquet, test_safetensors and
-# test_verify (measured under clang ASan+UBSan on the shared 2-core box: 16 s of tests, clean;
+# CI (scripts/test.sh) runs the tests of the parsers of outside data: test_parquet,
+# test_safetensors, test_verify, test_checkpoint, test_calib, test_tokenizer, test_layouts
+# (measured under clang ASan+UBSan on the shared 2-core box: 24 s of tests, clean;
 # the build of libllmc with sanitizers is the main cost). The whole suite took 26 min without
 # sanitizers on that loaded box (~10 min idle); ASan's usual 2-3x puts it at an estimated
 # 25-30 min idle (not measured), over CI's 25 min allowance, so it is run by hand.

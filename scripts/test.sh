@@ -17,7 +17,8 @@ gcovr -r . --filter 'src/' --object-directory "$BUILD" --gcov-ignore-parse-error
   -o "$BUILD/coverage.txt" | tail -n 3
 # The parsers' unit tests under ASan + UBSan (gcc; the whole suite by hand: scripts/sanitize.sh).
 echo "== parser tests under ASan + UBSan =="
-LLMC_ASAN_TARGETS="test_parquet test_safetensors test_verify" bash scripts/sanitize.sh
+LLMC_ASAN_TARGETS="test_parquet test_safetensors test_verify test_checkpoint test_calib test_tokenizer test_layouts" \
+  bash scripts/sanitize.sh
 # Fuzz smoke: each libFuzzer target (fuzz/) for LLMC_FUZZ_SECONDS (default 15 s) from its seeds;
 # skips with a message when clang/libFuzzer cannot be installed (scripts/fuzz-deps.sh).
 echo "== fuzz smoke =="
