@@ -1202,7 +1202,7 @@ TEST(CudaGptq, MatchesCpuOnRealHessians) {
   for (LinearSlot s : {LinearSlot::Q, LinearSlot::Gate, LinearSlot::Down}) {
     const DenseLinear& d = job.dense(s);
     HessianAccumulator acc(d.in_features());
-    job.for_each_input(s, [&](const float* xi, int64_t rows, int64_t) { acc.add(xi, rows); });
+    job.for_each_input(s, [&](const be::MatView& xv) { acc.add(xv); });
     const std::vector<double> H = acc.hessian();
     for (const SolverCase& c : {SolverCase{"int4 sym g128 dynamic mse", QKind::INT, 4, true, 128,
                                            ActOrder::Dynamic, 20},
