@@ -1269,7 +1269,7 @@ TEST(Layouts, DefaultLayoutsAreServedByVllmWhenAnyLayoutIs) {
         if (!m.symmetry_configurable && sym != m.default_symmetric) continue;
         QuantOverrides o;
         o.bits = bits;
-        o.symmetric = sym;
+        if (m.symmetry_configurable) o.symmetric = sym;  // --sym is refused where fixed
         const QuantSpec s = resolve_spec(m, o);
         const QuantizedWeight w = scheme(QKind::INT, bits, sym, s.group);
         bool any = false;
