@@ -299,6 +299,20 @@ TEST(CalibCli, WindowsWithModelAndDocumentsWithout) {
   EXPECT_FALSE(fs::exists(c));
 }
 
+// A dataset row that is not UTF-8 is refused with its row number, as .txt/.jsonl input is.
+TEST(Calib, ParquetRowsMustBeUtf8) {
+  std::string b = read_text_file(test::data_path("calib-parquet/delta_uncompressed.parquet"));
+  EXPECT_NO_THROW(read_calibration_records(test::data_path("calib-parquet/delta_uncompressed.parquet")));
+  const size_t at = b.find("The lioness ");  // a value stored verbatim (uncompressed pages, no CRC)
+  ASSERT_NE(at, std::string::npos);
+  b[at + 4] = char(0xff);
+  const fs::path d = test::temp_dir("calib-parquet-utf8");
+  write_text_file(d / "bad.parquet", b);
+  const std::string e = error_of([&] { read_calibration_records(d / "bad.parquet"); });
+  EXPECT_NE(e.find("is not UTF-8"), std::string::npos) << e;
+  EXPECT_NE(e.find("bad.parquet"), std::string::npos) << e;
+}
+
 TEST(CalibCli, TokenizerFromAParquetModel) {
   const fs::path d = test::temp_dir("calib-parquet");
   const float one = 1.0f;

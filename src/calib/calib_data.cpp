@@ -131,7 +131,11 @@ std::vector<CalibRecord> read_calibration_records(const std::filesystem::path& p
   if (has_suffix(name, ".parquet")) {
     // A dataset file (e.g. a HuggingFace datasets shard): one plain document per non-empty row
     // of its "text" column; null rows are skipped.
-    read_parquet_string_column(path, "text", [&](uint64_t, std::string_view v) {
+    read_parquet_string_column(path, "text", [&](uint64_t row, std::string_view v) {
+      const size_t bad = first_invalid_utf8(v);
+      if (bad != std::string_view::npos)
+        fail("calibration data ", path.string(), ": row ", row, " of its \"text\" column is not UTF-8 (byte ",
+             bad, " of the value)");
       if (has_text(v)) recs.push_back({std::string(v), {}});
     });
     if (recs.empty()) fail("calibration data ", path.string(), ": its \"text\" column holds no text");
