@@ -21,6 +21,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/utf8.h"
 
 namespace llmc {
 
@@ -153,23 +154,10 @@ std::string gunzip(const std::string& in, const fs::path& path) {
 size_t first_invalid_utf8(std::string_view s) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned c = p[i];
-    if (c != 0 && c < 0x80) { ++i; continue; }
-    size_t len = 0;
-    unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;  // no surrogates
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;  // <= U+10FFFF
-    else return i;                            // NUL, continuation byte, C0/C1, F5..FF
-    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k)
-      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+  for (size_t i = 0; i < n;) {
+    size_t bad = 0;
+    const size_t len = p[i] == 0 ? 0 : utf8_seq_len(p + i, n - i, &bad);  // NUL is not text
+    if (!len) return i;
     i += len;
   }
   return std::string_view::npos;

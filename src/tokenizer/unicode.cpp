@@ -6,46 +6,11 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/utf8.h"
 
 namespace llmc::tok {
 
 namespace {
-
-// Length of the valid UTF-8 sequence at p (n bytes available), or 0 when it is not valid;
-// in that case *bad is set to the length of the maximal subpart to replace (>= 1).
-inline size_t seq_len(const unsigned char* p, size_t n, size_t* bad) {
-  const unsigned c = p[0];
-  size_t len;
-  unsigned lo = 0x80, hi = 0xBF;  // range of the second byte
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    *bad = 1;
-    return 0;
-  }
-  for (size_t k = 1; k < len; ++k) {
-    if (k >= n) {
-      *bad = k;
-      return 0;
-    }
-    const unsigned b = p[k];
-    const bool ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
-    if (!ok) {
-      *bad = k;
-      return 0;
-    }
-  }
-  return len;
-}
 
 // NFC of valid UTF-8 `s` through utf8proc (STABLE | COMPOSE = NFC), appended to out.
 void nfc_segment(std::string_view s, std::string& out) {
@@ -97,7 +62,7 @@ bool utf8_valid(std::string_view s) {
       continue;
     }
     size_t bad;
-    const size_t len = seq_len(p + i, n - i, &bad);
+    const size_t len = utf8_seq_len(p + i, n - i, &bad);
     if (!len) return false;
     i += len;
   }
@@ -110,7 +75,7 @@ void utf8_lossy_append(std::string_view s, std::string& out) {
   size_t i = 0, run = 0;  // [run, i): valid bytes not yet copied
   while (i < n) {
     size_t bad = 0;
-    const size_t len = seq_len(p + i, n - i, &bad);
+    const size_t len = utf8_seq_len(p + i, n - i, &bad);
     if (len) {
       i += len;
       continue;
