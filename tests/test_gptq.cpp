@@ -184,6 +184,10 @@ TEST_P(GptqBits, BeatsRtnOnCorrelatedData) {
   EXPECT_EQ(r.qw.symmetric, c.sym);
   EXPECT_EQ(r.qw.group, c.group);
   EXPECT_FALSE(r.report.fallback);
+  // The step times are measured (the solve and the report do real work).
+  EXPECT_GT(r.report.seconds_solve, 0.0);
+  EXPECT_GT(r.report.seconds_report, 0.0);
+  EXPECT_GE(r.report.seconds_prepare, 0.0);
   EXPECT_DOUBLE_EQ(r.report.damp, 0.01);
   for (float s : r.qw.scales) EXPECT_EQ(f16_to_f32(f32_to_f16(s)), s);
   const auto wq = r.qw.dequantize();

@@ -5,6 +5,7 @@
 #include <lapack.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -384,7 +385,13 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
   const int64_t n = in;
   GptqResult res;
   GptqReport& rep = res.report;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
   Layer L = prepare_layer(w, out, n, H, opt.act_order, rep);
+  rep.seconds_prepare = since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
 
   QuantizedWeight& qw = res.qw;
   qw = grid_qweight(out, n, opt.group, opt.grid);
@@ -437,6 +444,8 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
     qw = rtn_on_grid(L, opt, opt.weighted_search && L.finite);
   }
 
+  rep.seconds_solve = since(t1);
+  const auto t2 = std::chrono::steady_clock::now();
   // Step 5: the report.
   if (!L.finite) {
     rep.rel_error = -1;
@@ -447,6 +456,7 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
       rep.rel_error_rtn = relative_output_error(w, rq.dequantize().data(), out, n, H);
     }
   }
+  rep.seconds_report = since(t2);
   return res;
 }
 

@@ -76,6 +76,9 @@ struct GptqReport {
   int64_t dead_columns = 0;
   bool fallback = false;
   std::string reason;                        // why the fallback happened
+  // Wall time of the steps: layout + permutation, factor + column loop (or RTN fallback),
+  // error report (incl. the RTN baseline).
+  double seconds_prepare = 0, seconds_solve = 0, seconds_report = 0;
   nlohmann::json to_json() const;
 };
 

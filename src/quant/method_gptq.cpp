@@ -91,6 +91,9 @@ void GptqRunStats::add(const std::string& module, const GptqReport& r) {
     worst = module;
   }
   if (r.fallback) fallbacks.push_back(module);
+  seconds_prepare += r.seconds_prepare;
+  seconds_columns += r.seconds_solve;
+  seconds_report += r.seconds_report;
 }
 
 nlohmann::json GptqRunStats::to_json() const {
@@ -101,7 +104,10 @@ nlohmann::json GptqRunStats::to_json() const {
           {"worst", worst},
           {"fallbacks_rtn", fallbacks},
           {"seconds_inputs", seconds_inputs},
-          {"seconds_solve", seconds_solve}};
+          {"seconds_solve", seconds_solve},
+          {"seconds_solve_prepare", seconds_prepare},
+          {"seconds_solve_columns", seconds_columns},
+          {"seconds_solve_report", seconds_report}};
 }
 
 std::string GptqRunStats::line() const {

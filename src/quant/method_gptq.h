@@ -58,6 +58,8 @@ struct GptqRunStats {
   std::vector<std::string> fallbacks;
   double seconds_inputs = 0;  // block runs + Hessian accumulation
   double seconds_solve = 0;   // GPTQ solves (incl. error reports)
+  // Of seconds_solve, inside gptq_quantize: layout/permutation, factor + columns, reports.
+  double seconds_prepare = 0, seconds_columns = 0, seconds_report = 0;
   void add(const std::string& module, const GptqReport& r);
   nlohmann::json to_json() const;
   std::string line() const;  // one-line human summary
