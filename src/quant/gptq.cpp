@@ -55,27 +55,36 @@ nlohmann::json GptqReport::to_json() const {
 // ---------------------------------------------------------------------------------------------
 // Error measures
 
-double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double* H) {
-  if (rows <= 0 || n <= 0) return 0.0;
+namespace {
+
+// x_r H x_rᵀ for every row r of x [rows, n] (fp64 dot products of fp32 products x · H, on the
+// GPU when device() == CUDA), hf = H in fp32.
+std::vector<double> quad_rows(const float* x, int64_t rows, int64_t n, const std::vector<float>& hf) {
+  std::vector<double> q(size_t(std::max<int64_t>(rows, 0)), 0.0);
+  if (rows <= 0 || n <= 0) return q;
   blas_single_threaded();
-  std::vector<float> hf(size_t(n * n));
-  for (size_t k = 0; k < hf.size(); ++k) hf[k] = float(H[k]);
+  auto dots = [&](const float* m, int64_t r0, int64_t rc, int64_t m0) {
+    for (int64_t r = r0; r < r0 + rc; ++r) {
+      double s = 0;
+      const float* xr = x + r * n;
+      const float* mr = m + (r - m0) * n;
+      for (int64_t k = 0; k < n; ++k) s += double(xr[k]) * double(mr[k]);
+      q[size_t(r)] = s;
+    }
+  };
   constexpr int64_t kRows = 32;
   const int64_t nchunks = (rows + kRows - 1) / kRows;
-  std::vector<double> part(size_t(nchunks), 0.0);
   if (backend::device() == backend::Device::CUDA) {
     // x · H on the GPU (H symmetric, so x · Hᵀ), the fp64 dot products here.
     std::vector<float> m(size_t(rows * n));
     if (backend::try_gemm_xwt(x, rows, n, hf.data(), n, m.data())) {
       parallel_for(0, size_t(nchunks), 1, [&](size_t c0, size_t c1) {
         for (size_t c = c0; c < c1; ++c) {
-          const int64_t r0 = int64_t(c) * kRows, rc = std::min(kRows, rows - r0);
-          double s = 0;
-          for (int64_t k = r0 * n; k < (r0 + rc) * n; ++k) s += double(x[k]) * double(m[size_t(k)]);
-          part[c] = s;
+          const int64_t r0 = int64_t(c) * kRows;
+          dots(m.data(), r0, std::min(kRows, rows - r0), 0);
         }
       });
-      return std::accumulate(part.begin(), part.end(), 0.0);
+      return q;
     }
   }
   parallel_for(0, size_t(nchunks), 1, [&](size_t c0, size_t c1) {
@@ -84,21 +93,50 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
       const int64_t r0 = int64_t(c) * kRows, rc = std::min(kRows, rows - r0);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rc), int(n), int(n), 1.0f,
                   x + r0 * n, int(n), hf.data(), int(n), 0.0f, m.data(), int(n));
-      double s = 0;
-      for (int64_t k = 0; k < rc * n; ++k) s += double(x[r0 * n + k]) * double(m[size_t(k)]);
-      part[c] = s;
+      dots(m.data(), r0, rc, r0);
     }
   });
-  return std::accumulate(part.begin(), part.end(), 0.0);
+  return q;
+}
+
+std::vector<float> to_f32(const double* H, int64_t n) {
+  std::vector<float> hf(size_t(n * n));
+  for (size_t k = 0; k < hf.size(); ++k) hf[k] = float(H[k]);
+  return hf;
+}
+
+}  // namespace
+
+double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double* H) {
+  if (rows <= 0 || n <= 0) return 0.0;
+  const std::vector<double> q = quad_rows(x, rows, n, to_f32(H, n));
+  return std::accumulate(q.begin(), q.end(), 0.0);
+}
+
+std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wq,
+                                           int64_t out, int64_t in, const double* H) {
+  // One pass over the stacked rows [W; Wq_1 - W; ...]: H converted (and uploaded) once.
+  const size_t m = size_t(out * in);
+  std::vector<float> x(m * (wq.size() + 1));
+  std::copy_n(w, m, x.begin());
+  for (size_t k = 0; k < wq.size(); ++k) {
+    float* d = x.data() + (k + 1) * m;
+    for (size_t i = 0; i < m; ++i) d[i] = wq[k][i] - w[i];
+  }
+  const std::vector<double> q = quad_rows(x.data(), out * int64_t(wq.size() + 1), in, to_f32(H, in));
+  auto seg = [&](size_t k) {
+    return std::accumulate(q.begin() + ptrdiff_t(k * size_t(out)), q.begin() + ptrdiff_t((k + 1) * size_t(out)), 0.0);
+  };
+  const double den = seg(0);
+  std::vector<double> r(wq.size(), 0.0);
+  if (!(den > 0)) return r;
+  for (size_t k = 0; k < wq.size(); ++k) r[k] = seg(k + 1) / den;
+  return r;
 }
 
 double relative_output_error(const float* w, const float* wq, int64_t out, int64_t in,
                              const double* H) {
-  std::vector<float> d(size_t(out * in));
-  for (size_t k = 0; k < d.size(); ++k) d[k] = wq[k] - w[k];
-  const double den = hessian_quad_trace(w, out, in, H);
-  if (!(den > 0)) return 0.0;
-  return hessian_quad_trace(d.data(), out, in, H) / den;
+  return relative_output_errors(w, {wq}, out, in, H)[0];
 }
 
 std::vector<int32_t> diag_order(const double* H, int64_t n) {
@@ -450,10 +488,14 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
   if (!L.finite) {
     rep.rel_error = -1;
   } else if (opt.report_errors) {
-    rep.rel_error = relative_output_error(w, qw.dequantize().data(), out, n, H);
+    const std::vector<float> dq = qw.dequantize();
     if (opt.report_rtn) {
-      const QuantizedWeight rq = rtn_on_grid(L, opt, opt.weighted_search);
-      rep.rel_error_rtn = relative_output_error(w, rq.dequantize().data(), out, n, H);
+      const std::vector<float> dr = rtn_on_grid(L, opt, opt.weighted_search).dequantize();
+      const std::vector<double> e = relative_output_errors(w, {dq.data(), dr.data()}, out, n, H);
+      rep.rel_error = e[0];
+      rep.rel_error_rtn = e[1];
+    } else {
+      rep.rel_error = relative_output_error(w, dq.data(), out, n, H);
     }
   }
   rep.seconds_report = since(t2);

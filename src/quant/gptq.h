@@ -97,6 +97,9 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
 // tr((Wq - W) H (Wq - W)ᵀ) / tr(W H Wᵀ); 0 when the denominator is 0.
 double relative_output_error(const float* w, const float* wq, int64_t out, int64_t in,
                              const double* H);
+// relative_output_error of each wq[k] against w, in one pass (H converted and uploaded once).
+std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wq,
+                                           int64_t out, int64_t in, const double* H);
 
 // Diagonal of H sorted decreasingly: the permutation perm (position -> column), stable.
 std::vector<int32_t> diag_order(const double* H, int64_t n);

@@ -207,9 +207,11 @@ class Fp8Quantizer : public BlockQuantizer {
       if (gram && report_errors_) {
         // Output error of these codes and of plain rounding, on the calibration inputs.
         const float* w = job.dense(slots[k]).weight().data();
-        r["rel_output_error"] = relative_output_error(w, qw.dequantize().data(), out, in, Hrep.data());
-        r["rel_output_error_rtn"] = relative_output_error(
-            w, rtn(w, out, in, wscale(job, slots)).dequantize().data(), out, in, Hrep.data());
+        const std::vector<float> dq = qw.dequantize();
+        const std::vector<float> dr = rtn(w, out, in, wscale(job, slots)).dequantize();
+        const std::vector<double> e = relative_output_errors(w, {dq.data(), dr.data()}, out, in, Hrep.data());
+        r["rel_output_error"] = e[0];
+        r["rel_output_error_rtn"] = e[1];
       }
       qws.push_back(std::move(qw));
       wrep.push_back(std::move(r));
