@@ -969,6 +969,88 @@ TEST(Cuda, BlockForwardMatchesCpu) {
   }
 }
 
+// The attention-output cache of run_block_device: a run that observes only o_proj and later
+// slots reuses the last run's attention output when nothing it depends on changed, and gives
+// bit for bit what a run without the cache gives; a change of q/k/v, of an activation scale,
+// of the inputs' contents (same pointer) or of the layer is noticed.
+TEST(Cuda, AttentionCacheIsExactAndNoticesChanges) {
+  REQUIRE_GPU();
+  const Checkpoint ck = open_checkpoint(test::model_dir("qwen3-tiny"));
+  auto m = Model::load(ck);
+  const ModelConfig& c = m->config();
+  const int n = 3, seq = 48, batch = 2;
+  const int64_t rows = int64_t(n) * seq, H = c.hidden_size;
+  std::vector<float> x0(size_t(rows * H));
+  m->embed(test_ids(size_t(rows), c.vocab_size, 29).data(), rows, x0.data());
+  DeviceGuard g(be::Device::CUDA);
+  be::DeviceArray d(rows * H);
+  d.upload(x0.data(), rows * H);
+  // o_proj's inputs (observe_from = O) and the block outputs, host copies.
+  auto o_inputs = [&](int layer) {
+    std::vector<float> all;
+    LinearHook hook = [&](int, LinearSlot s, const be::MatView& x) {
+      EXPECT_GE(int(s), int(LinearSlot::O)) << "a slot before observe_from was observed";
+      if (s != LinearSlot::O) return;
+      std::vector<float> buf;
+      const float* p = be::host_rows(x, &buf);
+      all.insert(all.end(), p, p + x.rows * x.cols);
+    };
+    EXPECT_TRUE(m->run_block_device(layer, d.data(), nullptr, n, seq, batch, &hook,
+                                    int(LinearSlot::O), int(LinearSlot::O)));
+    return all;
+  };
+  auto outputs = [&](int layer) {
+    be::DeviceArray o(rows * H);
+    EXPECT_TRUE(m->run_block_device(layer, d.data(), o.data(), n, seq, batch, nullptr, -1,
+                                    kNumLinearSlots));
+    std::vector<float> y(size_t(rows * H));
+    o.download(y.data(), rows * H);
+    return y;
+  };
+  auto fresh = [&](auto f, int layer) {
+    m->release_device_cache();
+    return f(layer);
+  };
+  const std::vector<float> a0 = fresh(o_inputs, 0);
+  ASSERT_EQ(a0.size(), size_t(rows * c.num_heads * c.head_dim));
+  EXPECT_TRUE(same_bits(o_inputs(0), a0));           // served from the cache
+  EXPECT_TRUE(same_bits(outputs(0), fresh(outputs, 0)));
+  EXPECT_FALSE(same_bits(o_inputs(1), a0));          // another layer
+  // q_proj changed (as a commit does): recomputed.
+  BlockWeights& w = m->block(0);
+  const auto old_q = w.linear[int(LinearSlot::Q)];
+  const DenseLinear& dq = dynamic_cast<const DenseLinear&>(*old_q);
+  std::vector<float> wq = dq.weight();
+  for (float& v : wq) v *= 1.01f;
+  w.linear[int(LinearSlot::Q)] =
+      std::make_shared<DenseLinear>(wq, dq.out_features(), dq.in_features(), dq.bias());
+  o_inputs(0);  // fill the cache with the changed q
+  const std::vector<float> a1 = o_inputs(0);
+  EXPECT_FALSE(same_bits(a1, a0));
+  EXPECT_TRUE(same_bits(a1, fresh(o_inputs, 0)));
+  // An activation scale of k changed, weights equal: recomputed.
+  const auto old_k = w.linear[int(LinearSlot::K)];
+  const DenseLinear& dk = dynamic_cast<const DenseLinear&>(*old_k);
+  w.linear[int(LinearSlot::K)] = std::make_shared<SimQuantLinear>(
+      dk.weight(), dk.out_features(), dk.in_features(), ActQuant::FP8StaticTensor, 0.05f);
+  o_inputs(0);
+  const std::vector<float> s1 = o_inputs(0);
+  w.linear[int(LinearSlot::K)] = std::make_shared<SimQuantLinear>(
+      dk.weight(), dk.out_features(), dk.in_features(), ActQuant::FP8StaticTensor, 0.07f);
+  const std::vector<float> s2 = o_inputs(0);
+  EXPECT_FALSE(same_bits(s1, s2));
+  EXPECT_TRUE(same_bits(s2, fresh(o_inputs, 0)));
+  // Same pointer, other contents: recomputed.
+  std::vector<float> x1 = x0;
+  for (float& v : x1) v *= 0.5f;
+  d.upload(x1.data(), rows * H);
+  const std::vector<float> b1 = o_inputs(0);
+  EXPECT_FALSE(same_bits(b1, s2));
+  EXPECT_TRUE(same_bits(b1, fresh(o_inputs, 0)));
+  w.linear[int(LinearSlot::Q)] = old_q;
+  w.linear[int(LinearSlot::K)] = old_k;
+}
+
 TEST(Cuda, BlockRunnerFallsBackWithoutDenseForm) {
   REQUIRE_GPU();
   // A linear without a dense form (here: a plain Linear subclass) makes run_block_device

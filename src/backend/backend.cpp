@@ -564,6 +564,15 @@ float abs_max(const float* x, int64_t n) {
   no_cuda("dev::abs_max");
 #endif
 }
+uint64_t fingerprint(const float* x, int64_t n) {
+#ifdef LLMC_HAVE_CUDA
+  need_cuda("dev::fingerprint");
+  return cuda::blk_fingerprint(x, n);
+#else
+  (void)x, (void)n;
+  no_cuda("dev::fingerprint");
+#endif
+}
 void col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums) {
   LLMC_DEV("dev::col_abs_sum", cuda::blk_col_abs_sum(x, rows, cols, sums));
 }

@@ -238,6 +238,9 @@ void add_inplace(float* y, const float* x, int64_t n);
 void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
 // Statistics of a device matrix, returned to the host.
 float abs_max(const float* x, int64_t n);  // NaN ignored as std::max(m, fabs(x)) does
+// 64-bit fingerprint of the contents of a device array (order-free XOR of element hashes): the
+// key of caches of device activations.
+uint64_t fingerprint(const float* x, int64_t n);
 // sums[c] += Σ_r |x[r, c]| (fp64).
 void col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums);
 // Appends rows first, first + stride, ... (< rows) of x [rows, cols] to *out.

@@ -124,7 +124,7 @@ class TransformerModel final : public Model {
   }
 
   bool run_block_device(int layer, const float* in, float* out, int n_samples, int seq, int batch,
-                        const LinearHook* hook, int stop_after) override {
+                        const LinearHook* hook, int stop_after, int observe_from) override {
     check_layer(layer);
     check_shape(n_samples, seq, 0);
     if (backend::device() != backend::Device::CUDA)
@@ -147,17 +147,41 @@ class TransformerModel final : public Model {
     }
     const int b = std::max(1, std::min(batch, n_samples));
     const int64_t per = int64_t(seq) * cfg_.hidden_size;
+    const int64_t qd = int64_t(cfg_.num_heads) * cfg_.head_dim, arows = int64_t(n_samples) * seq;
+    // The attention-output cache: its key, whether this run may read it, whether it fills it.
+    const AttnKey key = attn_key(layer, in, n_samples, seq, w);
+    const bool reach_o = stop_after < 0 || stop_after >= int(LinearSlot::O);
+    const bool read = acache_.valid && acache_.key == key && observe_from > int(LinearSlot::V) && reach_o;
+    bool store = false;
+    if (!read && reach_o) {
+      const uint64_t need = uint64_t(arows * qd) * sizeof(float);
+      store = acache_.a.size() >= arows * qd || need < backend::cuda_free_bytes() / 4;
+      if (store) {
+        acache_.valid = false;
+        acache_.a.reserve(arows * qd);
+      }
+    }
     if (!out) dh_.reserve(b * per);
     for (int s0 = 0; s0 < n_samples; s0 += b) {
       const int n = std::min(b, n_samples - s0);
       float* h = out ? out + s0 * per : dh_.data();
       if (h != in + s0 * per) backend::dev::copy(h, in + s0 * per, n * per);
-      block_forward_device(layer, h, n, seq, hook, stop_after);
+      float* at = read || store ? acache_.a.data() + int64_t(s0) * seq * qd : nullptr;
+      block_forward_device(layer, h, n, seq, hook, stop_after, observe_from, read ? at : nullptr,
+                           store ? at : nullptr);
+    }
+    if (store) {
+      acache_.key = key;
+      acache_.valid = true;
     }
     return true;
   }
 
-  void release_device_weights() override { dblk_ = DevBlock(); }
+  void release_device_weights() override {
+    dblk_ = DevBlock();
+    release_device_cache();
+  }
+  void release_device_cache() override { acache_ = AttnCache(); }
 
   void final_norm(float* hidden, int64_t rows) const override {
     cpu::rms_norm(hidden, norm_.data(), rows, cfg_.hidden_size, cfg_.rms_norm_eps, hidden);
@@ -481,8 +505,45 @@ class TransformerModel final : public Model {
   }
 
   // block_forward on the GPU for `batch` sequences at h (device), pos0 = 0, no cache.
+  // What the attention output of a run depends on (see run_block_device).
+  struct AttnKey {
+    int layer = -1, n_samples = 0, seq = 0;
+    const float* in = nullptr;
+    uint64_t in_fp = 0, w_fp = 0;
+    bool operator==(const AttnKey&) const = default;
+  };
+  struct AttnCache {
+    AttnKey key;
+    bool valid = false;
+    backend::DeviceArray a;  // [n_samples * seq, num_heads * head_dim]
+  };
+  AttnKey attn_key(int layer, const float* in, int n_samples, int seq, const BlockWeights& w) const {
+    AttnKey k;
+    k.layer = layer;
+    k.n_samples = n_samples;
+    k.seq = seq;
+    k.in = in;
+    k.in_fp = backend::dev::fingerprint(in, int64_t(n_samples) * seq * cfg_.hidden_size);
+    uint64_t f = 0;
+    for (LinearSlot s : {LinearSlot::Q, LinearSlot::K, LinearSlot::V}) {
+      const DevLinear& d = dblk_.lin[int(s)];
+      uint32_t sc = 0;
+      std::memcpy(&sc, &d.input_scale, sizeof sc);
+      f = (f * 0x100000001B3ull ^ d.fp) * 0x100000001B3ull ^ (uint64_t(sc) << 8 | uint64_t(d.act));
+    }
+    for (const std::vector<float>* v : {&w.input_norm, &w.q_norm, &w.k_norm})
+      f = f * 0x100000001B3ull ^ backend::content_fingerprint(v->data(), v->size() * sizeof(float));
+    k.w_fp = f;
+    return k;
+  }
+  AttnCache acache_;
+
+  // block_forward on the GPU for `batch` sequences at h (device), pos0 = 0, no cache. Hooks for
+  // slots < observe_from are not called. cached_a: the attention output (o_proj's input) of
+  // these rows, computed before (q/k/v and their norms are skipped); store_a: receives it.
   void block_forward_device(int layer, float* h, int batch, int seq, const LinearHook* hook,
-                            int stop_after) {
+                            int stop_after, int observe_from, const float* cached_a,
+                            float* store_a) {
     namespace dv = backend::dev;
     const int64_t rows = int64_t(batch) * seq, H = cfg_.hidden_size, F = cfg_.intermediate_size;
     const int nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim;
@@ -490,7 +551,8 @@ class TransformerModel final : public Model {
     const double eps = cfg_.rms_norm_eps;
     // True when the run ends here (stop_after).
     auto observe = [&](LinearSlot s, const float* x, int64_t cols) {
-      if (hook && *hook) (*hook)(layer, s, backend::MatView{x, rows, cols, backend::Device::CUDA});
+      if (hook && *hook && int(s) >= observe_from)
+        (*hook)(layer, s, backend::MatView{x, rows, cols, backend::Device::CUDA});
       return int(s) == stop_after;
     };
     dx_.reserve(rows * H);
@@ -500,23 +562,28 @@ class TransformerModel final : public Model {
     da_.reserve(rows * QD);
     dg_.reserve(rows * F);
     du_.reserve(rows * F);
-    float *x = dx_.data(), *q = dq_.data(), *k = dk_.data(), *v = dv_.data(), *a = da_.data(),
-          *g = dg_.data(), *u = du_.data();
+    float *x = dx_.data(), *q = dq_.data(), *k = dk_.data(), *v = dv_.data(), *g = dg_.data(),
+          *u = du_.data();
+    const float* a = cached_a;
     // --- attention ---
-    dv::rms_norm(h, dblk_.input_norm.data(), rows, H, eps, x);
-    if (observe(LinearSlot::Q, x, H)) return;
-    device_linear(LinearSlot::Q, x, rows, q);
-    if (observe(LinearSlot::K, x, H)) return;
-    device_linear(LinearSlot::K, x, rows, k);
-    if (observe(LinearSlot::V, x, H)) return;
-    device_linear(LinearSlot::V, x, rows, v);
-    if (cfg_.qk_norm) {
-      dv::rms_norm(q, dblk_.q_norm.data(), rows * nh, hd, eps, q);
-      dv::rms_norm(k, dblk_.k_norm.data(), rows * nkv, hd, eps, k);
+    if (!a) {
+      dv::rms_norm(h, dblk_.input_norm.data(), rows, H, eps, x);
+      if (observe(LinearSlot::Q, x, H)) return;
+      device_linear(LinearSlot::Q, x, rows, q);
+      if (observe(LinearSlot::K, x, H)) return;
+      device_linear(LinearSlot::K, x, rows, k);
+      if (observe(LinearSlot::V, x, H)) return;
+      device_linear(LinearSlot::V, x, rows, v);
+      if (cfg_.qk_norm) {
+        dv::rms_norm(q, dblk_.q_norm.data(), rows * nh, hd, eps, q);
+        dv::rms_norm(k, dblk_.k_norm.data(), rows * nkv, hd, eps, k);
+      }
+      dv::rope(q, rows, QD, nh, hd, seq, dcos_.data(), dsin_.data());
+      dv::rope(k, rows, KD, nkv, hd, seq, dcos_.data(), dsin_.data());
+      float* ao = store_a ? store_a : da_.data();  // computed straight into the cache
+      dv::causal_attention(q, k, v, batch, seq, nh, nkv, hd, ao);
+      a = ao;
     }
-    dv::rope(q, rows, QD, nh, hd, seq, dcos_.data(), dsin_.data());
-    dv::rope(k, rows, KD, nkv, hd, seq, dcos_.data(), dsin_.data());
-    dv::causal_attention(q, k, v, batch, seq, nh, nkv, hd, a);
     if (observe(LinearSlot::O, a, QD)) return;
     device_linear(LinearSlot::O, a, rows, x);
     dv::add_inplace(h, x, rows * H);

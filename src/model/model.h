@@ -82,9 +82,18 @@ class Model {
   // views. stop_after >= 0 (a LinearSlot, out == nullptr): each batch ends right after that
   // slot's input was observed. Same function as run_block up to fp32 summation order. Returns
   // false, touching nothing, when a linear of the block has no dense_form() (use the CPU).
+  // observe_from (a LinearSlot; kNumLinearSlots: none): the hook is called only for slots >=
+  // observe_from, which lets the runner serve the attention output (o_proj's input) from its
+  // cache of the last run when observe_from > V and nothing it depends on changed: the layer,
+  // the contents of `in` (device fingerprint), n_samples, seq, q/k/v weights and the norms.
+  // The cache holds one block's attention outputs on the GPU when they fit in a quarter of
+  // the free GPU memory (GPTQ's true-sequential stages and the final pass then run attention
+  // once per block instead of four times).
   virtual bool run_block_device(int layer, const float* in, float* out, int n_samples, int seq,
                                 int batch, const LinearHook* hook = nullptr,
-                                int stop_after = -1) = 0;
+                                int stop_after = -1, int observe_from = 0) = 0;
+  // Drops the attention-output cache of run_block_device (frees its GPU memory).
+  virtual void release_device_cache() = 0;
   virtual void final_norm(float* hidden, int64_t rows) const = 0;
   virtual void lm_head(const float* hidden, int64_t rows, float* logits) const = 0;
   // Full forward: ids [batch*seq] -> logits [batch*seq, vocab].

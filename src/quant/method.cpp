@@ -478,7 +478,8 @@ void BlockJob::forward_device(float* dev_out) {
   LLMC_CHECK(dev_inputs != nullptr && seq > 0, "forward_device without device inputs");
   const double t0 = now_s();
   const int64_t per = int64_t(seq) * hidden();
-  if (!model.run_block_device(layer, dev_inputs, dev_out, n_samples, seq, batch)) {
+  if (!model.run_block_device(layer, dev_inputs, dev_out, n_samples, seq, batch, nullptr, -1,
+                              kNumLinearSlots)) {
     std::vector<float> y;
     run(nullptr, &y);
     backend::dev::upload_async(dev_out, y.data(), int64_t(n_samples) * per);
@@ -498,7 +499,8 @@ void BlockJob::for_each_input(LinearSlot slot,
       if (s == slot) fn(x);
     };
     const LinearHook th = timed_hook(&hook, true, &seconds_stats);
-    if (model.run_block_device(layer, dev_inputs, nullptr, n_samples, seq, b, &th, int(slot))) {
+    if (model.run_block_device(layer, dev_inputs, nullptr, n_samples, seq, b, &th, int(slot),
+                               int(slot))) {
       seconds_forward += now_s() - t0 - (seconds_stats - s0);
       return;
     }

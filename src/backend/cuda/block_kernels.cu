@@ -154,6 +154,21 @@ __global__ void abs_max_kernel(const float* x, int64_t n, unsigned int* out) {
   if (threadIdx.x == 0) atomicMax(out, __float_as_uint(m));
 }
 
+// XOR over elements of a 64-bit mix of (bits, index): order-free, so deterministic.
+__global__ void fingerprint_kernel(const float* x, int64_t n, unsigned long long* out) {
+  unsigned long long acc = 0;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    unsigned long long z = (unsigned long long)__float_as_uint(x[e]) ^
+                           ((unsigned long long)e * 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    acc ^= z ^ (z >> 31);
+  }
+  for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+  if ((threadIdx.x & 31) == 0) atomicXor(out, acc);
+}
+
 // sums[c] += Σ |x[r, c]| over the block's row range.
 __global__ void col_abs_sum_kernel(const float* x, int64_t rows, int64_t cols, int64_t rows_per,
                                    double* sums) {
@@ -348,6 +363,21 @@ float blk_abs_max(const float* x, int64_t n) {
   float r;
   std::memcpy(&r, &bits, sizeof(r));
   return r;
+}
+
+uint64_t blk_fingerprint(const float* x, int64_t n) {
+  Context& c = ctx();
+  std::lock_guard<std::mutex> g(c.mu);
+  auto* d = static_cast<unsigned long long*>(scratch(kReduce).get(sizeof(unsigned long long)));
+  LLMC_CU(cudaMemsetAsync(d, 0, sizeof(unsigned long long), c.s[0]));
+  if (n > 0) {
+    fingerprint_kernel<<<grid_for(n, 256, 4096), 256, 0, c.s[0]>>>(x, n, d);
+    LLMC_CU_LAUNCH("fingerprint_kernel");
+  }
+  unsigned long long r = 0;
+  LLMC_CU(cudaMemcpyAsync(&r, d, sizeof(r), cudaMemcpyDeviceToHost, c.s[0]));
+  LLMC_CU(cudaStreamSynchronize(c.s[0]));
+  return uint64_t(r) ^ uint64_t(n);
 }
 
 void blk_act_quant(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols) {

@@ -65,6 +65,7 @@ void blk_silu_mul(const float* g, const float* u, float* out, int64_t n);
 void blk_add(float* y, const float* x, int64_t n);
 void blk_act_quant(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);
 float blk_abs_max(const float* x, int64_t n);
+uint64_t blk_fingerprint(const float* x, int64_t n);
 void blk_col_abs_sum(const float* x, int64_t rows, int64_t cols, double* sums);
 void blk_gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int64_t stride,
                      float* out, int64_t count);
