@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <set>
 
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
@@ -40,16 +39,6 @@ class ZeroLinear : public Linear {
   int64_t out_, in_;
   mutable std::vector<float> zeros_;
 };
-
-template <typename T>
-T extra_or(const QuantSpec& spec, const char* key, T def) {
-  if (!spec.extra.contains(key)) return def;
-  try {
-    return spec.extra.at(key).get<T>();
-  } catch (const std::exception& e) {
-    fail("method ", spec.method, ": option '", key, "' has the wrong type (", e.what(), ")");
-  }
-}
 
 struct AwqOptions {
   QuantGrid grid;
@@ -88,36 +77,20 @@ struct MappingResult {
 class AwqQuantizer : public BlockQuantizer {
  public:
   explicit AwqQuantizer(const QuantSpec& spec) : spec_(spec) {
-    static const std::set<std::string> known = {"grid", "clip_steps", "max_shrink",
-                                                "loss_tokens", "loss", "solver", "duo",
-                                                "act_order", "mse", "block_size",
-                                                "sym_full_range"};
-    for (const auto& [k, v] : spec.extra.items())
-      if (!known.count(k)) fail("method ", spec.method, ": unknown option '", k, "'");
+    check_method_options(find_method(spec.method), spec.extra);  // types and ranges: the row
     o_.grid.bits = spec.bits;
     o_.grid.symmetric = spec.symmetric;
     o_.grid.fp16_scales =
         !spec.layout.empty() && find_layout(spec.layout).scale_dtype == DType::F16;
     o_.group = spec.group;
     if (o_.group == 0) fail("method ", spec.method, ": AWQ needs a group size > 0 or -1");
-    o_.grid_points = extra_or<int>(spec, "grid", 20);
-    o_.clip_steps = extra_or<int>(spec, "clip_steps", 20);
-    o_.max_shrink = extra_or<double>(spec, "max_shrink", 0.5);
-    o_.loss_tokens = extra_or<int64_t>(spec, "loss_tokens", 2048);
-    const std::string loss = extra_or<std::string>(spec, "loss", "module");
-    if (loss != "module" && loss != "linear")
-      fail("method ", spec.method, ": unknown loss '", loss, "' (known: module, linear)");
-    o_.module_loss = loss == "module";
-    o_.duo = extra_or<bool>(spec, "duo", true);
-    const std::string solver = extra_or<std::string>(spec, "solver", "clip");
-    if (solver != "clip" && solver != "gptq")
-      fail("method ", spec.method, ": unknown solver '", solver, "' (known: clip, gptq)");
-    o_.gptq = solver == "gptq";
-    if (o_.grid_points < 1 || o_.grid_points > 1000 || o_.clip_steps < 0 ||
-        o_.clip_steps > 1000 || !(o_.max_shrink >= 0 && o_.max_shrink < 1) ||
-        o_.loss_tokens < 1)
-      fail("method ", spec.method, ": AWQ options out of range (grid 1..1000, clip_steps "
-           "0..1000, max_shrink [0, 1), loss_tokens >= 1)");
+    o_.grid_points = method_opt<int>(spec, "grid");
+    o_.clip_steps = method_opt<int>(spec, "clip_steps");
+    o_.max_shrink = method_opt<double>(spec, "max_shrink");
+    o_.loss_tokens = method_opt<int64_t>(spec, "loss_tokens");
+    o_.module_loss = method_opt<std::string>(spec, "loss") == "module";
+    o_.duo = method_opt<bool>(spec, "duo");
+    o_.gptq = method_opt<std::string>(spec, "solver") == "gptq";
     if (o_.gptq) o_.gptq_opts = gptq_block_options(spec);
   }
 

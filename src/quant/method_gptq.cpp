@@ -28,16 +28,6 @@ LinearSlot input_key(LinearSlot s) {
   }
 }
 
-template <typename T>
-T extra_or(const QuantSpec& spec, const char* key, T def) {
-  if (!spec.extra.contains(key)) return def;
-  try {
-    return spec.extra.at(key).get<T>();
-  } catch (const std::exception& e) {
-    fail("method ", spec.method, ": option '", key, "' has the wrong type (", e.what(), ")");
-  }
-}
-
 struct ModeRow {
   const char* name;
   ActOrderMode mode;
@@ -48,6 +38,8 @@ constexpr ModeRow kModes[] = {{"static", ActOrderMode::Static},
 
 }  // namespace
 
+// Option values come from the method row (quant/method.cpp), which checked their type and range
+// in resolve_spec / check_method_options; method_opt gives the row's default when one is absent.
 GptqBlockOptions gptq_block_options(const QuantSpec& spec) {
   GptqBlockOptions o;
   GptqOptions& l = o.linear;
@@ -55,29 +47,19 @@ GptqBlockOptions gptq_block_options(const QuantSpec& spec) {
   l.grid.symmetric = spec.symmetric;
   l.grid.fp16_scales =
       !spec.layout.empty() && find_layout(spec.layout).scale_dtype == DType::F16;
-  l.grid.search_steps = extra_or<int>(spec, "mse", 20);
-  l.grid.sym_full_range = extra_or<bool>(spec, "sym_full_range", true);
-  if (l.grid.search_steps < 0 || l.grid.search_steps > 1000)
-    fail("method ", spec.method, ": option 'mse' must be in [0, 1000]");
+  l.grid.search_steps = method_opt<int>(spec, "mse");
+  l.grid.sym_full_range = method_opt<bool>(spec, "sym_full_range");
   l.group = spec.group;
   if (l.group == 0) fail("method ", spec.method, ": GPTQ needs a group size > 0 or -1");
   l.damp = spec.damp;
-  l.block_size = extra_or<int>(spec, "block_size", 128);
-  if (l.block_size < 1) fail("method ", spec.method, ": option 'block_size' must be >= 1");
+  l.block_size = method_opt<int>(spec, "block_size");
   o.true_sequential = spec.true_sequential;
-  const std::string solver = extra_or<std::string>(spec, "solver", "gptq");
-  if (solver != "gptq" && solver != "rtn")
-    fail("method ", spec.method, ": unknown solver '", solver, "' (known: gptq, rtn)");
-  o.rtn = solver == "rtn";
+  o.rtn = method_opt<std::string>(spec, "solver") == "rtn";
   o.act_order = ActOrderMode::Off;
   if (spec.act_order) {
-    const std::string m = extra_or<std::string>(spec, "act_order", "permute");
-    bool found = false;
+    const std::string m = method_opt<std::string>(spec, "act_order");
     for (const ModeRow& r : kModes)
-      if (m == r.name) o.act_order = r.mode, found = true;
-    if (!found)
-      fail("method ", spec.method, ": unknown act-order mode '", m,
-           "' (known: static, dynamic, permute)");
+      if (m == r.name) o.act_order = r.mode;
   }
   return o;
 }
@@ -242,11 +224,7 @@ namespace {
 class GptqQuantizer : public BlockQuantizer {
  public:
   explicit GptqQuantizer(const QuantSpec& spec) : spec_(spec), opt_(gptq_block_options(spec)) {
-    for (const auto& [k, v] : spec.extra.items())
-      if (k != "act_order" && k != "mse" && k != "block_size" && k != "sym_full_range" &&
-          k != "solver")
-        fail("method ", spec.method, ": unknown option '", k,
-             "' (known: act_order, mse, block_size, sym_full_range, solver)");
+    check_method_options(find_method(spec.method), spec.extra);
     if (spec.layout == "gptq" && !spec.symmetric)
       fail("--layout gptq cannot store asymmetric GPTQ (it stores zero-1 and zero would be -1); "
            "use --layout compressed-tensors (the default for --asym) or --sym");
