@@ -162,14 +162,14 @@ namespace {
 
 DenseLinear& dense_of(BlockWeights& w, LinearSlot s) {
   auto* d = dynamic_cast<DenseLinear*>(w.linear[int(s)].get());
-  if (!d) fail("AWQ folding: ", linear_slot_name(s), " is not a dense (unquantized) layer");
+  if (!d) fail("AWQ folding: ", "linear ", int(s), " is not a dense (unquantized) layer");
   return *d;
 }
 
 void fold_columns(BlockWeights& w, LinearSlot slot, const std::vector<float>& s) {
   DenseLinear& d = dense_of(w, slot);
   if (int64_t(s.size()) != d.in_features())
-    fail("AWQ folding: ", linear_slot_name(slot), " has ", d.in_features(), " inputs, scales ",
+    fail("AWQ folding: ", "linear ", int(slot), " has ", d.in_features(), " inputs, scales ",
          s.size());
   scale_columns(d.weight(), d.out_features(), d.in_features(), s);
 }
@@ -177,7 +177,7 @@ void fold_columns(BlockWeights& w, LinearSlot slot, const std::vector<float>& s)
 void fold_rows(BlockWeights& w, LinearSlot slot, const std::vector<float>& s) {
   DenseLinear& d = dense_of(w, slot);
   if (int64_t(s.size()) != d.out_features())
-    fail("AWQ folding: ", linear_slot_name(slot), " has ", d.out_features(), " outputs, scales ",
+    fail("AWQ folding: ", "linear ", int(slot), " has ", d.out_features(), " outputs, scales ",
          s.size());
   std::vector<float> wt = d.weight(), b = d.bias();
   divide_rows(wt, b, d.out_features(), d.in_features(), s);

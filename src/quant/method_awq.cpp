@@ -122,6 +122,7 @@ class AwqQuantizer : public BlockQuantizer {
   }
 
   void quantize_block(BlockJob& job) override;
+  void awq_moe_block(BlockJob& job);
 
   void finish(nlohmann::json& summary) override {
     nlohmann::json j = {{"linears", linears_},
@@ -152,11 +153,15 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   LLMC_CHECK(job.has_inputs(), "AWQ needs calibration inputs");
   const ModelConfig& cfg = job.config();
   BlockWeights& bw = job.weights;
+  if (job.layout().moe()) {
+    awq_moe_block(job);
+    return;
+  }
   auto quantized = [&](S s) { return !job.ignored(s); };
   auto any = [&](std::initializer_list<S> l) {
     return std::any_of(l.begin(), l.end(), [&](S s) { return quantized(s); });
   };
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < job.num_modules(); ++s)
     if (quantized(S(s))) job.check_finite(S(s));
 
   // ---- 1. statistics ----
@@ -195,7 +200,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
 
   // Original weights (for RTN's error in the report).
   std::map<int, std::vector<float>> orig;
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < job.num_modules(); ++s)
     if (quantized(S(s))) orig[s] = job.dense(S(s)).weight();
 
   auto fq = [&](S s, const std::vector<float>& sc) {
@@ -248,7 +253,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
                          linear_sum_loss({S::Q, S::K, S::V}, H.at(int(S::Q))));
     fold.qkv = maps["qkv"].scales;
   } else if (any({S::Q, S::K, S::V})) {
-    std::array<std::shared_ptr<Linear>, kNumLinearSlots> saved = bw.linear;
+    std::vector<std::shared_ptr<Linear>> saved = bw.linear;
     for (S s : {S::Gate, S::Up, S::Down})
       bw.linear[int(s)] = std::make_shared<ZeroLinear>(saved[int(s)]->out_features(),
                                                        saved[int(s)]->in_features());
@@ -350,7 +355,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   if (o_.gptq) {
     gptq_quantize_block(job, o_.gptq_opts, &gstats_);
     for (auto& [s, e] : rtn_err) {
-      nlohmann::json& r = job.report[s];
+      nlohmann::json& r = job.report[size_t(s)];
       r["rel_error_rtn"] = e;
       auto it = maps.find(mapping_of(S(s)));
       r["awq_alpha"] = it == maps.end() ? -1.0 : it->second.alpha;
@@ -367,7 +372,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
       fold.mlp.empty() ? H.at(int(S::Gate)) : scale_hessian(H.at(int(S::Gate)), fold.mlp);
   Hs[int(S::Down)] =
       fold.down.empty() ? H.at(int(S::Down)) : scale_hessian(H.at(int(S::Down)), fold.down);
-  for (int si = 0; si < kNumLinearSlots; ++si) {
+  for (int si = 0; si < job.num_modules(); ++si) {
     const S s = S(si);
     if (!quantized(s)) continue;
     const DenseLinear& d = job.dense(s);
@@ -388,6 +393,11 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     sum_rel_rtn_ += rtn_err[si];
     job.commit(s, std::move(qw), rep);
   }
+}
+
+void AwqQuantizer::awq_moe_block(BlockJob& job) {
+  fail("int4_awq: layer ", job.layer, " is a mixture-of-experts block, which AWQ does not "
+       "quantize yet (use int4_gptq)");
 }
 
 }  // namespace
