@@ -95,17 +95,21 @@ std::vector<bool> ignored_slots(const BlockJob& job, const IgnoreRules& rules) {
 // AutoAWQ and compressed-tensors' kernels all need whole groups. Checked before any work.
 void check_group_size(const QuantSpec& spec, const ModelConfig& c) {
   if (spec.group <= 0) return;
+  bool dense_mlp = false;  // some layer has a dense MLP (of intermediate_size)
+  for (int l = 0; l < c.num_layers; ++l) dense_mlp |= !c.is_moe_layer(l);
   const struct {
     const char* modules;
     int64_t in;
-  } ins[] = {{"q/k/v/gate/up_proj (hidden_size)", c.hidden_size},
-             {"o_proj (num_attention_heads x head_dim)", int64_t(c.num_heads) * c.head_dim},
-             {"down_proj (intermediate_size)", c.intermediate_size},
-             {"experts' down_proj (moe_intermediate_size)", c.moe_intermediate_size},
+    bool used;
+  } ins[] = {{"q/k/v/gate/up_proj (hidden_size)", c.hidden_size, true},
+             {"o_proj (num_attention_heads x head_dim)", int64_t(c.num_heads) * c.head_dim, true},
+             {"down_proj (intermediate_size)", c.intermediate_size, dense_mlp},
+             {"experts' down_proj (moe_intermediate_size)", c.moe_intermediate_size,
+              c.num_experts > 0},
              {"shared expert's down_proj (shared_expert_intermediate_size)",
-              c.shared_expert_intermediate_size}};
+              c.shared_expert_intermediate_size, c.shared_expert_intermediate_size > 0}};
   for (const auto& x : ins)
-    if (x.in > 0 && x.in % spec.group != 0)
+    if (x.used && x.in % spec.group != 0)
       fail("--group-size ", spec.group, " does not divide the in_features ", x.in, " of ",
            x.modules, "; choose a divisor (vLLM serves -1, 32, 64, 128)");
 }
