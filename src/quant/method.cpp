@@ -381,7 +381,9 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
 // BlockJob
 
 BlockJob::BlockJob(Model& m, int l, const QuantSpec& s, BlockWeights& w)
-    : model(m), layer(l), spec(s), weights(w), ignored([](LinearSlot) { return false; }) {
+    : model(m), layer(l), spec(s), weights(w) {
+  // Default: what the block layout quantizes (MoE routers stay dense).
+  ignored = [this](LinearSlot x) { return !layout().at(x).quantize; };
   quantized.resize(size_t(layout().size()));
   report.resize(size_t(layout().size()));
 }

@@ -214,7 +214,8 @@ struct BlockJob {
   const float* dev_inputs = nullptr;
   int n_samples = 0, seq = 0;
   int batch = 8;                    // samples per block run inside run()/for_each_input()
-  std::function<bool(LinearSlot)> ignored;  // true: leave this slot unquantized
+  // true: leave this module unquantized (default: the layout's BlockModule::quantize == false).
+  std::function<bool(LinearSlot)> ignored;
 
   // Results, filled through commit(); indexed by module (layout()).
   std::vector<std::optional<QuantizedWeight>> quantized;

@@ -1,0 +1,198 @@
+// Mixture of experts (qwen3-moe-tiny): calibration routing, the starved-expert fallback, every
+// method end to end with per-expert tensors, loaded back through WeightLoader.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "eval/quality.h"
+#include "formats/checkpoint.h"
+#include "loader/weight_loader.h"
+#include "model/model.h"
+#include "quant/awq.h"
+#include "quant/gptq.h"
+#include "quant/layouts.h"
+#include "quant/method.h"
+#include "quant/pipeline.h"
+#include "testing.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace llmc;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The router with expert `masked` never chosen: a real zero-token expert.
+class MaskedRouter : public Linear {
+ public:
+  MaskedRouter(std::shared_ptr<Linear> inner, int masked) : inner_(std::move(inner)), masked_(masked) {}
+  int64_t in_features() const override { return inner_->in_features(); }
+  int64_t out_features() const override { return inner_->out_features(); }
+  void forward(const float* x, int64_t rows, float* y) const override {
+    inner_->forward(x, rows, y);
+    for (int64_t r = 0; r < rows; ++r) y[r * out_features() + masked_] = -1e30f;
+  }
+  uint64_t bytes_held() const override { return 0; }
+
+ private:
+  std::shared_ptr<Linear> inner_;
+  int masked_;
+};
+
+// qwen3-moe-tiny layer 0 with 8 windows of 64 held-out tokens as calibration inputs.
+struct MoeBlock {
+  Checkpoint ck = open_checkpoint(test::model_dir("qwen3-moe-tiny"));
+  std::unique_ptr<Model> model = Model::load(ck);
+  std::vector<float> x;
+  int n = 8, seq = 64;
+  MoeBlock() {
+    const Tokenizer tok = Tokenizer::from_json_text(ck.aux_files.at("tokenizer.json"), "moe");
+    std::vector<int32_t> ids =
+        tok.encode(read_text_file(test::data_path("eval/heldout.txt")).substr(0, 20000));
+    ids.resize(size_t(n * seq));
+    x.resize(ids.size() * size_t(model->config().hidden_size));
+    model->embed(ids.data(), int64_t(ids.size()), x.data());
+  }
+  const BlockLayout& L() const { return model->layout(0); }
+  void mask_expert(int e) {
+    BlockWeights& w = model->block(0);
+    const size_t r = size_t(L().find(ModuleRole::Router));
+    w.linear[r] = std::make_shared<MaskedRouter>(w.linear[r], e);
+  }
+  std::vector<float> weight(int s) {
+    return static_cast<const DenseLinear&>(*model->block(0).linear[size_t(s)]).weight();
+  }
+  // Hessian of the MLP input over every calibration token (the router's input).
+  std::vector<double> all_token_hessian() {
+    HessianAccumulator a(model->config().hidden_size);
+    const LinearSlot r = LinearSlot(L().find(ModuleRole::Router));
+    LinearHook hook = [&](int, LinearSlot s, const backend::MatView& v) {
+      if (s == r) a.add(v);
+    };
+    std::vector<float> h = x;
+    model->run_block(0, h.data(), n, seq, &hook);
+    return a.hessian();
+  }
+  std::unique_ptr<BlockJob> run(const std::string& method, const QuantSpec& spec) {
+    auto job = std::make_unique<BlockJob>(*model, 0, spec, model->block(0));
+    job->inputs = x.data();
+    job->n_samples = n;
+    job->seq = seq;
+    job->batch = 4;
+    find_method(method).factory(spec)->quantize_block(*job);
+    return job;
+  }
+};
+
+QuantSpec spec_of(const std::string& method, QuantOverrides o = {}) {
+  return resolve_spec(find_method(method), o);
+}
+
+bool all_finite(const std::vector<float>& v) {
+  for (float f : v)
+    if (!std::isfinite(f)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST(MoeCalib, RoutedStatisticsCountTheTokensOfEachExpert) {
+  MoeBlock b;
+  QuantOverrides o;
+  o.group = 32;
+  auto job = b.run("int4_gptq", spec_of("int4_gptq", o));
+  const BlockLayout& L = b.L();
+  ASSERT_EQ(job->expert_tokens.size(), 8u);
+  int64_t sum = 0;
+  for (int e = 0; e < 8; ++e) {
+    sum += job->expert_tokens[size_t(e)];
+    const int g = L.find(ModuleRole::Gate, e), d = L.find(ModuleRole::Down, e);
+    ASSERT_TRUE(job->quantized[size_t(g)].has_value()) << e;
+    ASSERT_TRUE(job->quantized[size_t(d)].has_value()) << e;
+    if (job->expert_stats[size_t(e)] == "routed") {
+      EXPECT_GE(job->expert_tokens[size_t(e)], 16);
+      EXPECT_EQ(job->report[size_t(g)]["rows"], job->expert_tokens[size_t(e)]) << e;
+    } else {
+      EXPECT_EQ(job->report[size_t(g)]["rows"], b.n * b.seq) << e;
+    }
+  }
+  EXPECT_EQ(sum, int64_t(b.n) * b.seq * L.top_k);
+  // The router stays dense; attention is quantized from all tokens.
+  EXPECT_FALSE(job->quantized[size_t(L.find(ModuleRole::Router))].has_value());
+  EXPECT_EQ(job->report[0]["rows"], b.n * b.seq);
+}
+
+TEST(MoeCalib, ZeroTokenExpertGetsAllTokenStatisticsFiniteAndBetterThanRtn) {
+  MoeBlock b;
+  b.mask_expert(3);
+  const BlockLayout& L = b.L();
+  const std::vector<double> Hall = b.all_token_hessian();
+  const int g3 = L.find(ModuleRole::Gate, 3), u3 = L.find(ModuleRole::Up, 3);
+  const std::vector<float> wg = b.weight(g3), wu = b.weight(u3);
+  QuantOverrides o;
+  o.group = 32;
+  o.act_order = false;  // gate/up rows stay in their order (no down permutation folded in)
+  auto job = b.run("int4_gptq", spec_of("int4_gptq", o));
+  EXPECT_EQ(job->expert_tokens[3], 0);
+  EXPECT_EQ(job->expert_stats[3].rfind("all-tokens (fallback", 0), 0u) << job->expert_stats[3];
+  for (int s : {g3, u3, L.find(ModuleRole::Down, 3)}) {
+    ASSERT_TRUE(job->quantized[size_t(s)].has_value()) << s;  // never silently skipped
+    EXPECT_TRUE(all_finite(job->quantized[size_t(s)]->dequantize())) << s;
+    EXPECT_EQ(job->report[size_t(s)]["rows"], b.n * b.seq);
+    EXPECT_FALSE(job->report[size_t(s)].value("fallback", false));
+  }
+  // Sensible: on every token of the layer (what the expert would see if a token chose it), the
+  // fallback's output error is below plain rounding's on the same grid.
+  QuantGrid grid;
+  grid.bits = 4;
+  grid.symmetric = true;
+  grid.fp16_scales = true;
+  for (auto [s, w] : {std::pair{g3, &wg}, std::pair{u3, &wu}}) {
+    const int64_t out = L.modules[size_t(s)].out, in = L.modules[size_t(s)].in;
+    const double e_gptq = relative_output_error(w->data(), job->quantized[size_t(s)]->dequantize().data(),
+                                                out, in, Hall.data());
+    const double e_rtn = relative_output_error(
+        w->data(), quantize_grid_rtn(w->data(), out, in, 32, grid).dequantize().data(), out, in,
+        Hall.data());
+    std::printf("  zero-token expert 3 %s: rel output error %.5f (RTN %.5f)\n",
+                L.modules[size_t(s)].name.c_str(), e_gptq, e_rtn);
+    EXPECT_LT(e_gptq, 0.9 * e_rtn);
+  }
+}
+
+TEST(MoeCalib, ZeroTokenExpertUnderFp8StaticHasAFiniteInputScale) {
+  MoeBlock b;
+  b.mask_expert(5);
+  auto job = b.run("fp8_static", spec_of("fp8_static"));
+  const BlockLayout& L = b.L();
+  EXPECT_EQ(job->expert_tokens[5], 0);
+  for (int s : {L.find(ModuleRole::Gate, 5), L.find(ModuleRole::Down, 5)}) {
+    ASSERT_TRUE(job->quantized[size_t(s)].has_value());
+    const QuantizedWeight& q = *job->quantized[size_t(s)];
+    EXPECT_TRUE(std::isfinite(q.input_scale));
+    EXPECT_GT(q.input_scale, 0.0f);
+    EXPECT_TRUE(all_finite(q.dequantize()));
+  }
+}
+
+TEST(MoeCalib, AllExpertsOptionObservesEveryTokenForStatisticsOnly) {
+  MoeBlock b;
+  QuantOverrides o;
+  o.group = 32;
+  o.moe_all_experts = true;
+  auto job = b.run("int4_gptq", spec_of("int4_gptq", o));
+  const BlockLayout& L = b.L();
+  int64_t sum = 0;
+  for (int e = 0; e < 8; ++e) {
+    EXPECT_EQ(job->expert_stats[size_t(e)], "all-tokens (--moe-calib all-experts)");
+    EXPECT_EQ(job->report[size_t(L.find(ModuleRole::Up, e))]["rows"], b.n * b.seq);
+    sum += job->expert_tokens[size_t(e)];  // still the routed counts
+  }
+  EXPECT_EQ(sum, int64_t(b.n) * b.seq * L.top_k);
+  QuantOverrides bad;
+  bad.moe_min_tokens = 0;
+  EXPECT_NE(test::error_of([&] { spec_of("int4_gptq", bad); }).find("--moe-min-tokens"), std::string::npos);
+}
