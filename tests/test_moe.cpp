@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -196,3 +197,128 @@ TEST(MoeCalib, AllExpertsOptionObservesEveryTokenForStatisticsOnly) {
   bad.moe_min_tokens = 0;
   EXPECT_NE(test::error_of([&] { spec_of("int4_gptq", bad); }).find("--moe-min-tokens"), std::string::npos);
 }
+
+namespace {
+std::vector<float> randu(size_t n, float lo, float hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+}  // namespace
+
+// Folding AWQ scales into a MoE block (one post-norm scale into the router and every expert,
+// each expert's own up -> down scale) leaves the logits unchanged, routing included.
+TEST(MoeAwq, FoldIntoRouterAndEveryExpertPreservesTheFunction) {
+  const Checkpoint ck = open_checkpoint(test::model_dir("qwen3-moe-tiny"));
+  auto model = Model::load(ck);
+  const ModelConfig& c = model->config();
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 64; ++i) ids.push_back((i * 977 + 3) % c.vocab_size);
+  const std::vector<int64_t> r0 = model->routed_tokens(1);
+  const auto before = model->forward(ids, 2, 32);
+  const std::vector<int64_t> r1 = model->routed_tokens(1);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const BlockLayout& L = model->layout(l);
+    BlockWeights& w = model->block(l);
+    const std::vector<float> router0 =
+        static_cast<const DenseLinear&>(*w.linear[size_t(L.find(ModuleRole::Router))]).weight();
+    AwqFold f;
+    f.qkv = randu(size_t(c.hidden_size), 0.5f, 2.0f, 10 + l);
+    f.mlp = randu(size_t(c.hidden_size), 0.25f, 4.0f, 20 + l);
+    for (int e = 0; e < L.num_experts; ++e)
+      f.expert_down[e] = randu(size_t(c.moe_intermediate_size), 0.25f, 4.0f, 100 * l + e);
+    apply_awq_fold(w, f, c, &L);
+    const auto& router1 =
+        static_cast<const DenseLinear&>(*w.linear[size_t(L.find(ModuleRole::Router))]).weight();
+    EXPECT_NE(router1, router0);  // the router's columns carry the scale too
+    EXPECT_FLOAT_EQ(router1[5], router0[5] * f.mlp[5]);
+  }
+  const auto after = model->forward(ids, 2, 32);
+  const std::vector<int64_t> r2 = model->routed_tokens(1);
+  for (size_t e = 0; e < r0.size(); ++e) EXPECT_EQ(r2[e] - r1[e], r1[e] - r0[e]) << e;  // same routing
+  double num = 0, den = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    num += double(after[i] - before[i]) * (after[i] - before[i]);
+    den += double(before[i]) * before[i];
+  }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+  AwqFold bad;
+  bad.expert_down[9] = std::vector<float>(96, 1.0f);
+  EXPECT_THROW(apply_awq_fold(model->block(0), bad, c, &model->layout(0)), Error);
+  EXPECT_THROW(apply_awq_fold(model->block(0), bad, c), Error);
+}
+
+// Every method quantizes qwen3-moe-tiny: per-expert tensors in the method's layout, the router
+// dense and listed as ignored, loaded back through WeightLoader, quality bounded.
+struct MoeMethodCase {
+  std::string method;
+  std::string tensor;  // suffix of an expert's quantized tensor ("" = dense output)
+  double max_ratio;    // ppl ratio on a small held-out slice (16 x 128 calibration)
+};
+
+class MoeMethod : public ::testing::TestWithParam<MoeMethodCase> {};
+
+TEST_P(MoeMethod, QuantizesEveryExpertAndLoadsBack) {
+  const MoeMethodCase& c = GetParam();
+  const fs::path out = test::temp_dir("moe-" + c.method) / "out";
+  QuantizeOptions o;
+  o.input = test::model_dir("qwen3-moe-tiny");
+  o.output = out;
+  o.method = c.method;
+  o.num_samples = 16;
+  o.seq_len = 128;
+  o.quality.enabled = false;
+  const bool grouped = c.method == "int4_gptq" || c.method == "int4_awq" || c.method == "int2";
+  if (grouped) o.overrides.group = 32;
+  const QuantizeResult r = quantize_model(o);
+  const bool dense = c.tensor.empty();
+  EXPECT_EQ(r.quantized_linears, dense ? 0 : 4 * (4 + 8 * 3));
+  const Checkpoint ck = open_checkpoint(out);
+  const std::string e = "model.layers.2.mlp.experts.6.down_proj.";
+  if (!dense) {
+    EXPECT_TRUE(ck.tensors->has(e + c.tensor)) << e + c.tensor;
+    EXPECT_FALSE(ck.tensors->has(e + "weight") && c.tensor != "weight");
+    EXPECT_TRUE(ck.tensors->has("model.layers.2.mlp.gate.weight"));  // router dense
+    const json& qc = ck.config.at("quantization_config");
+    const std::string ign = qc.dump();
+    // compressed-tensors / awq list the name, gptq a "-:" regex with escaped dots.
+    EXPECT_TRUE(ign.find("model.layers.2.mlp.gate\"") != std::string::npos ||
+                ign.find("layers\\\\.2\\\\.mlp\\\\.gate$") != std::string::npos)
+        << ign;
+    WeightLoader wl(out);
+    EXPECT_EQ(wl.quantized_modules().size(), size_t(4 * (4 + 8 * 3)));
+    const QuantizedWeight q = wl.quantized("model.layers.2.mlp.experts.6.down_proj");
+    EXPECT_EQ(q.out, 128);
+    EXPECT_EQ(q.in, 96);
+    EXPECT_TRUE(all_finite(q.dequantize()));
+  }
+  const json rep = json::parse(read_text_file(out / "llmc_quant_report.json"));
+  if (find_method(c.method).needs_calibration && !dense) {
+    const json& mc = rep["summary"]["moe_calibration"];
+    ASSERT_TRUE(mc.contains("layers")) << rep["summary"].dump();
+    EXPECT_EQ(mc["layers"]["0"]["tokens_per_expert"].size(), 8u);
+    EXPECT_EQ(mc["mode"], "routed");
+  }
+  QualityOptions qo;
+  qo.tokens = 2048;
+  qo.seq_len = 128;
+  const QualityResult qr = quality_check(test::model_dir("qwen3-moe-tiny"), out, qo);
+  ASSERT_TRUE(qr.measured);
+  EXPECT_TRUE(std::isfinite(qr.ppl_quant));
+  EXPECT_LT(qr.ppl_ratio, c.max_ratio) << c.method;
+  EXPECT_GT(qr.ppl_ratio, 0.97) << c.method;
+  std::printf("  %s: ppl ratio %.5f, KL %.5f\n", c.method.c_str(), qr.ppl_ratio, qr.kl);
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, MoeMethod,
+                         ::testing::Values(MoeMethodCase{"int8", "weight_packed", 1.01},
+                                           MoeMethodCase{"int2", "weight_packed", 3.0},
+                                           MoeMethodCase{"fp16", "", 1.001},
+                                           MoeMethodCase{"fp8_static", "weight", 1.03},
+                                           MoeMethodCase{"fp8_dynamic", "weight", 1.03},
+                                           MoeMethodCase{"int8_dynamic", "weight", 1.02},
+                                           MoeMethodCase{"int4_gptq", "qweight", 1.05},
+                                           MoeMethodCase{"int4_awq", "qweight", 1.06}),
+                         [](const auto& info) { return info.param.method; });
