@@ -322,3 +322,48 @@ INSTANTIATE_TEST_SUITE_P(Methods, MoeMethod,
                                            MoeMethodCase{"int4_gptq", "qweight", 1.05},
                                            MoeMethodCase{"int4_awq", "qweight", 1.06}),
                          [](const auto& info) { return info.param.method; });
+
+// vLLM loads a layer's experts as one FusedMoE module: --ignore on one expert's linear leaves
+// every expert of that layer dense (and says so); the router is never quantized.
+TEST(MoeQuantize, IgnoreOnOneExpertWidensToTheLayersExperts) {
+  const fs::path out = test::temp_dir("moe-ignore") / "out";
+  QuantizeOptions o;
+  o.input = test::model_dir("qwen3-moe-tiny");
+  o.output = out;
+  o.method = "int8_dynamic";
+  o.quality.enabled = false;
+  o.ignore = {"layers\\.1\\.mlp\\.experts\\.3\\.down_proj"};
+  const QuantizeResult r = quantize_model(o);
+  EXPECT_EQ(r.quantized_linears, 4 * (4 + 24) - 24);
+  const Checkpoint ck = open_checkpoint(out);
+  for (int e = 0; e < 8; ++e) {
+    EXPECT_TRUE(ck.tensors->has(cat("model.layers.1.mlp.experts.", e, ".up_proj.weight")));
+    EXPECT_FALSE(ck.tensors->has(cat("model.layers.1.mlp.experts.", e, ".up_proj.weight_scale")));
+    EXPECT_TRUE(ck.tensors->has(cat("model.layers.2.mlp.experts.", e, ".up_proj.weight_scale")));
+  }
+  const json ign = ck.config["quantization_config"]["ignore"];
+  EXPECT_NE(ign.dump().find("model.layers.1.mlp.experts.7.gate_proj"), std::string::npos);
+  EXPECT_NE(ign.dump().find("model.layers.0.mlp.gate\""), std::string::npos);
+}
+
+TEST(MoeQuantize, CliMoeCalibOptionAndReport) {
+  const fs::path d = test::temp_dir("moe-cli");
+  std::string out;
+  const std::string base = "quantize --input " + test::model_dir("qwen3-moe-tiny").string() +
+                           " --method int4_gptq --group-size 32 --num-samples 4 --seq-len 32 --no-eval";
+  ASSERT_EQ(0, test::run_cli(base + " -o " + (d / "a").string() + " --moe-calib all-experts", &out)) << out;
+  const json rep = json::parse(read_text_file(d / "a" / "llmc_quant_report.json"));
+  const json& mc = rep["summary"]["moe_calibration"];
+  EXPECT_EQ(mc["mode"], "all-experts");
+  EXPECT_EQ(mc["layers"].size(), 4u);
+  EXPECT_EQ(mc["layers"]["3"]["statistics"][0], "all-tokens (--moe-calib all-experts)");
+  // 4 x 32 tokens, top-2: 256 routed rows per layer, a high minimum makes experts fall back.
+  ASSERT_EQ(0, test::run_cli(base + " -o " + (d / "b").string() + " --moe-min-tokens 40", &out)) << out;
+  EXPECT_NE(out.find("fewer than 40 calibration tokens"), std::string::npos) << out;
+  const json rb = json::parse(read_text_file(d / "b" / "llmc_quant_report.json"));
+  int64_t sum = 0;
+  for (const auto& n : rb["summary"]["moe_calibration"]["layers"]["0"]["tokens_per_expert"]) sum += n.get<int64_t>();
+  EXPECT_EQ(sum, 4 * 32 * 2);
+  EXPECT_NE(test::run_cli(base + " -o " + (d / "c").string() + " --moe-calib some", &out), 0);
+  EXPECT_NE(test::run_cli(base + " -o " + (d / "c").string() + " --moe-min-tokens 0", &out), 0);
+}
