@@ -381,7 +381,9 @@ TEST(MoeQuantize, SharedExpertBlocksThroughEveryCalibratedMethod) {
     "num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": false,
     "moe_intermediate_size": 32, "shared_expert_intermediate_size": 64,
     "rope_theta": 10000.0})");
-  for (const char* method : {"int4_gptq", "int4_awq", "fp8_static", "int8"}) {
+  for (const std::string variant : {"int4_gptq", "int4_awq", "int4_awq:loss=linear",
+                                    "int4_awq:solver=gptq", "fp8_static", "int8"}) {
+    const std::string method = variant.substr(0, variant.find(':'));
     Checkpoint ck = test::synthetic_checkpoint(cfg, 7);
     auto model = Model::load(ck);
     const BlockLayout& L = model->layout(0);
@@ -394,7 +396,11 @@ TEST(MoeQuantize, SharedExpertBlocksThroughEveryCalibratedMethod) {
     std::vector<float> ref = x;
     model->run_block(0, ref.data(), n, seq);
     QuantOverrides o;
-    if (std::string(method).rfind("int4", 0) == 0) o.group = 32;
+    if (method.rfind("int4", 0) == 0) o.group = 32;
+    if (variant.find(':') != std::string::npos) {
+      const std::string kv = variant.substr(variant.find(':') + 1);
+      o.extra[kv.substr(0, kv.find('='))] = kv.substr(kv.find('=') + 1);
+    }
     const QuantSpec spec = spec_of(method, o);
     BlockJob job(*model, 0, spec, model->block(0));
     job.inputs = x.data();
@@ -404,7 +410,7 @@ TEST(MoeQuantize, SharedExpertBlocksThroughEveryCalibratedMethod) {
     for (int s = 0; s < L.size(); ++s) {
       const BlockModule& m = L.modules[size_t(s)];
       const bool dense = m.role == ModuleRole::Router || m.role == ModuleRole::SharedGate;
-      EXPECT_EQ(job.quantized[size_t(s)].has_value(), !dense) << method << " " << m.name;
+      EXPECT_EQ(job.quantized[size_t(s)].has_value(), !dense) << variant << " " << m.name;
     }
     std::vector<float> y = x;
     model->run_block(0, y.data(), n, seq);
@@ -413,7 +419,7 @@ TEST(MoeQuantize, SharedExpertBlocksThroughEveryCalibratedMethod) {
       num += double(y[i] - ref[i]) * (y[i] - ref[i]);
       den += double(ref[i] - x[i]) * (ref[i] - x[i]);  // relative to the block's own update
     }
-    std::printf("  %s: block update rel error %.4f\n", method, std::sqrt(num / den));
-    EXPECT_LT(std::sqrt(num / den), 0.25) << method;
+    std::printf("  %s: block update rel error %.4f\n", variant.c_str(), std::sqrt(num / den));
+    EXPECT_LT(std::sqrt(num / den), 0.25) << variant;
   }
 }
