@@ -10,6 +10,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "formats/checkpoint.h"
+#include "model/arch.h"
 #include "model/config.h"
 
 namespace llmc::test {
@@ -60,8 +61,7 @@ inline Checkpoint synthetic_checkpoint(const json& config, uint32_t seed = 1, DT
   const ModelConfig c = ModelConfig::from_json(config, "synthetic/config.json");
   std::mt19937 rng(seed);
   auto mem = std::make_unique<MemReader>();
-  const int64_t H = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
-  const int64_t QD = int64_t(c.num_heads) * c.head_dim, KD = int64_t(c.num_kv_heads) * c.head_dim;
+  const int64_t H = c.hidden_size, V = c.vocab_size;
   auto norm = [&](int64_t n) {
     auto v = randn(n, 0.1f, rng);
     for (auto& x : v) x += 1.0f;
@@ -72,15 +72,12 @@ inline Checkpoint synthetic_checkpoint(const json& config, uint32_t seed = 1, DT
   if (!c.tie_word_embeddings) mem->put("lm_head.weight", {V, H}, randn(V * H, 0.1f, rng), dt);
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    struct L { const char* n; int64_t o, i; };
-    for (L x : {L{"self_attn.q_proj", QD, H}, L{"self_attn.k_proj", KD, H},
-                L{"self_attn.v_proj", KD, H}, L{"self_attn.o_proj", H, QD},
-                L{"mlp.gate_proj", F, H}, L{"mlp.up_proj", F, H}, L{"mlp.down_proj", H, F}}) {
-      mem->put(p + x.n + ".weight", {x.o, x.i}, randn(x.o * x.i, 1.0f / std::sqrt(float(x.i)), rng), dt);
-    }
-    if (c.qkv_bias)
-      for (auto [n, o] : {std::pair{"self_attn.q_proj", QD}, {"self_attn.k_proj", KD}, {"self_attn.v_proj", KD}})
-        mem->put(p + n + ".bias", {o}, randn(o, 0.5f, rng), dt);
+    // Every linear of the block as the architecture table describes it (dense or MoE).
+    const BlockLayout bl = block_layout(arch_for(c.architecture, "synthetic"), c, l);
+    for (const BlockModule& m : bl.modules)
+      mem->put(p + m.name + ".weight", {m.out, m.in}, randn(m.out * m.in, 1.0f / std::sqrt(float(m.in)), rng), dt);
+    for (const BlockModule& m : bl.modules)
+      if (m.bias) mem->put(p + m.name + ".bias", {m.out}, randn(m.out, 0.5f, rng), dt);
     mem->put(p + "input_layernorm.weight", {H}, norm(H), dt);
     mem->put(p + "post_attention_layernorm.weight", {H}, norm(H), dt);
     if (c.qk_norm) {

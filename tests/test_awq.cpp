@@ -288,7 +288,7 @@ TEST(AwqBlock, ScalesFoldQuantizeAndRoundTripTheAwqLayout) {
   // The input norm now carries the q/k/v scales (some alpha won on this block).
   EXPECT_NE(job->weights.input_norm, norm_before);
   double sum = 0, sum_rtn = 0;
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     ASSERT_TRUE(job->quantized[s].has_value()) << s;
     const QuantizedWeight& qw = *job->quantized[s];
     EXPECT_EQ(qw.bits, 4);
@@ -309,7 +309,7 @@ TEST(AwqBlock, ScalesFoldQuantizeAndRoundTripTheAwqLayout) {
     QuantGrid g;
     g.bits = 4;
     g.symmetric = false;
-    for (int s = 0; s < kNumLinearSlots; ++s) {
+    for (int s = 0; s < test::kDenseModules; ++s) {
       const DenseLinear& d = j2->dense(LinearSlot(s));
       j2->commit(LinearSlot(s), quantize_grid_rtn(d.weight().data(), d.out_features(),
                                                   d.in_features(), 128, g));
@@ -333,7 +333,7 @@ TEST(AwqBlock, LinearLossGptqSolverAndOptions) {
   job->ignored = [](LinearSlot s) { return s == LinearSlot::V; };
   auto q = find_method("int4_awq").factory(awq_spec(o));
   q->quantize_block(*job);
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     EXPECT_EQ(job->quantized[s].has_value(), s != int(LinearSlot::V));
     if (job->quantized[s]) EXPECT_TRUE(job->report[s].contains("awq_alpha"));
   }
@@ -382,7 +382,7 @@ TEST(AwqBlock, NonGqaModelUsesTheVoMapping) {
   nlohmann::json summary = nlohmann::json::object();
   q->finish(summary);
   EXPECT_TRUE(summary["awq"]["alphas"]["0"].contains("vo"));
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     ASSERT_TRUE(job.quantized[s].has_value());
     EXPECT_EQ(job.quantized[s]->group, -1);
     expect_layout_roundtrip(*job.quantized[s], "compressed-tensors");

@@ -1002,7 +1002,7 @@ TEST(Cuda, AttentionCacheIsExactAndNoticesChanges) {
   auto outputs = [&](int layer) {
     be::DeviceArray o(rows * H);
     EXPECT_TRUE(m->run_block_device(layer, d.data(), o.data(), n, seq, batch, nullptr, -1,
-                                    kNumLinearSlots));
+                                    test::kDenseModules));
     std::vector<float> y(size_t(rows * H));
     o.download(y.data(), rows * H);
     return y;
@@ -1297,7 +1297,7 @@ TEST(CudaGptq, MatchesCpuOnRealHessians) {
       const SolverComparison r =
           compare_solvers(d.weight(), d.out_features(), d.in_features(), H,
                           options_for(c, d.out_features(), d.weight()));
-      print_comparison(std::string(linear_slot_name(s)) + " " + c.name, r);
+      print_comparison(job.module_name(s) + " " + c.name, r);
       worst_codes = std::max(worst_codes, r.code_diff);
       worst_rel = std::max(worst_rel, std::fabs(r.rel_gpu - r.rel_cpu) / r.rel_cpu);
     }

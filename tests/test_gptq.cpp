@@ -559,7 +559,7 @@ TEST(GptqBlock, QuantizesEverySlotBeatsRtnAndRoundTripsTheGptqLayout) {
   std::unique_ptr<BlockQuantizer> q;
   auto job = run_block(t, spec, &q);
   double sum = 0, sum_rtn = 0;
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     ASSERT_TRUE(job->quantized[s].has_value()) << s;
     const QuantizedWeight& qw = *job->quantized[s];
     EXPECT_EQ(qw.bits, 4);
@@ -593,7 +593,7 @@ TEST(GptqBlock, AsymmetricUsesCompressedTensorsAndRefusesTheGptqLayout) {
   EXPECT_EQ(spec.layout, "compressed-tensors");
   TinyBlock t;
   auto job = run_block(t, spec);
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     ASSERT_TRUE(job->quantized[s].has_value());
     EXPECT_FALSE(job->quantized[s]->symmetric);
     EXPECT_EQ(job->quantized[s]->bits, 3);
@@ -610,7 +610,7 @@ TEST(GptqBlock, SolverRtnIsTheBaselineAndOptionsAreChecked) {
   o.extra = {{"solver", "rtn"}};
   TinyBlock t;
   auto job = run_block(t, gptq_spec(o));
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < test::kDenseModules; ++s)
     EXPECT_EQ(job->report[s]["rel_error"], job->report[s]["rel_error_rtn"]);
   for (nlohmann::json bad : {nlohmann::json{{"solver", "magic"}}, nlohmann::json{{"colour", 1}},
                              nlohmann::json{{"mse", -3}}, nlohmann::json{{"mse", "lots"}},
@@ -708,7 +708,7 @@ TEST(GptqBlock, ActOrderDynamicStoresGIdxAndStaticDoesNot) {
   std::unique_ptr<BlockQuantizer> q;
   auto job = run_block(t, gptq_spec(o), &q);
   EXPECT_EQ(q->config_extra()["desc_act"], true);
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < test::kDenseModules; ++s) {
     const QuantizedWeight& qw = *job->quantized[s];
     ASSERT_EQ(qw.g_idx.size(), size_t(qw.in));
     expect_layout_roundtrip(qw, "gptq");
@@ -718,7 +718,7 @@ TEST(GptqBlock, ActOrderDynamicStoresGIdxAndStaticDoesNot) {
   auto job2 = run_block(t2, gptq_spec(o), &q);
   EXPECT_EQ(q->config_extra()["static_groups"], true);
   EXPECT_EQ(q->config_extra()["desc_act"], false);
-  for (int s = 0; s < kNumLinearSlots; ++s) EXPECT_TRUE(job2->quantized[s]->g_idx.empty());
+  for (int s = 0; s < test::kDenseModules; ++s) EXPECT_TRUE(job2->quantized[s]->g_idx.empty());
 }
 
 TEST(GptqBlock, NoTrueSequentialAndIgnoredSlots) {
@@ -729,7 +729,7 @@ TEST(GptqBlock, NoTrueSequentialAndIgnoredSlots) {
   job->inputs = t.x.data(), job->n_samples = t.n, job->seq = t.seq;
   job->ignored = [](LinearSlot s) { return s == LinearSlot::K || s == LinearSlot::Up; };
   find_method("int4_gptq").factory(gptq_spec(o))->quantize_block(*job);
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < test::kDenseModules; ++s)
     EXPECT_EQ(job->quantized[s].has_value(), s != int(LinearSlot::K) && s != int(LinearSlot::Up));
   // One pass: o's Hessian comes from the unquantized q/k/v, so o's error differs from the
   // true-sequential run.

@@ -143,11 +143,50 @@ std::vector<double> naive_forward(const Checkpoint& ck, const std::vector<int32_
     auto o = linear(a, S, NH * D, p + "self_attn.o_proj", H);
     for (size_t i = 0; i < h.size(); ++i) h[i] += o[i];
     x = rms(h, S, H, W(p + "post_attention_layernorm.weight"));
-    auto g = linear(x, S, H, p + "mlp.gate_proj", F);
-    auto u = linear(x, S, H, p + "mlp.up_proj", F);
-    for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
-    auto d = linear(g, S, F, p + "mlp.down_proj", H);
-    for (size_t i = 0; i < h.size(); ++i) h[i] += d[i];
+    auto swiglu = [&](const std::vector<double>& in, int rows, const std::string& m, int width) {
+      auto g = linear(in, rows, H, m + "gate_proj", width);
+      auto u = linear(in, rows, H, m + "up_proj", width);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+      return linear(g, rows, width, m + "down_proj", H);
+    };
+    if (!c.is_moe_layer(l)) {
+      auto d = swiglu(x, S, p + "mlp.", F);
+      for (size_t i = 0; i < h.size(); ++i) h[i] += d[i];
+      continue;
+    }
+    // Sparse MoE block (HF Qwen3MoeSparseMoeBlock / Qwen2MoeSparseMoeBlock), token by token.
+    const int E = c.num_experts;
+    auto logits = linear(x, S, H, p + "mlp.gate", E);
+    for (int s = 0; s < S; ++s) {
+      std::vector<double> pr(logits.begin() + size_t(s) * E, logits.begin() + size_t(s + 1) * E);
+      const double mx = *std::max_element(pr.begin(), pr.end());
+      double sum = 0;
+      for (auto& v : pr) sum += (v = std::exp(v - mx));
+      for (auto& v : pr) v /= sum;
+      std::vector<int> top;
+      std::vector<bool> used(size_t(E), false);
+      for (int k = 0; k < c.num_experts_per_tok; ++k) {
+        int best = -1;
+        for (int e = 0; e < E; ++e)
+          if (!used[size_t(e)] && (best < 0 || pr[size_t(e)] > pr[size_t(best)])) best = e;
+        used[size_t(best)] = true;
+        top.push_back(best);
+      }
+      double tsum = 0;
+      for (int e : top) tsum += pr[size_t(e)];
+      std::vector<double> xs(x.begin() + size_t(s) * H, x.begin() + size_t(s + 1) * H);
+      for (int e : top) {
+        const double wgt = c.norm_topk_prob ? pr[size_t(e)] / tsum : pr[size_t(e)];
+        auto y = swiglu(xs, 1, p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+        for (int i = 0; i < H; ++i) h[size_t(s) * H + i] += wgt * y[size_t(i)];
+      }
+      if (c.shared_expert_intermediate_size > 0) {
+        auto y = swiglu(xs, 1, p + "mlp.shared_expert.", c.shared_expert_intermediate_size);
+        const double gl = linear(xs, 1, H, p + "mlp.shared_expert_gate", 1)[0];
+        const double sg = 1.0 / (1.0 + std::exp(-gl));
+        for (int i = 0; i < H; ++i) h[size_t(s) * H + i] += sg * y[size_t(i)];
+      }
+    }
   }
   h = rms(h, S, H, W("model.norm.weight"));
   return linear(h, S, H, c.tie_word_embeddings ? "model.embed_tokens" : "lm_head", c.vocab_size);
@@ -295,7 +334,10 @@ TEST(ModelConfig, UnsupportedArchitectureListsSupported) {
 
 TEST(Arch, TableLookup) {
   const auto names = supported_architectures();
-  EXPECT_EQ(names, (std::vector<std::string>{"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                             "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM"}));
+  EXPECT_TRUE(find_arch("Qwen3MoeForCausalLM")->moe);
+  EXPECT_FALSE(find_arch("Qwen3ForCausalLM")->moe);
   ASSERT_NE(find_arch("Qwen2ForCausalLM"), nullptr);
   EXPECT_TRUE(find_arch("Qwen2ForCausalLM")->qkv_bias);
   EXPECT_TRUE(find_arch("Qwen3ForCausalLM")->qk_norm);
@@ -306,6 +348,91 @@ TEST(Arch, TableLookup) {
 }
 
 // ================================================================ kernels
+TEST(ModelConfig, MoeFieldsBothSpellingsAndErrors) {
+  json j = tiny_config_v5();
+  j["architectures"] = {"Qwen3MoeForCausalLM"};
+  j["num_local_experts"] = 8, j["num_experts_per_tok"] = 2, j["moe_intermediate_size"] = 32;
+  j["norm_topk_prob"] = true, j["decoder_sparse_step"] = 2, j["num_hidden_layers"] = 4;
+  j["mlp_only_layers"] = {3};
+  ModelConfig c = ModelConfig::from_json(j, "moe.json");
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_EQ(c.num_experts_per_tok, 2);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_EQ(c.moe_intermediate_size, 32);
+  // (l + 1) % 2 == 0 and not in mlp_only_layers: only layer 1.
+  EXPECT_FALSE(c.is_moe_layer(0));
+  EXPECT_TRUE(c.is_moe_layer(1));
+  EXPECT_FALSE(c.is_moe_layer(2));
+  EXPECT_FALSE(c.is_moe_layer(3));
+  json v4 = j;
+  v4.erase("num_local_experts");
+  v4["num_experts"] = 4;
+  EXPECT_EQ(ModelConfig::from_json(v4, "moe.json").num_experts, 4);
+  json both = j;
+  both["num_experts"] = 4;
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(both, "moe.json"); }).find("disagrees"),
+            std::string::npos);
+  json none = v4;
+  none.erase("num_experts");
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(none, "moe.json"); }).find("num_experts\" is missing"),
+            std::string::npos);
+  json topk = j;
+  topk["num_experts_per_tok"] = 9;
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(topk, "moe.json"); }).find("num_experts_per_tok"),
+            std::string::npos);
+  json bad = j;
+  bad["mlp_only_layers"] = {7};
+  EXPECT_NE(error_of([&] { ModelConfig::from_json(bad, "moe.json"); }).find("mlp_only_layers"),
+            std::string::npos);
+  // A dense architecture ignores MoE fields.
+  json dense = tiny_config_v5();
+  dense["num_experts"] = 8;
+  EXPECT_EQ(ModelConfig::from_json(dense, "d.json").num_experts, 0);
+}
+
+TEST(Arch, BlockLayoutDescribesDenseAndMoeBlocks) {
+  const ModelConfig dc = ModelConfig::from_json(tiny_config_v5(), "d.json");
+  const BlockLayout d = block_layout(arch_for(dc.architecture, "t"), dc, 0);
+  ASSERT_EQ(d.size(), test::kDenseModules);
+  const char* names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+  for (int s = 0; s < d.size(); ++s) {
+    EXPECT_EQ(d.modules[size_t(s)].name, names[s]);
+    EXPECT_EQ(int(d.modules[size_t(s)].role), s);  // LinearSlot order
+    EXPECT_TRUE(d.modules[size_t(s)].quantize);
+  }
+  EXPECT_FALSE(d.moe());
+  ASSERT_EQ(d.groups.size(), 4u);  // q/k/v, o, gate/up, down
+  EXPECT_EQ(d.groups[0].members, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(d.groups[2].members, (std::vector<int>{4, 5}));
+  EXPECT_EQ(d.at(LinearSlot::K).fused, "self_attn.qkv_proj");
+  EXPECT_EQ(d.at(LinearSlot::Up).fused, "mlp.gate_up_proj");
+  EXPECT_EQ(d.at(LinearSlot::Down).out, dc.hidden_size);
+  EXPECT_EQ(d.at(LinearSlot::Down).in, dc.intermediate_size);
+
+  const Checkpoint ck = open_checkpoint(test::model_dir("qwen3-moe-tiny"));
+  const ModelConfig mc = ModelConfig::from_json(ck.config, "moe");
+  const BlockLayout m = block_layout(arch_for(mc.architecture, "t"), mc, 2);
+  ASSERT_TRUE(m.moe());
+  EXPECT_EQ(m.num_experts, 8);
+  EXPECT_EQ(m.top_k, 2);
+  ASSERT_EQ(m.size(), 4 + 1 + 8 * 3);
+  const int r = m.find(ModuleRole::Router);
+  ASSERT_EQ(r, 4);
+  EXPECT_EQ(m.modules[4].name, "mlp.gate");
+  EXPECT_FALSE(m.modules[4].quantize);
+  EXPECT_EQ(m.modules[4].out, 8);
+  const int g5 = m.find(ModuleRole::Gate, 5), u5 = m.find(ModuleRole::Up, 5), d5 = m.find(ModuleRole::Down, 5);
+  EXPECT_EQ(m.modules[size_t(u5)].name, "mlp.experts.5.up_proj");
+  EXPECT_EQ(m.modules[size_t(d5)].in, 96);
+  EXPECT_EQ(m.modules[size_t(g5)].group, m.modules[size_t(u5)].group);
+  EXPECT_EQ(m.groups[size_t(m.modules[size_t(g5)].group)].expert, 5);
+  EXPECT_EQ(m.groups[size_t(m.modules[size_t(d5)].group)].stage, 3);
+  EXPECT_EQ(m.modules[size_t(d5)].fused, "mlp.experts");
+  EXPECT_EQ(m.find(ModuleRole::Gate), -1);  // no dense MLP
+  EXPECT_EQ(m.groups.size(), size_t(2 + 1 + 8 * 2));
+}
+
 TEST(Kernels, FastExpAccuracy) {
   double worst = 0;
   for (float x = -87.0f; x <= 88.0f; x += 0.0137f) {
@@ -476,9 +603,6 @@ TEST(Linear, DenseLinearBiasStatsAndErrors) {
   EXPECT_DOUBLE_EQ(s.flops, 2.0 * 2 * 2 * 3);
   EXPECT_THROW(DenseLinear({1, 2, 3}, 2, 2), Error);
   EXPECT_THROW(DenseLinear({1, 2, 3, 4}, 2, 2, {1}), Error);
-  EXPECT_STREQ(linear_slot_name(LinearSlot::Q), "self_attn.q_proj");
-  EXPECT_STREQ(linear_slot_name(LinearSlot::Down), "mlp.down_proj");
-  EXPECT_THROW(linear_slot_name(LinearSlot(9)), Error);
 }
 
 // ================================================================ exactness vs transformers
@@ -502,6 +626,9 @@ void check_reference_logits(const std::filesystem::path& dir) {
 
 TEST(Exactness, Qwen3TinyLogitsMatchTransformers) { check_reference_logits(test::model_dir("qwen3-tiny")); }
 TEST(Exactness, LlamaTinyLogitsMatchTransformers) { check_reference_logits(test::model_dir("llama-tiny")); }
+TEST(Exactness, Qwen3MoeTinyLogitsMatchTransformers) {
+  check_reference_logits(test::model_dir("qwen3-moe-tiny"));
+}
 TEST(Exactness, Qwen3SmallLogitsMatchTransformers) {
   const auto dir = test::shared_path("models/qwen3-small");
   if (dir.empty()) GTEST_SKIP() << "../shared/models/qwen3-small not present";
@@ -525,6 +652,18 @@ TEST(Exactness, SyntheticArchitecturesMatchNaiveDouble) {
        }},
       {"LlamaForCausalLM", true,
        [](json& j) { j["rope_parameters"] = {{"rope_type", "linear"}, {"rope_theta", 1e4}, {"factor", 2.0}}; }},
+      // Mixture of experts: transformers-5 spelling, top-2 renormalised, layer 1 dense.
+      {"Qwen3MoeForCausalLM", true,
+       [](json& j) {
+         j["num_local_experts"] = 6, j["num_experts_per_tok"] = 2, j["norm_topk_prob"] = true;
+         j["moe_intermediate_size"] = 32, j["mlp_only_layers"] = {1};
+       }},
+      // transformers-4 spelling, top-3 not renormalised, a shared expert with its sigmoid gate.
+      {"Qwen2MoeForCausalLM", false,
+       [](json& j) {
+         j["num_experts"] = 5, j["num_experts_per_tok"] = 3, j["norm_topk_prob"] = false;
+         j["moe_intermediate_size"] = 24, j["shared_expert_intermediate_size"] = 40;
+       }},
   };
   for (const auto& c : cases) {
     json cfg = tiny_config_v5();
@@ -579,10 +718,10 @@ TEST(BlockApi, BlockwiseEqualsForwardAndHooksSeeEveryLinear) {
   std::vector<float> logits(size_t(batch) * seq * c.vocab_size);
   m->lm_head(h.data(), batch * seq, logits.data());
   EXPECT_EQ(logits, full);
-  ASSERT_EQ(seen.size(), size_t(c.num_layers) * kNumLinearSlots);
+  ASSERT_EQ(seen.size(), size_t(c.num_layers) * test::kDenseModules);
   for (int l = 0; l < c.num_layers; ++l)
-    for (int s = 0; s < kNumLinearSlots; ++s) {
-      auto [layer, slot, rows, cols] = seen[l * kNumLinearSlots + s];
+    for (int s = 0; s < test::kDenseModules; ++s) {
+      auto [layer, slot, rows, cols] = seen[l * test::kDenseModules + s];
       EXPECT_EQ(layer, l);
       EXPECT_EQ(int(slot), s);
       EXPECT_EQ(rows, batch * seq);
@@ -594,6 +733,49 @@ TEST(BlockApi, BlockwiseEqualsForwardAndHooksSeeEveryLinear) {
   const auto& b0 = m->block(0);
   EXPECT_EQ(b0.at(LinearSlot::Q).in_features(), c.hidden_size);
   EXPECT_EQ(b0.at(LinearSlot::Q).out_features(), c.num_heads * c.head_dim);
+}
+
+TEST(BlockApi, MoeHooksSeeRoutedTokensAndObservationLeavesOutputs) {
+  const Checkpoint ck = open_checkpoint(test::model_dir("qwen3-moe-tiny"));
+  auto m = Model::load(ck);
+  const BlockLayout& L = m->layout(1);
+  const int64_t H = m->config().hidden_size;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 2 * 24; ++i) ids.push_back((i * 131 + 7) % 8192);
+  std::vector<float> x(ids.size() * size_t(H));
+  m->embed(ids.data(), int64_t(ids.size()), x.data());
+  std::map<int, int64_t> rows;
+  LinearHook hook = [&](int, LinearSlot s, const backend::MatView& v) {
+    EXPECT_EQ(v.cols, L.at(s).in);
+    rows[int(s)] += v.rows;
+  };
+  std::vector<float> a = x;
+  const std::vector<int64_t> c0 = m->routed_tokens(1);
+  m->run_block(1, a.data(), 2, 24, &hook);
+  const std::vector<int64_t> c1 = m->routed_tokens(1);
+  EXPECT_EQ(rows[L.find(ModuleRole::Router)], 48);
+  int64_t sum = 0;
+  for (int e = 0; e < L.num_experts; ++e) {
+    const int64_t n = c1[size_t(e)] - c0[size_t(e)];
+    sum += n;
+    EXPECT_EQ(rows[L.find(ModuleRole::Gate, e)], n) << e;  // routed rows only
+    EXPECT_EQ(rows[L.find(ModuleRole::Down, e)], n) << e;
+  }
+  EXPECT_EQ(sum, 48 * L.top_k);
+  // Every expert observing every token: hooks see 48 rows each, outputs unchanged.
+  rows.clear();
+  m->set_expert_observation(std::vector<bool>(size_t(L.num_experts), true));
+  std::vector<float> b = x;
+  m->run_block(1, b.data(), 2, 24, &hook);
+  m->set_expert_observation({});
+  for (int e = 0; e < L.num_experts; ++e) EXPECT_EQ(rows[L.find(ModuleRole::Up, e)], 48) << e;
+  const Diff d = compare(b, a);
+  EXPECT_LT(d.rel_l2, 1e-6);
+  EXPECT_TRUE(m->routed_tokens(0).size() == 8u);
+  // set_block checks the module count against the layout.
+  BlockWeights w = m->block(1);
+  w.linear.pop_back();
+  EXPECT_NE(error_of([&] { m->set_block(1, w); }).find("expected 29"), std::string::npos);
 }
 
 TEST(BlockApi, SetBlockReplacesAndReleaseReloads) {

@@ -6,6 +6,9 @@
 
 namespace llmc::test {
 
+// Linear modules of a dense Llama-style block (q, k, v, o, gate, up, down: model/arch.h).
+inline constexpr int kDenseModules = 7;
+
 // Repository root (compile-time LLMC_SOURCE_DIR).
 std::filesystem::path repo_root();
 // Fixture models bundled in the repo: repo_root()/models/<name>.

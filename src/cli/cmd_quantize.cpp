@@ -44,6 +44,8 @@ struct Args {
   bool sym = false, asym = false, act_order = false, no_act_order = false, no_true_sequential = false;
   bool no_eval = false, json = false, overwrite = false;
   std::optional<double> damp;
+  std::string moe_calib = "routed";
+  std::optional<int64_t> moe_min_tokens;
   uint64_t seed = 0;
 };
 
@@ -141,6 +143,14 @@ RunFn setup(CLI::App& app) {
                "GPTQ act-order (int4_gptq: on by default; mode via --method-opt act_order=permute|static|dynamic)");
   app.add_flag("--no-act-order", a->no_act_order, "GPTQ: quantize columns in their natural order");
   app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ: one pass per block");
+  app.add_option("--moe-calib", a->moe_calib,
+                 "mixture of experts: statistics of each expert from the tokens routed to it "
+                 "(routed, default) or from every token (all-experts)")
+      ->check(CLI::IsMember({"routed", "all-experts"}));
+  app.add_option("--moe-min-tokens", a->moe_min_tokens,
+                 "mixture of experts: an expert routed fewer calibration tokens gets statistics "
+                 "from every token (default 16)")
+      ->check(cli::at_least(1));
   app.add_option("--method-opt", a->method_opts,
                  "method-specific option KEY=VALUE (repeatable; VALUE parsed as JSON when it "
                  "is, else a string); see docs/methods.md");
@@ -175,6 +185,8 @@ RunFn setup(CLI::App& app) {
     if (a->act_order) o.overrides.act_order = true;
     if (a->no_act_order) o.overrides.act_order = false;
     if (a->no_true_sequential) o.overrides.true_sequential = false;
+    o.overrides.moe_all_experts = a->moe_calib == "all-experts";
+    o.overrides.moe_min_tokens = a->moe_min_tokens;
     o.calibration_data = a->calibration;
     o.num_samples = a->num_samples;
     o.seq_len = a->seq_len;

@@ -128,7 +128,39 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& o
   }
   if (f.boolean("use_sliding_window", false))
     f.bad("use_sliding_window", "is true: sliding-window attention is not supported");
+  if (arch.moe) {
+    // transformers 5 writes num_local_experts, 4 wrote num_experts: either is accepted.
+    const char* ek = f.has(j, "num_local_experts") ? "num_local_experts" : "num_experts";
+    if (f.has(j, "num_local_experts") && f.has(j, "num_experts") &&
+        j.at("num_local_experts") != j.at("num_experts"))
+      f.bad("num_experts", "disagrees with num_local_experts");
+    c.num_experts = int(f.integer(ek, 1));
+    c.num_experts_per_tok = int(f.integer("num_experts_per_tok", 1));
+    if (c.num_experts_per_tok > c.num_experts)
+      f.bad("num_experts_per_tok", cat("(", c.num_experts_per_tok, ") exceeds ", ek, " (",
+                                       c.num_experts, ")"));
+    c.norm_topk_prob = f.boolean("norm_topk_prob", false);
+    c.moe_intermediate_size = int(f.integer("moe_intermediate_size", 1));
+    c.shared_expert_intermediate_size = int(f.integer_or("shared_expert_intermediate_size", 0, 0));
+    c.decoder_sparse_step = int(f.integer_or("decoder_sparse_step", 1, 1));
+    if (f.has(j, "mlp_only_layers")) {
+      const json& m = j.at("mlp_only_layers");
+      if (!m.is_array()) f.bad("mlp_only_layers", "must be a list of layer indices, got " + m.dump());
+      for (const json& v : m) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= c.num_layers)
+          f.bad("mlp_only_layers", "holds " + v.dump() + ", not a layer index");
+        c.mlp_only_layers.push_back(v.get<int>());
+      }
+    }
+  }
   return c;
+}
+
+bool ModelConfig::is_moe_layer(int layer) const {
+  if (num_experts <= 0) return false;
+  for (int l : mlp_only_layers)
+    if (l == layer) return false;
+  return (layer + 1) % decoder_sparse_step == 0;
 }
 
 }  // namespace llmc

@@ -14,15 +14,6 @@
 
 namespace llmc {
 
-const char* linear_slot_name(LinearSlot s) {
-  static constexpr const char* kNames[kNumLinearSlots] = {
-      "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-      "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-  const int i = int(s);
-  LLMC_CHECK(i >= 0 && i < kNumLinearSlots, "linear slot ", i);
-  return kNames[i];
-}
-
 DenseLinear::DenseLinear(std::vector<float> weight, int64_t out, int64_t in,
                          std::vector<float> bias)
     : w_(std::move(weight)), b_(std::move(bias)), out_(out), in_(in) {

@@ -13,10 +13,10 @@
 
 namespace llmc {
 
+// A linear module of a decoder block: its index in the block's BlockLayout::modules
+// (model/arch.h), which gives its name, shape and input group. The named values are the
+// modules of a dense Llama-style block (Q..O are the first four modules of every block).
 enum class LinearSlot : int { Q = 0, K, V, O, Gate, Up, Down };
-inline constexpr int kNumLinearSlots = 7;
-// "self_attn.q_proj", ..., "mlp.down_proj" — the HF module name inside a decoder layer.
-const char* linear_slot_name(LinearSlot s);
 
 class Linear {
  public:

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/threads.h"
 #include "model/arch.h"
 
@@ -100,6 +101,9 @@ class TransformerModel final : public Model {
       check_linear(*head_, arch_->lm_head, V, H);
     }
     blocks_.resize(cfg_.num_layers);
+    for (int l = 0; l < cfg_.num_layers; ++l) layouts_.push_back(block_layout(*arch_, cfg_, l));
+    routed_.resize(size_t(cfg_.num_layers));
+    for (int l = 0; l < cfg_.num_layers; ++l) routed_[size_t(l)].assign(size_t(layouts_[size_t(l)].num_experts), 0);
     inv_freq_ = cpu::rope_inv_freq(cfg_.rope, cfg_.head_dim);
   }
 
@@ -130,9 +134,16 @@ class TransformerModel final : public Model {
     if (backend::device() != backend::Device::CUDA)
       fail("run_block_device: the device is ", backend::device_name(backend::device()));
     LLMC_CHECK(stop_after < 0 || out == nullptr, "run_block_device: stop_after with outputs");
+    if (layouts_[layer].moe() || !observe_all_.empty()) {
+      if (!moe_device_logged_)
+        log_info("mixture-of-experts blocks run on the CPU (the GPU block runner does not run "
+                 "routed experts yet)");
+      moe_device_logged_ = true;
+      return false;
+    }
     BlockWeights& w = block(layer);
-    std::array<Linear::DenseForm, kNumLinearSlots> forms;
-    for (int s = 0; s < kNumLinearSlots; ++s) {
+    std::vector<Linear::DenseForm> forms(w.linear.size());
+    for (size_t s = 0; s < forms.size(); ++s) {
       forms[s] = w.linear[s]->dense_form();
       if (!forms[s].weight) return false;
     }
@@ -250,6 +261,22 @@ class TransformerModel final : public Model {
     return logits;
   }
 
+  const BlockLayout& layout(int layer) const override {
+    check_layer(layer);
+    return layouts_[size_t(layer)];
+  }
+
+  void set_expert_observation(std::vector<bool> all_tokens) override {
+    bool any = false;
+    for (bool b : all_tokens) any |= b;
+    observe_all_ = any ? std::move(all_tokens) : std::vector<bool>();
+  }
+
+  std::vector<int64_t> routed_tokens(int layer) const override {
+    check_layer(layer);
+    return routed_[size_t(layer)];
+  }
+
   BlockWeights& block(int layer) override {
     check_layer(layer);
     if (!blocks_[layer]) blocks_[layer] = std::make_unique<BlockWeights>(load_block(layer));
@@ -279,25 +306,6 @@ class TransformerModel final : public Model {
   }
 
  private:
-  struct Dims {
-    int64_t out, in;
-  };
-  Dims slot_dims(LinearSlot s) const {
-    const int64_t H = cfg_.hidden_size, F = cfg_.intermediate_size;
-    const int64_t QD = int64_t(cfg_.num_heads) * cfg_.head_dim;
-    const int64_t KD = int64_t(cfg_.num_kv_heads) * cfg_.head_dim;
-    switch (s) {
-      case LinearSlot::Q: return {QD, H};
-      case LinearSlot::K:
-      case LinearSlot::V: return {KD, H};
-      case LinearSlot::O: return {H, QD};
-      case LinearSlot::Gate:
-      case LinearSlot::Up: return {F, H};
-      case LinearSlot::Down: return {H, F};
-    }
-    return {0, 0};
-  }
-
   std::string layer_prefix(int layer) const {
     return cat(arch_->layer_prefix, layer, ".");
   }
@@ -322,11 +330,14 @@ class TransformerModel final : public Model {
 
   void check_block(int layer, const BlockWeights& w) const {
     const std::string p = layer_prefix(layer);
-    for (int s = 0; s < kNumLinearSlots; ++s) {
-      const std::string name = p + linear_slot_name(LinearSlot(s));
+    const BlockLayout& L = layouts_[size_t(layer)];
+    if (int(w.linear.size()) != L.size())
+      fail(p, ": block has ", w.linear.size(), " linear layers, expected ", L.size());
+    for (int s = 0; s < L.size(); ++s) {
+      const BlockModule& m = L.modules[size_t(s)];
+      const std::string name = p + m.name;
       if (!w.linear[s]) fail(name, ": linear layer is missing");
-      const Dims d = slot_dims(LinearSlot(s));
-      check_linear(*w.linear[s], name, d.out, d.in);
+      check_linear(*w.linear[s], name, m.out, m.in);
     }
     auto check_vec = [&](const std::vector<float>& v, const char* what, size_t n) {
       if (v.size() != n) fail(p, what, ": has ", v.size(), " values, expected ", n);
@@ -343,14 +354,12 @@ class TransformerModel final : public Model {
     const TensorReader& t = *ckpt_.tensors;
     const std::string p = layer_prefix(layer);
     BlockWeights w;
-    for (int s = 0; s < kNumLinearSlots; ++s) {
-      const LinearSlot slot = LinearSlot(s);
-      const std::string name = p + linear_slot_name(slot);
-      if (cfg_.qkv_bias && s <= int(LinearSlot::V) && !t.has(name + ".bias"))
+    for (const BlockModule& m : layouts_[size_t(layer)].modules) {
+      const std::string name = p + m.name;
+      if (m.bias && !t.has(name + ".bias"))
         fail(t.origin(), ": tensor ", name, ".bias is missing (", cfg_.architecture,
              " has q/k/v biases)");
-      const Dims d = slot_dims(slot);
-      w.linear[s] = factory_->make(t, name, d.out, d.in);
+      w.linear.push_back(factory_->make(t, name, m.out, m.in));
     }
     const int64_t H = cfg_.hidden_size, D = cfg_.head_dim;
     w.input_norm = read_f32_tensor(t, p + arch_->input_norm, {H});
@@ -375,7 +384,8 @@ class TransformerModel final : public Model {
   void block_forward(int layer, float* h, int batch, int seq, int pos0, const LinearHook* hook,
                      KVCache* cache) {
     BlockWeights& w = block(layer);
-    const int64_t rows = int64_t(batch) * seq, H = cfg_.hidden_size, F = cfg_.intermediate_size;
+    const BlockLayout& L = layouts_[size_t(layer)];
+    const int64_t rows = int64_t(batch) * seq, H = cfg_.hidden_size;
     const int nh = cfg_.num_heads, nkv = cfg_.num_kv_heads, hd = cfg_.head_dim;
     const int64_t QD = int64_t(nh) * hd, KD = int64_t(nkv) * hd;
     const float eps = float(cfg_.rms_norm_eps);
@@ -383,6 +393,7 @@ class TransformerModel final : public Model {
     auto observe = [&](LinearSlot s, const float* x, int64_t cols) {
       if (hook && *hook) (*hook)(layer, s, backend::MatView{x, rows, cols, backend::Device::CPU});
     };
+    cur_hook_ = hook;
 
     // --- attention ---
     float* x = sx_.get(size_t(rows) * H);
@@ -427,21 +438,122 @@ class TransformerModel final : public Model {
 
     // --- MLP ---
     cpu::rms_norm(h, w.post_norm.data(), rows, H, eps, x);
+    if (L.moe()) {
+      moe_forward(layer, L, w, x, rows, h);
+      return;
+    }
+    const LinearSlot G = LinearSlot(L.find(ModuleRole::Gate)), U = LinearSlot(L.find(ModuleRole::Up)),
+                     D = LinearSlot(L.find(ModuleRole::Down));
+    const int64_t F = L.at(G).out;
     float* g = sg_.get(size_t(rows) * F);
     float* u = su_.get(size_t(rows) * F);
-    observe(LinearSlot::Gate, x, H);
-    w.at(LinearSlot::Gate).forward(x, rows, g);
-    observe(LinearSlot::Up, x, H);
-    w.at(LinearSlot::Up).forward(x, rows, u);
+    observe(G, x, H);
+    w.at(G).forward(x, rows, g);
+    observe(U, x, H);
+    w.at(U).forward(x, rows, u);
     cpu::silu_mul(g, u, g, rows * F);
-    observe(LinearSlot::Down, g, F);
-    w.at(LinearSlot::Down).forward(g, rows, x);
+    observe(D, g, F);
+    w.at(D).forward(g, rows, x);
     cpu::add_inplace(h, x, rows * H);
+  }
+
+  // One SwiGLU MLP (gate, up, down modules) over x [n, H] -> y [n, H], hooks observing.
+  void swiglu(BlockWeights& w, int gi, int ui, int di, const float* x, int64_t n, float* y,
+              const std::function<void(int, const float*, int64_t, int64_t)>& observe) {
+    const int64_t H = cfg_.hidden_size, F = w.linear[size_t(gi)]->out_features();
+    std::vector<float> g(size_t(n * F)), u(size_t(n * F));
+    observe(gi, x, n, H);
+    w.linear[size_t(gi)]->forward(x, n, g.data());
+    observe(ui, x, n, H);
+    w.linear[size_t(ui)]->forward(x, n, u.data());
+    cpu::silu_mul(g.data(), u.data(), g.data(), n * F);
+    observe(di, g.data(), n, F);
+    w.linear[size_t(di)]->forward(g.data(), n, y);
+  }
+
+  // Mixture-of-experts MLP on x = post_attention_layernorm(h) [rows, H]; adds its output to h.
+  // Router: p = softmax(x · Wrᵀ) over all experts (fp32), the top-k experts per token (ties: the
+  // lower index), p renormalised over those k when norm_topk_prob; output Σ_k p_k · expert_k(x)
+  // (+ sigmoid(x · w_sgᵀ) · shared_expert(x) when the block has a shared expert).
+  void moe_forward(int layer, const BlockLayout& L, BlockWeights& w, const float* x, int64_t rows,
+                   float* h) {
+    const int64_t H = cfg_.hidden_size;
+    const int E = L.num_experts, K = L.top_k;
+    const LinearHook* hook = cur_hook_;
+    auto observe = [&](int s, const float* v, int64_t n, int64_t cols) {
+      if (hook && *hook && n > 0)
+        (*hook)(layer, LinearSlot(s), backend::MatView{v, n, cols, backend::Device::CPU});
+    };
+    const int ri = L.find(ModuleRole::Router);
+    std::vector<float> logits(static_cast<size_t>(rows * E));
+    observe(ri, x, rows, H);
+    w.linear[size_t(ri)]->forward(x, rows, logits.data());
+    std::vector<std::vector<int64_t>> tok(static_cast<size_t>(E));  // rows routed to each expert
+    std::vector<std::vector<float>> wt(static_cast<size_t>(E));     // and their weights
+    std::vector<float> p(static_cast<size_t>(E));
+    std::vector<int> order(static_cast<size_t>(E));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* l = logits.data() + r * E;
+      const float mx = *std::max_element(l, l + E);
+      float sum = 0.0f;
+      for (int e = 0; e < E; ++e) sum += p[size_t(e)] = std::exp(l[e] - mx);
+      for (int e = 0; e < E; ++e) p[size_t(e)] /= sum;
+      for (int e = 0; e < E; ++e) order[size_t(e)] = e;
+      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int a, int b) {
+        return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
+      });
+      float top = 0.0f;
+      for (int k = 0; k < K; ++k) top += p[size_t(order[size_t(k)])];
+      for (int k = 0; k < K; ++k) {
+        const int e = order[size_t(k)];
+        tok[size_t(e)].push_back(r);
+        wt[size_t(e)].push_back(L.norm_topk ? p[size_t(e)] / top : p[size_t(e)]);
+      }
+    }
+    for (int e = 0; e < E; ++e) routed_[size_t(layer)][size_t(e)] += int64_t(tok[size_t(e)].size());
+    std::vector<float> acc(size_t(rows * H), 0.0f), xe, ye;
+    for (int e = 0; e < E; ++e) {
+      const std::vector<int64_t>& t = tok[size_t(e)];
+      const bool all = size_t(e) < observe_all_.size() && observe_all_[size_t(e)];
+      if (t.empty() && !all) continue;
+      const int64_t n = all ? rows : int64_t(t.size());
+      const float* src = x;
+      if (!all) {
+        xe.resize(size_t(n * H));
+        for (int64_t j = 0; j < n; ++j)
+          std::memcpy(xe.data() + j * H, x + t[size_t(j)] * H, size_t(H) * sizeof(float));
+        src = xe.data();
+      }
+      ye.resize(size_t(n * H));
+      swiglu(w, L.find(ModuleRole::Gate, e), L.find(ModuleRole::Up, e),
+             L.find(ModuleRole::Down, e), src, n, ye.data(), observe);
+      for (size_t j = 0; j < t.size(); ++j) {
+        const float* y = ye.data() + (all ? t[j] : int64_t(j)) * H;
+        float* a = acc.data() + t[j] * H;
+        const float c = wt[size_t(e)][j];
+        for (int64_t i = 0; i < H; ++i) a[i] += c * y[i];
+      }
+    }
+    const int sg = L.find(ModuleRole::SharedGate, kSharedExpert);
+    if (sg >= 0) {
+      std::vector<float> gl(static_cast<size_t>(rows));
+      ye.resize(size_t(rows * H));
+      swiglu(w, L.find(ModuleRole::Gate, kSharedExpert), L.find(ModuleRole::Up, kSharedExpert),
+             L.find(ModuleRole::Down, kSharedExpert), x, rows, ye.data(), observe);
+      observe(sg, x, rows, H);
+      w.linear[size_t(sg)]->forward(x, rows, gl.data());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float c = 1.0f / (1.0f + std::exp(-gl[size_t(r)]));
+        for (int64_t i = 0; i < H; ++i) acc[size_t(r * H + i)] += c * ye[size_t(r * H + i)];
+      }
+    }
+    cpu::add_inplace(h, acc.data(), rows * H);
   }
 
   // ---- the GPU block runner ----
   struct DevLinear {
     backend::DeviceArray w, b;
+    int64_t out = 0, in = 0;
     uint64_t fp = 0;
     bool bias = false;
     ActQuant act = ActQuant::None;
@@ -449,15 +561,15 @@ class TransformerModel final : public Model {
   };
   struct DevBlock {
     int layer = -1;
-    std::array<DevLinear, kNumLinearSlots> lin;
+    std::vector<DevLinear> lin;
     backend::DeviceArray input_norm, post_norm, q_norm, k_norm;
   };
 
   // Device copies of block `layer`'s weights; a linear is re-uploaded only when its contents
   // (fingerprint of weight and bias bytes) changed since the last run.
-  void upload_block(int layer, const BlockWeights& w,
-                    const std::array<Linear::DenseForm, kNumLinearSlots>& forms) {
-    for (int s = 0; s < kNumLinearSlots; ++s) {
+  void upload_block(int layer, const BlockWeights& w, const std::vector<Linear::DenseForm>& forms) {
+    dblk_.lin.resize(forms.size());
+    for (size_t s = 0; s < forms.size(); ++s) {
       const Linear& l = *w.linear[s];
       const Linear::DenseForm& f = forms[s];
       const int64_t n = l.out_features() * l.in_features(), out = l.out_features();
@@ -475,6 +587,8 @@ class TransformerModel final : public Model {
         d.fp = fp;
       }
       d.bias = f.bias != nullptr;
+      d.out = out;
+      d.in = l.in_features();
       d.act = ActQuant(f.act);
       d.input_scale = f.input_scale;
     }
@@ -492,16 +606,15 @@ class TransformerModel final : public Model {
 
   // y[rows, out] = linear s (its input fake-quantization, weight, bias) of x [rows, in].
   void device_linear(LinearSlot s, const float* x, int64_t rows, float* y) {
-    const DevLinear& d = dblk_.lin[int(s)];
-    const Dims dm = slot_dims(s);
+    const DevLinear& d = dblk_.lin[size_t(s)];
     const float* src = x;
     if (d.act != ActQuant::None) {
-      dxq_.reserve(rows * dm.in);
-      backend::dev::copy(dxq_.data(), x, rows * dm.in);
-      backend::dev::quantize_activations(d.act, d.input_scale, dxq_.data(), rows, dm.in);
+      dxq_.reserve(rows * d.in);
+      backend::dev::copy(dxq_.data(), x, rows * d.in);
+      backend::dev::quantize_activations(d.act, d.input_scale, dxq_.data(), rows, d.in);
       src = dxq_.data();
     }
-    backend::dev::gemm_xwt(src, rows, dm.in, d.w.data(), dm.out, y, d.bias ? d.b.data() : nullptr);
+    backend::dev::gemm_xwt(src, rows, d.in, d.w.data(), d.out, y, d.bias ? d.b.data() : nullptr);
   }
 
   // block_forward on the GPU for `batch` sequences at h (device), pos0 = 0, no cache.
@@ -610,6 +723,11 @@ class TransformerModel final : public Model {
   std::vector<float> embed_, norm_;
   std::shared_ptr<Linear> head_;
   std::vector<std::unique_ptr<BlockWeights>> blocks_;
+  std::vector<BlockLayout> layouts_;
+  std::vector<bool> observe_all_;
+  std::vector<std::vector<int64_t>> routed_;  // per layer, per expert (routed_tokens)
+  const LinearHook* cur_hook_ = nullptr;  // the hook of the block_forward running
+  bool moe_device_logged_ = false;
   std::vector<float> inv_freq_, cos_, sin_;
   int rope_len_ = 0;
   Buf sx_, sq_, sk_, sv_, sa_, sg_, su_;

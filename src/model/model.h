@@ -3,8 +3,11 @@
 // Block-wise API for calibration: embed() -> run_block(i) for each layer -> final_norm() +
 // lm_head(). Hidden states are [batch*seq, hidden] row-major; every sequence in a batch has
 // the same length and starts at position 0 (full causal attention, no padding).
-// A LinearHook observes each linear layer's input as the block runs (q/k/v share one input,
-// gate/up share one input; the hook is called once per linear). Block weights can be
+// A LinearHook observes each linear layer's input as the block runs (the modules of one
+// InputGroup of model/arch.h share one input; the hook is called once per linear). A block's
+// linears are described by Model::layout(layer). In a mixture-of-experts block the router sees
+// every token and each routed expert only the tokens routed to it (an expert no token chose is
+// not called at all), unless set_expert_observation asks for every token (statistics only). Block weights can be
 // replaced between calls (set_block) so quantized block i feeds block i+1, and released
 // (release_block) so peak memory stays about one block.
 //
@@ -23,13 +26,14 @@
 
 #include "backend/backend.h"
 #include "formats/checkpoint.h"
+#include "model/arch.h"
 #include "model/config.h"
 #include "model/linear.h"
 
 namespace llmc {
 
 struct BlockWeights {
-  std::array<std::shared_ptr<Linear>, kNumLinearSlots> linear;  // indexed by LinearSlot
+  std::vector<std::shared_ptr<Linear>> linear;  // indexed by module (LinearSlot), see layout()
   std::vector<float> input_norm, post_norm;                     // [hidden]
   std::vector<float> q_norm, k_norm;                            // [head_dim] (Qwen3 only)
   Linear& at(LinearSlot s) const { return *linear[int(s)]; }
@@ -81,14 +85,16 @@ class Model {
   // re-uploaded only when their contents change) all run on the GPU, and hooks see device
   // views. stop_after >= 0 (a LinearSlot, out == nullptr): each batch ends right after that
   // slot's input was observed. Same function as run_block up to fp32 summation order. Returns
-  // false, touching nothing, when a linear of the block has no dense_form() (use the CPU).
-  // observe_from (a LinearSlot; kNumLinearSlots: none): the hook is called only for slots >=
-  // observe_from, which lets the runner serve the attention output (o_proj's input) from its
-  // cache of the last run when observe_from > V and nothing it depends on changed: the layer,
-  // the contents of `in` (device fingerprint), n_samples, seq, q/k/v weights and the norms.
-  // The cache holds one block's attention outputs on the GPU when they fit in a quarter of
-  // the free GPU memory (GPTQ's true-sequential stages and the final pass then run attention
-  // once per block instead of four times).
+  // false, touching nothing, when a linear of the block has no dense_form() or the block is a
+  // mixture of experts (not run on the GPU yet; logged once): use the CPU.
+  // observe_from (a LinearSlot; past the block's last module: none): the hook is called only
+  // for slots >= observe_from, which lets the runner serve the attention output (o_proj's
+  // input) from its cache of the last run when observe_from > V and nothing it depends on
+  // changed: the layer, the contents of `in` (device fingerprint), n_samples, seq, q/k/v
+  // weights and activation scales, and the norms. The cache holds one block's attention
+  // outputs on the GPU when they fit in a quarter of the free GPU memory (GPTQ's
+  // true-sequential stages and the final pass then run attention once per block, not four
+  // times).
   virtual bool run_block_device(int layer, const float* in, float* out, int n_samples, int seq,
                                 int batch, const LinearHook* hook = nullptr,
                                 int stop_after = -1, int observe_from = 0) = 0;
@@ -107,6 +113,17 @@ class Model {
   // Equal to forward() over the whole sequence up to fp32 rounding.
   virtual std::vector<float> forward_cached(const std::vector<int32_t>& ids, int batch, int seq,
                                             KVCache& cache, bool all_positions = false) = 0;
+
+  // The linear modules of decoder layer `layer` (model/arch.h).
+  virtual const BlockLayout& layout(int layer) const = 0;
+  // Routed experts whose hooks see every token of the layer (all_tokens[e]; empty: none). The
+  // block's outputs are unchanged (still the routed top-k mixture): the expert also runs on the
+  // other tokens only for what hooks observe (calibration statistics of starved experts,
+  // --moe-calib all-experts). The host path only (run_block_device declines while set).
+  virtual void set_expert_observation(std::vector<bool> all_tokens) = 0;
+  // Tokens routed to each expert of layer `layer` by every forward since the model was loaded
+  // (top-k choices, so they sum to k x tokens); empty for a dense layer.
+  virtual std::vector<int64_t> routed_tokens(int layer) const = 0;
 
   virtual BlockWeights& block(int layer) = 0;            // loads it if needed
   virtual void set_block(int layer, BlockWeights w) = 0;  // replaces it

@@ -162,14 +162,14 @@ namespace {
 
 DenseLinear& dense_of(BlockWeights& w, LinearSlot s) {
   auto* d = dynamic_cast<DenseLinear*>(w.linear[int(s)].get());
-  if (!d) fail("AWQ folding: ", linear_slot_name(s), " is not a dense (unquantized) layer");
+  if (!d) fail("AWQ folding: ", "linear ", int(s), " is not a dense (unquantized) layer");
   return *d;
 }
 
 void fold_columns(BlockWeights& w, LinearSlot slot, const std::vector<float>& s) {
   DenseLinear& d = dense_of(w, slot);
   if (int64_t(s.size()) != d.in_features())
-    fail("AWQ folding: ", linear_slot_name(slot), " has ", d.in_features(), " inputs, scales ",
+    fail("AWQ folding: ", "linear ", int(slot), " has ", d.in_features(), " inputs, scales ",
          s.size());
   scale_columns(d.weight(), d.out_features(), d.in_features(), s);
 }
@@ -177,7 +177,7 @@ void fold_columns(BlockWeights& w, LinearSlot slot, const std::vector<float>& s)
 void fold_rows(BlockWeights& w, LinearSlot slot, const std::vector<float>& s) {
   DenseLinear& d = dense_of(w, slot);
   if (int64_t(s.size()) != d.out_features())
-    fail("AWQ folding: ", linear_slot_name(slot), " has ", d.out_features(), " outputs, scales ",
+    fail("AWQ folding: ", "linear ", int(slot), " has ", d.out_features(), " outputs, scales ",
          s.size());
   std::vector<float> wt = d.weight(), b = d.bias();
   divide_rows(wt, b, d.out_features(), d.in_features(), s);
@@ -187,11 +187,23 @@ void fold_rows(BlockWeights& w, LinearSlot slot, const std::vector<float>& s) {
 
 }  // namespace
 
-void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg) {
+void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg,
+                    const BlockLayout* layout) {
+  std::vector<int> qkv = {int(LinearSlot::Q), int(LinearSlot::K), int(LinearSlot::V)};
+  std::vector<int> mlp = {int(LinearSlot::Gate), int(LinearSlot::Up)};
+  if (layout) {  // every consumer of each norm, from the block description
+    qkv.clear();
+    mlp.clear();
+    for (const InputGroup& g : layout->groups)
+      for (int m : g.members) {
+        if (g.source == InputGroup::Source::InputNorm) qkv.push_back(m);
+        if (g.source == InputGroup::Source::PostNorm) mlp.push_back(m);
+      }
+  }
   if (!f.qkv.empty()) {
     if (f.qkv.size() != w.input_norm.size()) fail("AWQ folding: input norm / scales size mismatch");
     divide_norm(w.input_norm, f.qkv);
-    for (LinearSlot s : {LinearSlot::Q, LinearSlot::K, LinearSlot::V}) fold_columns(w, s, f.qkv);
+    for (int s : qkv) fold_columns(w, LinearSlot(s), f.qkv);
   }
   if (!f.vo.empty()) {
     if (!awq_can_fold_vo(cfg)) fail("AWQ folding: v -> o scaling is impossible under GQA");
@@ -201,11 +213,18 @@ void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg) {
   if (!f.mlp.empty()) {
     if (f.mlp.size() != w.post_norm.size()) fail("AWQ folding: post norm / scales size mismatch");
     divide_norm(w.post_norm, f.mlp);
-    for (LinearSlot s : {LinearSlot::Gate, LinearSlot::Up}) fold_columns(w, s, f.mlp);
+    for (int s : mlp) fold_columns(w, LinearSlot(s), f.mlp);
   }
   if (!f.down.empty()) {
     fold_rows(w, LinearSlot::Up, f.down);
     fold_columns(w, LinearSlot::Down, f.down);
+  }
+  for (const auto& [e, sc] : f.expert_down) {
+    if (!layout) fail("AWQ folding: expert scales need the block layout");
+    const int up = layout->find(ModuleRole::Up, e), down = layout->find(ModuleRole::Down, e);
+    if (up < 0 || down < 0) fail("AWQ folding: the block has no expert ", e);
+    fold_rows(w, LinearSlot(up), sc);
+    fold_columns(w, LinearSlot(down), sc);
   }
 }
 

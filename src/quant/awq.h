@@ -19,8 +19,15 @@
 //    output width equals o's input width, i.e. no GQA) and up -> down (silu(gate)·up is linear in
 //    up per channel). Qwen3's q_norm/k_norm sit after q/k: input scaling of q/k/v is fine, but
 //    nothing is ever folded across q/k outputs.
-//  * AwqFold holds the four optional scale vectors of one decoder block; apply_awq_fold applies
+//  * AwqFold holds the optional scale vectors of one decoder block; apply_awq_fold applies
 //    them to a BlockWeights whose linears are DenseLinear (throws llmc::Error otherwise).
+//  * Mixture of experts: post_attention_layernorm feeds the router and every expert, so ONE
+//    scale vector s is folded into it (norm /= s) and into the columns of every module reading
+//    it: the router (W_r·diag(s) on x/s computes the same logits, so routing is unchanged; the
+//    router stays unquantized), every expert's gate/up and the shared expert's. The search
+//    scores s by the MoE output error on a subsample with all experts' gate/up fake-quantized
+//    (routing fixed by the unquantized router), weights w̄ averaged over all of them. Each
+//    expert's up -> down scale is its own (expert_down), from the tokens routed to it.
 //
 // Clipping (awq_clip_quantize)
 //  * For each row and group, shrink ∈ {1, 1 - δ, ..., 1 - max_shrink} (δ = max_shrink / steps)
@@ -31,6 +38,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <vector>
 
 #include "model/config.h"
@@ -86,10 +94,16 @@ std::vector<double> scale_hessian(const std::vector<double>& H, const std::vecto
 struct AwqFold {
   std::vector<float> qkv;   // input_layernorm -> q/k/v      [hidden]
   std::vector<float> vo;    // v -> o (no GQA only)          [num_heads * head_dim]
-  std::vector<float> mlp;   // post_attention_layernorm -> gate/up [hidden]
-  std::vector<float> down;  // up -> down                    [intermediate]
+  std::vector<float> mlp;   // post_attention_layernorm -> every module reading it [hidden]
+                            // (dense gate/up; MoE: the router, every expert's gate/up, the
+                            // shared expert's gate/up and its gate: one scale vector for all)
+  std::vector<float> down;  // up -> down of the dense MLP   [intermediate]
+  std::map<int, std::vector<float>> expert_down;  // expert e's up -> down (MoE; e may be
+                                                  // kSharedExpert)   [moe_intermediate]
 };
-void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg);
+// layout: the block's description (nullptr: a dense Llama-style block, LinearSlot order).
+void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg,
+                    const BlockLayout* layout = nullptr);
 // True when v -> o scaling is possible (v's output width == o's input width).
 bool awq_can_fold_vo(const ModelConfig& cfg);
 

@@ -368,6 +368,11 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
   }
   if (o.act_order) s.act_order = *o.act_order;
   if (o.true_sequential) s.true_sequential = *o.true_sequential;
+  s.moe_all_experts = o.moe_all_experts;
+  if (o.moe_min_tokens) {
+    if (*o.moe_min_tokens < 1) fail("--moe-min-tokens must be >= 1, got ", *o.moe_min_tokens);
+    s.moe_min_tokens = *o.moe_min_tokens;
+  }
   s.extra = extra;
   return s;
 }
@@ -376,11 +381,38 @@ QuantSpec resolve_spec(const MethodInfo& m, const QuantOverrides& o) {
 // BlockJob
 
 BlockJob::BlockJob(Model& m, int l, const QuantSpec& s, BlockWeights& w)
-    : model(m), layer(l), spec(s), weights(w), ignored([](LinearSlot) { return false; }) {}
+    : model(m), layer(l), spec(s), weights(w) {
+  // Default: what the block layout quantizes (MoE routers stay dense).
+  ignored = [this](LinearSlot x) { return !layout().at(x).quantize; };
+  quantized.resize(size_t(layout().size()));
+  report.resize(size_t(layout().size()));
+}
 
 std::string BlockJob::module_name(LinearSlot s) const {
   const ArchSpec& a = arch_for(model.config().architecture, "model");
-  return std::string(a.layer_prefix) + std::to_string(layer) + "." + linear_slot_name(s);
+  return std::string(a.layer_prefix) + std::to_string(layer) + "." + layout().at(s).name;
+}
+
+std::vector<LinearSlot> BlockJob::modules() const {
+  std::vector<LinearSlot> v;
+  for (int i = 0; i < num_modules(); ++i) v.push_back(LinearSlot(i));
+  return v;
+}
+
+std::vector<LinearSlot> BlockJob::active(const InputGroup& g) const {
+  std::vector<LinearSlot> v;
+  for (int i : g.members)
+    if (!ignored(LinearSlot(i))) v.push_back(LinearSlot(i));
+  return v;
+}
+
+void BlockJob::note_expert(int e, int64_t tokens, const std::string& stats) {
+  const size_t n = size_t(std::max(0, layout().num_experts));
+  LLMC_CHECK(e >= 0 && size_t(e) < n, "note_expert: expert ", e);
+  expert_tokens.resize(n, -1);
+  expert_stats.resize(n);
+  expert_tokens[size_t(e)] = tokens;
+  expert_stats[size_t(e)] = stats;
 }
 
 DenseLinear& BlockJob::dense(LinearSlot s) const {
@@ -479,7 +511,7 @@ void BlockJob::forward_device(float* dev_out) {
   const double t0 = now_s();
   const int64_t per = int64_t(seq) * hidden();
   if (!model.run_block_device(layer, dev_inputs, dev_out, n_samples, seq, batch, nullptr, -1,
-                              kNumLinearSlots)) {
+                              num_modules())) {
     std::vector<float> y;
     run(nullptr, &y);
     backend::dev::upload_async(dev_out, y.data(), int64_t(n_samples) * per);
@@ -529,6 +561,73 @@ void BlockJob::for_each_input(LinearSlot slot,
     }
   }
   seconds_forward += now_s() - t0 - (seconds_stats - s0);
+}
+
+void BlockJob::for_groups(const std::vector<int>& groups,
+                          const std::function<void(int, const backend::MatView&)>& fn,
+                          const std::function<void(int)>& reset) {
+  const BlockLayout& L = layout();
+  std::vector<int> key(size_t(L.size()), -1);  // module -> group whose input it reports
+  std::vector<int> experts;
+  for (int g : groups) {
+    const InputGroup& ig = L.groups.at(size_t(g));
+    key[size_t(ig.members.front())] = g;
+    if (ig.expert >= 0) experts.push_back(ig.expert);
+  }
+  if (experts.empty() && groups.size() == 1) {
+    const int g = groups.front();
+    for_each_input(LinearSlot(L.groups[size_t(g)].members.front()),
+                   [&](const backend::MatView& x) { fn(g, x); });
+    return;
+  }
+  auto run_with = [&](const std::vector<bool>& want) {
+    LinearHook hook = [&](int, LinearSlot s, const backend::MatView& x) {
+      const int g = key[size_t(s)];
+      if (g >= 0 && (want.empty() || want[size_t(g)])) fn(g, x);
+    };
+    run(&hook);
+  };
+  if (experts.empty()) {
+    run_with({});
+    return;
+  }
+  const std::vector<int64_t> c0 = model.routed_tokens(layer);
+  std::vector<bool> all(size_t(L.num_experts), false);
+  if (spec.moe_all_experts)
+    for (int e : experts) all[size_t(e)] = true;
+  model.set_expert_observation(all);
+  try {
+    run_with({});
+  } catch (...) {
+    model.set_expert_observation({});
+    throw;
+  }
+  model.set_expert_observation({});
+  const std::vector<int64_t> c1 = model.routed_tokens(layer);
+  std::vector<bool> starved(size_t(L.num_experts), false), again(L.groups.size(), false);
+  bool any = false;
+  for (int g : groups) {
+    const int e = L.groups[size_t(g)].expert;
+    if (e < 0) continue;
+    const int64_t n = c1[size_t(e)] - c0[size_t(e)];
+    const bool low = !spec.moe_all_experts && n < std::max<int64_t>(1, spec.moe_min_tokens);
+    note_expert(e, n, spec.moe_all_experts ? "all-tokens (--moe-calib all-experts)"
+                      : low               ? "all-tokens (fallback: fewer than --moe-min-tokens)"
+                                          : "routed");
+    if (!low) continue;
+    starved[size_t(e)] = true;
+    again[size_t(g)] = any = true;
+    reset(g);
+  }
+  if (!any) return;
+  model.set_expert_observation(starved);
+  try {
+    run_with(again);
+  } catch (...) {
+    model.set_expert_observation({});
+    throw;
+  }
+  model.set_expert_observation({});
 }
 
 void BlockJob::commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep) {

@@ -64,6 +64,12 @@ struct QuantSpec {
   double damp = 0.01;            // GPTQ damping, fraction of mean(diag H)
   bool act_order = false;        // GPTQ act-order
   bool true_sequential = true;   // GPTQ: q/k/v -> o -> gate/up -> down
+  // Mixture of experts: a routed expert's statistics come from the tokens routed to it; with
+  // moe_all_experts from every token of the layer (for statistics only; outputs stay routed).
+  // An expert routed fewer than moe_min_tokens calibration rows gets every token's statistics
+  // (the fallback, listed in the report).
+  bool moe_all_experts = false;
+  int64_t moe_min_tokens = 16;
   // Calibration shape (filled by the pipeline; 0 for methods that need none).
   int num_samples = 0, seq_len = 0;
   nlohmann::json extra = nlohmann::json::object();  // method-specific extras
@@ -79,6 +85,8 @@ struct QuantOverrides {
   std::optional<double> damp;
   std::optional<bool> act_order;
   std::optional<bool> true_sequential;
+  bool moe_all_experts = false;          // --moe-calib all-experts
+  std::optional<int64_t> moe_min_tokens; // --moe-min-tokens (>= 1)
   // Method-specific options, copied into QuantSpec::extra (e.g. GPTQ {"act_order": "permute",
   // "mse": 20}, AWQ {"solver": "gptq"}); checked against the row's `opts` by resolve_spec.
   nlohmann::json extra = nlohmann::json::object();
@@ -206,11 +214,17 @@ struct BlockJob {
   const float* dev_inputs = nullptr;
   int n_samples = 0, seq = 0;
   int batch = 8;                    // samples per block run inside run()/for_each_input()
-  std::function<bool(LinearSlot)> ignored;  // true: leave this slot unquantized
+  // true: leave this module unquantized (default: the layout's BlockModule::quantize == false).
+  std::function<bool(LinearSlot)> ignored;
 
-  // Results, filled through commit().
-  std::array<std::optional<QuantizedWeight>, kNumLinearSlots> quantized;
-  std::array<nlohmann::json, kNumLinearSlots> report;  // per-linear JSON (error, damping, ...)
+  // Results, filled through commit(); indexed by module (layout()).
+  std::vector<std::optional<QuantizedWeight>> quantized;
+  std::vector<nlohmann::json> report;  // per-linear JSON (error, damping, ...)
+  // Mixture-of-experts calibration (methods that calibrate fill it through note_expert()):
+  // rows routed to each expert and the statistics used ("routed", "all-tokens (fallback)",
+  // "all-tokens (--moe-calib all-experts)").
+  std::vector<int64_t> expert_tokens;
+  std::vector<std::string> expert_stats;
 
   // Time inside block runs (forward) and inside hooks (statistics), summed over calls; GPU
   // work is synchronized at the hook boundaries so the split is real.
@@ -219,6 +233,15 @@ struct BlockJob {
   BlockJob(Model& m, int layer, const QuantSpec& s, BlockWeights& w);
 
   const ModelConfig& config() const { return model.config(); }
+  // The block's linear modules, their input groups and stages (model/arch.h).
+  const BlockLayout& layout() const { return model.layout(layer); }
+  int num_modules() const { return layout().size(); }
+  // Every module index (as LinearSlot), in layout order.
+  std::vector<LinearSlot> modules() const;
+  // The modules of input group g that are not ignored.
+  std::vector<LinearSlot> active(const InputGroup& g) const;
+  // Records expert e's calibration rows and which statistics were used.
+  void note_expert(int e, int64_t tokens, const std::string& stats);
   int64_t hidden() const { return model.config().hidden_size; }
   int64_t rows() const { return int64_t(n_samples) * seq; }
   bool has_inputs() const { return (inputs || dev_inputs) && n_samples > 0; }
@@ -243,6 +266,15 @@ struct BlockJob {
   // as the inputs are). Stops each batch's block run right after `slot`'s input is seen (cheap
   // for early slots).
   void for_each_input(LinearSlot slot, const std::function<void(const backend::MatView& x)>& fn);
+  // Streams the inputs of every input group in `groups` (indices into layout().groups) over all
+  // calibration samples: fn(g, x) for each batch's rows of group g (its first member's input).
+  // Dense groups only and one group: for_each_input; else one block run. Groups of routed
+  // experts get the rows routed to the expert; when spec.moe_all_experts, or for experts routed
+  // fewer than spec.moe_min_tokens rows (then reset(g) is called and a second run observes them),
+  // every token of the layer. Records each expert's rows and statistics (note_expert).
+  void for_groups(const std::vector<int>& groups,
+                  const std::function<void(int g, const backend::MatView& x)>& fn,
+                  const std::function<void(int g)>& reset);
   // Records slot's quantized weight and report, and replaces the slot's Linear by one that
   // computes with qw.dequantize() and simulates qw.act on its inputs.
   void commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep = nlohmann::json::object());

@@ -95,6 +95,7 @@ class AwqQuantizer : public BlockQuantizer {
   }
 
   void quantize_block(BlockJob& job) override;
+  void awq_moe_block(BlockJob& job);
 
   void finish(nlohmann::json& summary) override {
     nlohmann::json j = {{"linears", linears_},
@@ -125,11 +126,15 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   LLMC_CHECK(job.has_inputs(), "AWQ needs calibration inputs");
   const ModelConfig& cfg = job.config();
   BlockWeights& bw = job.weights;
+  if (job.layout().moe()) {
+    awq_moe_block(job);
+    return;
+  }
   auto quantized = [&](S s) { return !job.ignored(s); };
   auto any = [&](std::initializer_list<S> l) {
     return std::any_of(l.begin(), l.end(), [&](S s) { return quantized(s); });
   };
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < job.num_modules(); ++s)
     if (quantized(S(s))) job.check_finite(S(s));
 
   // ---- 1. statistics ----
@@ -168,7 +173,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
 
   // Original weights (for RTN's error in the report).
   std::map<int, std::vector<float>> orig;
-  for (int s = 0; s < kNumLinearSlots; ++s)
+  for (int s = 0; s < job.num_modules(); ++s)
     if (quantized(S(s))) orig[s] = job.dense(S(s)).weight();
 
   auto fq = [&](S s, const std::vector<float>& sc) {
@@ -221,7 +226,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
                          linear_sum_loss({S::Q, S::K, S::V}, H.at(int(S::Q))));
     fold.qkv = maps["qkv"].scales;
   } else if (any({S::Q, S::K, S::V})) {
-    std::array<std::shared_ptr<Linear>, kNumLinearSlots> saved = bw.linear;
+    std::vector<std::shared_ptr<Linear>> saved = bw.linear;
     for (S s : {S::Gate, S::Up, S::Down})
       bw.linear[int(s)] = std::make_shared<ZeroLinear>(saved[int(s)]->out_features(),
                                                        saved[int(s)]->in_features());
@@ -323,7 +328,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   if (o_.gptq) {
     gptq_quantize_block(job, o_.gptq_opts, &gstats_);
     for (auto& [s, e] : rtn_err) {
-      nlohmann::json& r = job.report[s];
+      nlohmann::json& r = job.report[size_t(s)];
       r["rel_error_rtn"] = e;
       auto it = maps.find(mapping_of(S(s)));
       r["awq_alpha"] = it == maps.end() ? -1.0 : it->second.alpha;
@@ -340,7 +345,7 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
       fold.mlp.empty() ? H.at(int(S::Gate)) : scale_hessian(H.at(int(S::Gate)), fold.mlp);
   Hs[int(S::Down)] =
       fold.down.empty() ? H.at(int(S::Down)) : scale_hessian(H.at(int(S::Down)), fold.down);
-  for (int si = 0; si < kNumLinearSlots; ++si) {
+  for (int si = 0; si < job.num_modules(); ++si) {
     const S s = S(si);
     if (!quantized(s)) continue;
     const DenseLinear& d = job.dense(s);
@@ -360,6 +365,298 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     sum_rel_ += rel;
     sum_rel_rtn_ += rtn_err[si];
     job.commit(s, std::move(qw), rep);
+  }
+}
+
+// A mixture-of-experts block (quant/awq.h "Mixture of experts"): the scales of q/k/v and v -> o
+// as in a dense block; ONE post_attention_layernorm scale shared by the router and every expert
+// (searched on the MoE output with routing fixed by the unquantized router); each expert's own
+// up -> down scale from its routed tokens (starved experts: every token, BlockJob::for_groups).
+void AwqQuantizer::awq_moe_block(BlockJob& job) {
+  const ModelConfig& cfg = job.config();
+  const BlockLayout& L = job.layout();
+  BlockWeights& bw = job.weights;
+  using Src = InputGroup::Source;
+  auto quantized = [&](int s) { return !job.ignored(S(s)); };
+  for (int s = 0; s < L.size(); ++s)
+    if (quantized(s)) job.check_finite(S(s));
+  const int ng = int(L.groups.size());
+  const int router = L.find(ModuleRole::Router), g_all = L.modules[size_t(router)].group;
+  const int g_qkv = L.modules[0].group, g_o = L.modules[size_t(int(S::O))].group;
+
+  // ---- 1. statistics of every input group ----
+  const int m = int(std::clamp<int64_t>((o_.loss_tokens + job.seq - 1) / job.seq, 1,
+                                        job.n_samples));
+  const int64_t stride = std::max<int64_t>(1, job.rows() / o_.loss_tokens);
+  int64_t seen_rows = 0;
+  std::vector<std::unique_ptr<InputStats>> st(static_cast<size_t>(ng));
+  auto fresh = [&](int g) {
+    st[size_t(g)] = std::make_unique<InputStats>(L.modules[size_t(L.groups[size_t(g)].members[0])].in);
+  };
+  std::vector<int> groups;
+  for (int g = 0; g < ng; ++g) fresh(g), groups.push_back(g);
+  std::vector<float> mlp_x;  // a row subsample of the MLP input (every token)
+  job.for_groups(
+      groups,
+      [&](int g, const backend::MatView& v) {
+        st[size_t(g)]->absmean.add(v);
+        st[size_t(g)]->hessian.add(v);
+        if (g != g_all || !o_.module_loss) return;
+        const int64_t rows = v.rows, cols = v.cols;
+        const int64_t first = (stride - seen_rows % stride) % stride;
+        if (v.on_device()) {
+          backend::dev::gather_rows(v.data, rows, cols, first, stride, &mlp_x);
+        } else {
+          for (int64_t r = first; r < rows; r += stride)
+            mlp_x.insert(mlp_x.end(), v.data + r * cols, v.data + (r + 1) * cols);
+        }
+        seen_rows += rows;
+      },
+      fresh);
+  std::vector<std::vector<double>> H(static_cast<size_t>(ng));
+  for (int g = 0; g < ng; ++g) H[size_t(g)] = st[size_t(g)]->hessian.hessian();
+  std::map<int, std::vector<float>> orig;
+  for (int s = 0; s < L.size(); ++s)
+    if (quantized(s)) orig[s] = job.dense(S(s)).weight();
+
+  auto fq = [&](int s, const std::vector<float>& sc) {
+    const DenseLinear& d = job.dense(S(s));
+    return awq_fake_quant_scaled(d.weight().data(), d.out_features(), d.in_features(), sc,
+                                 o_.group, o_.grid);
+  };
+  auto wmean = [&](const std::vector<int>& l) {
+    std::vector<const std::vector<float>*> ws;
+    for (int s : l) ws.push_back(&job.dense(S(s)).weight());
+    return awq_weight_mean(ws, job.dense(S(l.front())).in_features(), o_.group);
+  };
+  auto search = [&](const std::vector<float>& xm, const std::vector<float>& wm,
+                    const std::function<double(const std::vector<float>&)>& loss) {
+    AwqSearchResult r = awq_grid_search(xm, wm, o_.grid_points, o_.duo, loss);
+    MappingResult mr;
+    mr.scales = std::move(r.scales);
+    mr.alpha = r.alpha;
+    return mr;
+  };
+  auto hessian_loss = [&](int s, const std::vector<double>& h) {
+    return [&, s, hp = h.data()](const std::vector<float>& sc) {
+      const DenseLinear& d = job.dense(S(s));
+      std::vector<float> dq = fq(s, sc);
+      for (size_t i = 0; i < dq.size(); ++i) dq[i] -= d.weight()[i];
+      return hessian_quad_trace(dq.data(), d.out_features(), d.in_features(), hp);
+    };
+  };
+  auto sum_loss = [&](const std::vector<int>& mods) {
+    std::vector<std::function<double(const std::vector<float>&)>> parts;
+    for (int s : mods) parts.push_back(hessian_loss(s, H[size_t(L.modules[size_t(s)].group)]));
+    return [parts](const std::vector<float>& sc) {
+      double t = 0;
+      for (const auto& f : parts) t += f(sc);
+      return t;
+    };
+  };
+  AwqFold fold;
+  std::map<std::string, MappingResult> maps;
+
+  // ---- 2a. input_layernorm -> q/k/v ----
+  std::vector<int> qkv;
+  for (int s : L.groups[size_t(g_qkv)].members)
+    if (quantized(s)) qkv.push_back(s);
+  if (!qkv.empty() && !o_.module_loss) {
+    maps["qkv"] = search(st[size_t(g_qkv)]->absmean.mean(), wmean(qkv), sum_loss(qkv));
+  } else if (!qkv.empty()) {
+    // Attention output with the whole MLP (router, experts) disabled.
+    std::vector<std::shared_ptr<Linear>> saved = bw.linear;
+    for (int s = 0; s < L.size(); ++s)
+      if (L.groups[size_t(L.modules[size_t(s)].group)].stage >= 2)
+        bw.linear[size_t(s)] = std::make_shared<ZeroLinear>(L.modules[size_t(s)].out, L.modules[size_t(s)].in);
+    std::vector<float> ref, cur;
+    try {
+      job.run(nullptr, &ref, nullptr, 0, m);
+      auto loss = [&](const std::vector<float>& sc) {
+        for (int s : qkv) {
+          const auto* d = static_cast<const DenseLinear*>(saved[size_t(s)].get());
+          bw.linear[size_t(s)] = std::make_shared<DenseLinear>(
+              awq_fake_quant_scaled(d->weight().data(), d->out_features(), d->in_features(), sc,
+                                    o_.group, o_.grid),
+              d->out_features(), d->in_features(), d->bias());
+        }
+        job.run(nullptr, &cur, nullptr, 0, m);
+        return mse(cur, ref);
+      };
+      maps["qkv"] = search(st[size_t(g_qkv)]->absmean.mean(), wmean(qkv), loss);
+    } catch (...) {
+      bw.linear = saved;
+      throw;
+    }
+    bw.linear = saved;
+  }
+  if (maps.count("qkv")) fold.qkv = maps["qkv"].scales;
+  // ---- 2b. v -> o (no GQA) ----
+  if (quantized(int(S::O)) && awq_can_fold_vo(cfg)) {
+    maps["vo"] = search(st[size_t(g_o)]->absmean.mean(), wmean({int(S::O)}),
+                        hessian_loss(int(S::O), H[size_t(g_o)]));
+    fold.vo = maps["vo"].scales;
+  }
+  // ---- 2c. post_attention_layernorm -> router + every expert's gate/up (one scale) ----
+  std::vector<int> mlp_in;  // quantized readers of the MLP input
+  for (const InputGroup& g : L.groups)
+    if (g.source == Src::PostNorm)
+      for (int s : g.members)
+        if (quantized(s)) mlp_in.push_back(s);
+  if (!mlp_in.empty() && !o_.module_loss) {
+    maps["mlp"] = search(st[size_t(g_all)]->absmean.mean(), wmean(mlp_in), sum_loss(mlp_in));
+  } else if (!mlp_in.empty()) {
+    // MoE output on the subsample, routing fixed by the (unquantized) router.
+    const int64_t rows = int64_t(mlp_x.size()) / job.hidden(), Hd = job.hidden();
+    std::vector<float> logits(static_cast<size_t>(rows * L.num_experts));
+    bw.linear[size_t(router)]->forward(mlp_x.data(), rows, logits.data());
+    std::vector<std::vector<int64_t>> tok(static_cast<size_t>(L.num_experts));
+    std::vector<std::vector<float>> wt(static_cast<size_t>(L.num_experts));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* l = logits.data() + r * L.num_experts;
+      std::vector<double> p(l, l + L.num_experts);
+      const double mx = *std::max_element(p.begin(), p.end());
+      double sum = 0;
+      for (double& v : p) sum += (v = std::exp(v - mx));
+      std::vector<int> order(static_cast<size_t>(L.num_experts));
+      for (int e = 0; e < L.num_experts; ++e) order[size_t(e)] = e;
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[size_t(a)] > p[size_t(b)]; });
+      double top = 0;
+      for (int k = 0; k < L.top_k; ++k) top += p[size_t(order[size_t(k)])];
+      for (int k = 0; k < L.top_k; ++k) {
+        const int e = order[size_t(k)];
+        tok[size_t(e)].push_back(r);
+        wt[size_t(e)].push_back(float(L.norm_topk ? p[size_t(e)] / top : p[size_t(e)] / sum));
+      }
+    }
+    std::vector<int> mlps;  // expert keys with gate/up/down (routed, then the shared expert)
+    for (int e = 0; e < L.num_experts; ++e) mlps.push_back(e);
+    const int sg = L.find(ModuleRole::SharedGate, kSharedExpert);
+    if (sg >= 0) mlps.push_back(kSharedExpert);
+    std::vector<float> sgate(size_t(rows), 1.0f);
+    if (sg >= 0) {
+      bw.linear[size_t(sg)]->forward(mlp_x.data(), rows, sgate.data());
+      for (float& v : sgate) v = 1.0f / (1.0f + std::exp(-v));
+    }
+    auto moe_out = [&](const std::vector<float>* sc, std::vector<float>& y) {
+      y.assign(size_t(rows * Hd), 0.0f);
+      std::vector<float> xe, a, b, ye;
+      for (int e : mlps) {
+        const bool shared = e == kSharedExpert;
+        const int64_t n = shared ? rows : int64_t(tok[size_t(e)].size());
+        if (n == 0) continue;
+        const int gi = L.find(ModuleRole::Gate, e), ui = L.find(ModuleRole::Up, e),
+                  di = L.find(ModuleRole::Down, e);
+        xe.resize(size_t(n * Hd));
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t r = shared ? j : tok[size_t(e)][size_t(j)];
+          std::copy_n(mlp_x.data() + r * Hd, Hd, xe.data() + j * Hd);
+        }
+        const DenseLinear& dg = job.dense(S(gi));
+        const DenseLinear& du = job.dense(S(ui));
+        const DenseLinear& dd = job.dense(S(di));
+        const int64_t F = dg.out_features();
+        const std::vector<float> wg = sc && quantized(gi) ? fq(gi, *sc) : dg.weight();
+        const std::vector<float> wu = sc && quantized(ui) ? fq(ui, *sc) : du.weight();
+        a.resize(size_t(n * F));
+        b.resize(size_t(n * F));
+        ye.resize(size_t(n * Hd));
+        gemm_xwt(xe.data(), n, Hd, wg.data(), F, a.data());
+        gemm_xwt(xe.data(), n, Hd, wu.data(), F, b.data());
+        cpu::silu_mul(a.data(), b.data(), a.data(), n * F);
+        gemm_xwt(a.data(), n, F, dd.weight().data(), Hd, ye.data());
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t r = shared ? j : tok[size_t(e)][size_t(j)];
+          const float c = shared ? sgate[size_t(r)] : wt[size_t(e)][size_t(j)];
+          for (int64_t i = 0; i < Hd; ++i) y[size_t(r * Hd + i)] += c * ye[size_t(j * Hd + i)];
+        }
+      }
+    };
+    std::vector<float> ref, cur;
+    moe_out(nullptr, ref);
+    auto loss = [&](const std::vector<float>& sc) {
+      moe_out(&sc, cur);
+      return mse(cur, ref);
+    };
+    maps["mlp"] = search(st[size_t(g_all)]->absmean.mean(), wmean(mlp_in), loss);
+  }
+  if (maps.count("mlp")) fold.mlp = maps["mlp"].scales;
+  // ---- 2d. each expert's up -> down ----
+  std::vector<int> keys;
+  for (int e = 0; e < L.num_experts; ++e) keys.push_back(e);
+  if (L.find(ModuleRole::Down, kSharedExpert) >= 0) keys.push_back(kSharedExpert);
+  for (int e : keys) {
+    const int di = L.find(ModuleRole::Down, e);
+    if (!quantized(di)) continue;
+    const int g = L.modules[size_t(di)].group;
+    const std::string key = e == kSharedExpert ? "down.shared" : cat("down.", e);
+    maps[key] = search(st[size_t(g)]->absmean.mean(), wmean({di}), hessian_loss(di, H[size_t(g)]));
+    fold.expert_down[e] = maps[key].scales;
+  }
+
+  // ---- 3. fold ----
+  apply_awq_fold(bw, fold, cfg, &L);
+  nlohmann::json& al = alphas_[std::to_string(job.layer)];
+  for (const auto& [k, v] : maps) al[k] = v.alpha;
+
+  // The scale in front of each module's input (empty: none) and its mapping name.
+  auto scale_of = [&](int s) -> std::pair<const std::vector<float>*, std::string> {
+    const BlockModule& bm = L.modules[size_t(s)];
+    switch (L.groups[size_t(bm.group)].source) {
+      case Src::InputNorm: return {&fold.qkv, "qkv"};
+      case Src::Attention: return {&fold.vo, "vo"};
+      case Src::PostNorm: return {&fold.mlp, "mlp"};
+      case Src::Intermediate: {
+        auto it = fold.expert_down.find(bm.expert);
+        const std::string k = bm.expert == kSharedExpert ? "down.shared" : cat("down.", bm.expert);
+        return {it == fold.expert_down.end() ? nullptr : &it->second, k};
+      }
+    }
+    return {nullptr, ""};
+  };
+  std::map<int, double> rtn_err;
+  for (auto& [s, w] : orig) {
+    const BlockModule& bm = L.modules[size_t(s)];
+    const auto rq = quantize_grid_rtn(w.data(), bm.out, bm.in, o_.group, o_.grid);
+    rtn_err[s] = relative_output_error(w.data(), rq.dequantize().data(), bm.out, bm.in,
+                                       H[size_t(bm.group)].data());
+  }
+
+  // ---- 4. quantize ----
+  if (o_.gptq) {
+    gptq_quantize_block(job, o_.gptq_opts, &gstats_);
+    for (auto& [s, e] : rtn_err) {
+      nlohmann::json& r = job.report[size_t(s)];
+      r["rel_error_rtn"] = e;
+      auto it = maps.find(scale_of(s).second);
+      r["awq_alpha"] = it == maps.end() ? -1.0 : it->second.alpha;
+      ++linears_;
+      sum_rel_ += r.value("rel_error", 0.0);
+      sum_rel_rtn_ += e;
+    }
+    return;
+  }
+  for (int s = 0; s < L.size(); ++s) {
+    if (!quantized(s)) continue;
+    const DenseLinear& d = job.dense(S(s));
+    const auto [sc, name] = scale_of(s);
+    const std::vector<double>& h0 = H[size_t(L.modules[size_t(s)].group)];
+    const std::vector<double> h = sc && !sc->empty() ? scale_hessian(h0, *sc) : h0;
+    const bool clip = s != int(S::Q) && s != int(S::K);
+    QuantizedWeight qw = awq_clip_quantize(d.weight().data(), d.out_features(), d.in_features(),
+                                           o_.group, o_.grid, h.data(),
+                                           clip ? o_.clip_steps : 0, o_.max_shrink);
+    const double rel = relative_output_error(d.weight().data(), qw.dequantize().data(),
+                                             d.out_features(), d.in_features(), h.data());
+    auto it = maps.find(name);
+    nlohmann::json rep = {{"rel_error", rel},
+                          {"rel_error_rtn", rtn_err[s]},
+                          {"awq_alpha", it == maps.end() ? -1.0 : it->second.alpha},
+                          {"clip_search", clip && o_.clip_steps > 0}};
+    ++linears_;
+    sum_rel_ += rel;
+    sum_rel_rtn_ += rtn_err[s];
+    job.commit(S(s), std::move(qw), rep);
   }
 }
 

@@ -32,12 +32,6 @@ namespace llmc {
 
 namespace {
 
-const std::vector<std::vector<LinearSlot>> kInputGroups = {
-    {LinearSlot::Q, LinearSlot::K, LinearSlot::V},
-    {LinearSlot::O},
-    {LinearSlot::Gate, LinearSlot::Up},
-    {LinearSlot::Down}};
-
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -87,11 +81,11 @@ class Fp8Quantizer : public BlockQuantizer {
   }
 
   void quantize_block(BlockJob& job) override {
-    for (const auto& group : kInputGroups) {
-      std::vector<LinearSlot> active;
-      for (LinearSlot s : group)
-        if (!job.ignored(s)) active.push_back(s);
-      if (!active.empty()) quantize_group(job, active);
+    // Input groups in layout order (q/k/v, o, MLP inputs (per expert), down (per expert)).
+    const BlockLayout& L = job.layout();
+    for (int g = 0; g < int(L.groups.size()); ++g) {
+      const std::vector<LinearSlot> active = job.active(L.groups[size_t(g)]);
+      if (!active.empty()) quantize_group(job, g, active);
     }
   }
 
@@ -108,7 +102,7 @@ class Fp8Quantizer : public BlockQuantizer {
     return quantize_fp8_rtn(w, out, in, static_ ? 0 : -1, static_ ? tensor_scale : 0.0f);
   }
 
-  void quantize_group(BlockJob& job, const std::vector<LinearSlot>& slots) {
+  void quantize_group(BlockJob& job, int group, const std::vector<LinearSlot>& slots) {
     const int64_t in = job.dense(slots[0]).in_features();
     for (LinearSlot s : slots) job.check_finite(s);
     const bool calibrated = static_ || gptq_;
@@ -123,7 +117,7 @@ class Fp8Quantizer : public BlockQuantizer {
       const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
       if (gptq_) gram = std::make_unique<HessianAccumulator>(in);
       int64_t seen = 0;
-      job.for_each_input(slots[0], [&](const backend::MatView& v) {
+      job.for_groups({group}, [&](int, const backend::MatView& v) {
         const int64_t rows = v.rows, cols = v.cols;
         const int64_t first = (stride - seen % stride) % stride;  // rows with seen % stride == 0
         if (v.on_device()) {
@@ -137,6 +131,11 @@ class Fp8Quantizer : public BlockQuantizer {
         }
         seen += rows;
         if (gram) gram->add(v);
+      }, [&](int) {  // a starved expert: its statistics again, from every token
+        amax = 0.0f;
+        sub.clear();
+        seen = 0;
+        if (gram) gram = std::make_unique<HessianAccumulator>(in);
       });
       if (!std::isfinite(amax))
         fail(job.module_name(slots[0]), ": non-finite calibration activations");

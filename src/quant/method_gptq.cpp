@@ -18,16 +18,6 @@ double now_s() {
       .count();
 }
 
-// The slot whose input a slot shares (q/k/v -> q, gate/up -> gate).
-LinearSlot input_key(LinearSlot s) {
-  switch (s) {
-    case LinearSlot::K:
-    case LinearSlot::V: return LinearSlot::Q;
-    case LinearSlot::Up: return LinearSlot::Gate;
-    default: return s;
-  }
-}
-
 struct ModeRow {
   const char* name;
   ActOrderMode mode;
@@ -103,102 +93,104 @@ std::string GptqRunStats::line() const {
 
 void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats* stats) {
   using S = LinearSlot;
-  std::vector<std::vector<S>> stages;
-  if (o.true_sequential)
-    stages = {{S::Q, S::K, S::V}, {S::O}, {S::Gate, S::Up}, {S::Down}};
-  else
-    stages = {{S::Q, S::K, S::V, S::O, S::Gate, S::Up, S::Down}};
+  const BlockLayout& L = job.layout();
+  // Stages of input groups (layout order): q/k/v -> o -> MLP inputs -> down when
+  // true-sequential, else one.
+  std::vector<std::vector<int>> stages(o.true_sequential ? BlockLayout::kStages : 1);
+  for (int g = 0; g < int(L.groups.size()); ++g)
+    if (!job.active(L.groups[size_t(g)]).empty())
+      stages[o.true_sequential ? size_t(L.groups[size_t(g)].stage) : 0].push_back(g);
   LLMC_CHECK(job.has_inputs(), "GPTQ needs calibration inputs");
 
-  std::vector<int32_t> down_perm;  // permutation trick: position -> original channel
+  // Permutation trick, per MLP (expert): position -> original channel of down's inputs.
+  std::map<int, std::vector<int32_t>> down_perm;
   for (const auto& stage : stages) {
-    std::vector<S> slots;
-    for (S s : stage)
-      if (!job.ignored(s)) slots.push_back(s);
-    if (slots.empty()) continue;
+    if (stage.empty()) continue;
     const double t_stage = now_s();
-    // Hessians of the distinct inputs of this stage.
+    // Hessians of the distinct inputs of this stage (one per input group).
     std::map<int, HessianAccumulator> acc;
-    for (S s : slots) {
-      const S k = input_key(s);
-      if (!acc.count(int(k))) acc.emplace(int(k), HessianAccumulator(job.dense(s).in_features()));
-    }
-    if (acc.size() == 1) {
-      HessianAccumulator& a = acc.begin()->second;
-      job.for_each_input(S(acc.begin()->first), [&](const backend::MatView& x) { a.add(x); });
-    } else {
-      LinearHook hook = [&](int, S s, const backend::MatView& x) {
-        auto it = acc.find(int(s));  // only key slots: q (not k/v), gate (not up), o, down
-        if (it != acc.end()) it->second.add(x);
-      };
-      job.run(&hook);
-    }
+    for (int g : stage)
+      acc.emplace(g, HessianAccumulator(L.modules[size_t(L.groups[size_t(g)].members[0])].in));
+    job.for_groups(
+        stage, [&](int g, const backend::MatView& x) { acc.at(g).add(x); },
+        [&](int g) { acc.at(g) = HessianAccumulator(acc.at(g).cols()); });
     std::map<int, std::vector<double>> H;
-    for (auto& [k, a] : acc) H[k] = a.hessian();
+    std::map<int, int64_t> rows;
+    for (auto& [g, a] : acc) {
+      H[g] = a.hessian();
+      rows[g] = a.count();
+    }
     const double t_solve = now_s();
     if (stats) stats->seconds_inputs += t_solve - t_stage;
 
-    for (S s : slots) {
-      job.check_finite(s);
-      DenseLinear& d = job.dense(s);
-      const int64_t out = d.out_features(), in = d.in_features();
-      const std::string name = job.module_name(s);
-      GptqOptions lo = o.linear;
-      lo.act_order = o.act_order == ActOrderMode::Dynamic ? ActOrder::Dynamic
-                     : o.act_order == ActOrderMode::Off   ? ActOrder::None
-                                                          : ActOrder::Static;
-      const std::vector<double>& h = H[int(input_key(s))];
-      GptqResult r;
-      if (o.rtn) {
-        // Baseline: round to nearest on the same grid (report from the same Hessian).
-        std::vector<float> imp(static_cast<size_t>(in));
-        for (int64_t i = 0; i < in; ++i) imp[size_t(i)] = float(h[size_t(i * in + i)]);
-        r.qw = quantize_grid_rtn(d.weight().data(), out, in, lo.group, lo.grid, imp.data());
-        r.report.rel_error = relative_output_error(d.weight().data(), r.qw.dequantize().data(),
-                                                   out, in, h.data());
-        r.report.rel_error_rtn = r.report.rel_error;
-        r.qw.bias = d.bias();
-      } else if (s == S::Down && o.act_order == ActOrderMode::Permute) {
-        // Reorder down's input channels by decreasing diag(H); process them in that order
-        // with natural contiguous groups.
-        down_perm = diag_order(h.data(), in);
-        std::vector<float> wp(size_t(out * in));
-        std::vector<double> hp(size_t(in * in));
-        for (int64_t j = 0; j < in; ++j) {
-          const int64_t pj = down_perm[size_t(j)];
-          for (int64_t r2 = 0; r2 < out; ++r2) wp[size_t(r2 * in + j)] = d.weight()[size_t(r2 * in + pj)];
-          for (int64_t k = 0; k < in; ++k) hp[size_t(j * in + k)] = h[size_t(pj * in + down_perm[size_t(k)])];
+    for (int g : stage)
+      for (S s : job.active(L.groups[size_t(g)])) {
+        const BlockModule& m = L.at(s);
+        job.check_finite(s);
+        DenseLinear& d = job.dense(s);
+        const int64_t out = d.out_features(), in = d.in_features();
+        const std::string name = job.module_name(s);
+        GptqOptions lo = o.linear;
+        lo.act_order = o.act_order == ActOrderMode::Dynamic ? ActOrder::Dynamic
+                       : o.act_order == ActOrderMode::Off   ? ActOrder::None
+                                                            : ActOrder::Static;
+        const std::vector<double>& h = H[g];
+        const bool permute = m.role == ModuleRole::Down && o.act_order == ActOrderMode::Permute;
+        GptqResult r;
+        if (o.rtn) {
+          // Baseline: round to nearest on the same grid (report from the same Hessian).
+          std::vector<float> imp(static_cast<size_t>(in));
+          for (int64_t i = 0; i < in; ++i) imp[size_t(i)] = float(h[size_t(i * in + i)]);
+          r.qw = quantize_grid_rtn(d.weight().data(), out, in, lo.group, lo.grid, imp.data());
+          r.report.rel_error = relative_output_error(d.weight().data(), r.qw.dequantize().data(),
+                                                     out, in, h.data());
+          r.report.rel_error_rtn = r.report.rel_error;
+          r.qw.bias = d.bias();
+        } else if (permute) {
+          // Reorder down's input channels by decreasing diag(H); process them in that order
+          // with natural contiguous groups.
+          std::vector<int32_t>& perm = down_perm[m.expert];
+          perm = diag_order(h.data(), in);
+          std::vector<float> wp(size_t(out * in));
+          std::vector<double> hp(size_t(in * in));
+          for (int64_t j = 0; j < in; ++j) {
+            const int64_t pj = perm[size_t(j)];
+            for (int64_t r2 = 0; r2 < out; ++r2) wp[size_t(r2 * in + j)] = d.weight()[size_t(r2 * in + pj)];
+            for (int64_t k = 0; k < in; ++k) hp[size_t(j * in + k)] = h[size_t(pj * in + perm[size_t(k)])];
+          }
+          lo.act_order = ActOrder::None;
+          r = gptq_quantize(wp.data(), out, in, hp.data(), lo, name);
+          r.qw.bias = d.bias();
+        } else {
+          r = gptq_quantize(d.weight().data(), out, in, h.data(), lo, name);
         }
-        lo.act_order = ActOrder::None;
-        r = gptq_quantize(wp.data(), out, in, hp.data(), lo, name);
-        r.qw.bias = d.bias();
-      } else {
-        r = gptq_quantize(d.weight().data(), out, in, h.data(), lo, name);
+        if (lo.act_order == ActOrder::Static) r.qw.g_idx.clear();  // trivial: col / group
+        if (stats) stats->add(name, r.report);
+        nlohmann::json rep = r.report.to_json();
+        rep["rows"] = L.groups[size_t(g)].expert >= 0 ? rows[g] : job.rows();
+        if (permute) rep["permuted_input_channels"] = true;
+        job.commit(s, std::move(r.qw), rep);
       }
-      if (lo.act_order == ActOrder::Static) r.qw.g_idx.clear();  // trivial: col / group
-      if (stats) stats->add(name, r.report);
-      nlohmann::json rep = r.report.to_json();
-      rep["rows"] = job.rows();
-      if (s == S::Down && !down_perm.empty()) rep["permuted_input_channels"] = true;
-      job.commit(s, std::move(r.qw), rep);
-    }
     if (stats) stats->seconds_solve += now_s() - t_solve;
   }
-  // Fold the down permutation into gate/up's output rows (quantized or dense).
-  if (!down_perm.empty()) {
-    for (S s : {S::Gate, S::Up}) {
-      if (job.quantized[int(s)]) {
-        QuantizedWeight p = permute_rows(*job.quantized[int(s)], down_perm);
-        job.commit(s, std::move(p), job.report[int(s)]);
+  // Fold each down permutation into its MLP's gate/up output rows (quantized or dense).
+  for (const auto& [expert, perm] : down_perm) {
+    for (ModuleRole role : {ModuleRole::Gate, ModuleRole::Up}) {
+      const int si = L.find(role, expert);
+      if (si < 0) continue;
+      const S s = S(si);
+      if (job.quantized[size_t(si)]) {
+        QuantizedWeight p = permute_rows(*job.quantized[size_t(si)], perm);
+        job.commit(s, std::move(p), job.report[size_t(si)]);
       } else {
         const DenseLinear& d = job.dense(s);
         const int64_t out = d.out_features(), in = d.in_features();
         std::vector<float> w(size_t(out * in)), b;
         for (int64_t i = 0; i < out; ++i)
-          std::copy_n(d.weight().begin() + down_perm[size_t(i)] * in, in, w.begin() + i * in);
+          std::copy_n(d.weight().begin() + perm[size_t(i)] * in, in, w.begin() + i * in);
         if (!d.bias().empty())
-          for (int64_t i = 0; i < out; ++i) b.push_back(d.bias()[size_t(down_perm[size_t(i)])]);
-        job.weights.linear[int(s)] = std::make_shared<DenseLinear>(std::move(w), out, in, std::move(b));
+          for (int64_t i = 0; i < out; ++i) b.push_back(d.bias()[size_t(perm[size_t(i)])]);
+        job.weights.linear[size_t(si)] = std::make_shared<DenseLinear>(std::move(w), out, in, std::move(b));
       }
     }
   }

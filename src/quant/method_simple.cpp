@@ -12,10 +12,6 @@ namespace llmc {
 
 namespace {
 
-constexpr LinearSlot kAllSlots[] = {LinearSlot::Q,    LinearSlot::K,  LinearSlot::V,
-                                    LinearSlot::O,    LinearSlot::Gate, LinearSlot::Up,
-                                    LinearSlot::Down};
-
 // Per-linear weight quantizer: the whole method for the RTN family.
 using WeightFn = std::function<QuantizedWeight(const DenseLinear&)>;
 
@@ -35,7 +31,7 @@ class RtnQuantizer : public BlockQuantizer {
  public:
   explicit RtnQuantizer(WeightFn fn) : fn_(std::move(fn)) {}
   void quantize_block(BlockJob& job) override {
-    for (LinearSlot s : kAllSlots) {
+    for (LinearSlot s : job.modules()) {
       if (job.ignored(s)) continue;
       job.check_finite(s);
       const DenseLinear& d = job.dense(s);
@@ -52,7 +48,7 @@ class RtnQuantizer : public BlockQuantizer {
 class DenseQuantizer : public BlockQuantizer {
  public:
   void quantize_block(BlockJob& job) override {
-    for (LinearSlot s : kAllSlots) job.check_finite(s);
+    for (LinearSlot s : job.modules()) job.check_finite(s);
   }
 };
 

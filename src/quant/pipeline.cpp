@@ -59,23 +59,33 @@ class IgnoreRules {
   std::vector<std::pair<std::string, std::regex>> rules_;
 };
 
-// The slots of one block that --ignore leaves dense. vLLM loads q/k/v and gate/up as one fused
-// module each (the arch table's fused groups) and refuses a partly quantized one, so a match on
-// one member widens to its whole group, saying so.
-std::array<bool, kNumLinearSlots> ignored_slots(const BlockJob& job, const ArchSpec& arch,
-                                                const IgnoreRules& rules) {
-  std::array<bool, kNumLinearSlots> ign{};
-  for (int s = 0; s < kNumLinearSlots; ++s) ign[s] = rules.match(job.module_name(LinearSlot(s)));
-  for (const FusedGroup& g : arch.fused) {
+// The modules of one block left dense: those the layout leaves dense by default (MoE routers)
+// and those --ignore matches. vLLM loads q/k/v, gate/up and a layer's experts as one fused
+// module each (BlockModule::fused) and refuses a partly quantized one, so a match on one member
+// widens to its whole group, saying so.
+std::vector<bool> ignored_slots(const BlockJob& job, const IgnoreRules& rules) {
+  const BlockLayout& L = job.layout();
+  std::vector<bool> ign(size_t(L.size()));
+  for (int s = 0; s < L.size(); ++s)
+    ign[size_t(s)] = !L.modules[size_t(s)].quantize || rules.match(job.module_name(LinearSlot(s)));
+  std::vector<std::string> done;
+  for (const BlockModule& f : L.modules) {
+    if (f.fused.empty() || std::find(done.begin(), done.end(), f.fused) != done.end()) continue;
+    done.push_back(f.fused);
     std::string matched, widened;
-    for (int k = 0; k < g.n_slots; ++k) {
-      std::string& list = ign[int(g.slots[k])] ? matched : widened;
-      list += ' ';
-      list += job.module_name(g.slots[k]);
+    int n_matched = 0, n_widened = 0;
+    for (int s = 0; s < L.size(); ++s) {
+      if (L.modules[size_t(s)].fused != f.fused) continue;
+      const bool m = ign[size_t(s)];
+      (m ? n_matched : n_widened)++;
+      std::string& list = m ? matched : widened;
+      if ((m ? n_matched : n_widened) <= 4) list += ' ' + job.module_name(LinearSlot(s));
+      else if ((m ? n_matched : n_widened) == 5) list += " ...";
     }
     if (matched.empty() || widened.empty()) continue;
-    for (int k = 0; k < g.n_slots; ++k) ign[int(g.slots[k])] = true;
-    log_info(cat("--ignore matched", matched, " (fused by vLLM into ", g.fused,
+    for (int s = 0; s < L.size(); ++s)
+      if (L.modules[size_t(s)].fused == f.fused) ign[size_t(s)] = true;
+    log_info(cat("--ignore matched", matched, " (fused by vLLM into ", f.fused,
                  "): also leaving", widened, " unquantized"));
   }
   return ign;
@@ -85,14 +95,21 @@ std::array<bool, kNumLinearSlots> ignored_slots(const BlockJob& job, const ArchS
 // AutoAWQ and compressed-tensors' kernels all need whole groups. Checked before any work.
 void check_group_size(const QuantSpec& spec, const ModelConfig& c) {
   if (spec.group <= 0) return;
+  bool dense_mlp = false;  // some layer has a dense MLP (of intermediate_size)
+  for (int l = 0; l < c.num_layers; ++l) dense_mlp |= !c.is_moe_layer(l);
   const struct {
     const char* modules;
     int64_t in;
-  } ins[] = {{"q/k/v/gate/up_proj (hidden_size)", c.hidden_size},
-             {"o_proj (num_attention_heads x head_dim)", int64_t(c.num_heads) * c.head_dim},
-             {"down_proj (intermediate_size)", c.intermediate_size}};
+    bool used;
+  } ins[] = {{"q/k/v/gate/up_proj (hidden_size)", c.hidden_size, true},
+             {"o_proj (num_attention_heads x head_dim)", int64_t(c.num_heads) * c.head_dim, true},
+             {"down_proj (intermediate_size)", c.intermediate_size, dense_mlp},
+             {"experts' down_proj (moe_intermediate_size)", c.moe_intermediate_size,
+              c.num_experts > 0},
+             {"shared expert's down_proj (shared_expert_intermediate_size)",
+              c.shared_expert_intermediate_size, c.shared_expert_intermediate_size > 0}};
   for (const auto& x : ins)
-    if (x.in % spec.group != 0)
+    if (x.used && x.in % spec.group != 0)
       fail("--group-size ", spec.group, " does not divide the in_features ", x.in, " of ",
            x.modules, "; choose a divisor (vLLM serves -1, 32, 64, 128)");
 }
@@ -173,14 +190,14 @@ struct BlockWriteStats {
 BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchSpec& arch,
                             const Layout* layout) {
   BlockWriteStats st;
-  for (int s = 0; s < kNumLinearSlots; ++s) {
+  for (int s = 0; s < job.num_modules(); ++s) {
     const LinearSlot slot = LinearSlot(s);
     const std::string m = job.module_name(slot);
     out.consume(m + ".weight");
     out.consume(m + ".bias");
-    if (job.quantized[s]) {
+    if (job.quantized[size_t(s)]) {
       LLMC_CHECK(layout != nullptr, "quantized weight without a layout");
-      const QuantizedWeight& qw = *job.quantized[s];
+      const QuantizedWeight& qw = *job.quantized[size_t(s)];
       bool has_bias = false;
       const double tp = now_s();
       const std::vector<EncodedTensor> enc = layout->encode(m, qw);
@@ -195,7 +212,7 @@ BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchS
       }
       st.qbf16 += uint64_t(qw.out * qw.in) * 2;
     } else {
-      const auto* d = dynamic_cast<const DenseLinear*>(job.weights.linear[s].get());
+      const auto* d = dynamic_cast<const DenseLinear*>(job.weights.linear[size_t(s)].get());
       if (!d) fail(m, ": unquantized slot is not a dense layer");
       out.add_f32(m + ".weight", d->weight(), {d->out_features(), d->in_features()});
       if (!d->bias().empty()) out.add_f32(m + ".bias", d->bias(), {d->out_features()});
@@ -356,12 +373,13 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   std::vector<std::string> fused_ignore;
   std::optional<QuantizedWeight> scheme;
   json layers = json::object();
+  json moe_report = json::object();  // per MoE layer: tokens per expert, statistics used
   Progress progress("quantize " + method.name, uint64_t(cfg.num_layers), "block");
   for (int i = 0; i < cfg.num_layers; ++i) {
     BlockJob job(*model, i, spec, model->block(i));
     job.batch = std::max(1, opt.batch);
-    const std::array<bool, kNumLinearSlots> ignored = ignored_slots(job, arch, ignore_rules);
-    job.ignored = [&](LinearSlot s) { return !layout || ignored[int(s)]; };
+    const std::vector<bool> ignored = ignored_slots(job, ignore_rules);
+    job.ignored = [&](LinearSlot s) { return !layout || ignored[size_t(s)]; };
     if (calibrate) {
       if (dx.data()) job.dev_inputs = dx.data();
       else job.inputs = x.data();
@@ -378,24 +396,41 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     res.seconds_write += now_s() - tw - st.seconds_pack;
     res.qlinear_bytes += st.qbytes;
     res.qlinear_bf16_bytes += st.qbf16;
-    for (int s = 0; s < kNumLinearSlots; ++s) {
+    for (int s = 0; s < job.num_modules(); ++s) {
       const std::string m = job.module_name(LinearSlot(s));
-      if (job.quantized[s]) {
+      if (job.quantized[size_t(s)]) {
         ++res.quantized_linears;
         if (!scheme) {
-          scheme = *job.quantized[s];
+          scheme = *job.quantized[size_t(s)];
           scheme->q8.clear(), scheme->qu.clear(), scheme->scales.clear(), scheme->zeros.clear();
         }
-        layers[m] = job.report[s];
+        layers[m] = job.report[size_t(s)];
       } else if (layout) {
         ++res.skipped_linears;
         ignore_list.push_back(m);
       }
     }
     // vLLM's names for fused groups left dense (its gptq/awq skip rules see only those).
-    for (const FusedGroup& g : arch.fused)
-      if (layout && ignored[int(g.slots[0])])
-        fused_ignore.push_back(cat(arch.layer_prefix, i, ".", g.fused));
+    {
+      const BlockLayout& L = job.layout();
+      std::vector<std::string> seen;
+      for (int s = 0; s < L.size(); ++s) {
+        const std::string& f = L.modules[size_t(s)].fused;
+        if (f.empty() || std::find(seen.begin(), seen.end(), f) != seen.end()) continue;
+        seen.push_back(f);
+        if (layout && ignored[size_t(s)]) fused_ignore.push_back(cat(arch.layer_prefix, i, ".", f));
+      }
+      if (!job.expert_tokens.empty()) {
+        json& mo = moe_report[std::to_string(i)];
+        mo["tokens_per_expert"] = job.expert_tokens;
+        mo["statistics"] = job.expert_stats;
+        int starved = 0;
+        for (const auto& st : job.expert_stats) starved += st.rfind("all-tokens (fallback", 0) == 0;
+        if (starved > 0)
+          log_info(cat("layer ", i, ": ", starved, " expert(s) routed fewer than ",
+                       spec.moe_min_tokens, " calibration tokens get statistics from every token"));
+      }
+    }
     if (calibrate && i + 1 < cfg.num_layers) {
       if (dx.data()) {
         job.forward_device(dy.data());
@@ -435,6 +470,10 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   // 5. Config, aux files (byte for byte), report; rename into place.
   json summary = json::object();
   quantizer->finish(summary);
+  if (!moe_report.empty())
+    summary["moe_calibration"] = {{"mode", spec.moe_all_experts ? "all-experts" : "routed"},
+                                  {"min_tokens", spec.moe_min_tokens},
+                                  {"layers", moe_report}};
   res.report = {{"method", method.name},
                 {"layout", spec.layout},
                 {"bits", spec.bits},
