@@ -95,6 +95,12 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
 double relative_output_error(const float* w, const float* wq, int64_t out, int64_t in,
                              const double* H);
 
+// relative_output_error of each of `wqs` against the same w and H, in one pass: with
+// backend::device() == CUDA on the GPU (H in fp32 and the differences resident there, one
+// GEMM for all of them, the dot products in fp64: equal to the CPU's up to summation order).
+std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wqs,
+                                           int64_t out, int64_t in, const double* H);
+
 // Diagonal of H sorted decreasingly: the permutation perm (position -> column), stable.
 std::vector<int32_t> diag_order(const double* H, int64_t n);
 // Reorders the rows of a quantized weight: row i of the result is row perm[i] of qw (codes,
