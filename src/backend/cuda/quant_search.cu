@@ -209,18 +209,24 @@ void srch_seg_sums(int op, const float* a, int64_t sa, const float* b, int64_t s
     return;
   }
   const int64_t nb = (len + kSegChunk - 1) / kSegChunk;
-  if (nb > 65535 * 64 || nseg > 65535) fail("device segment sums: unsupported shape");
-  double* d = partial_buf().as<double>(size_t(nb * nseg));
-  seg_sum_kernel<<<dim3(unsigned(nb), unsigned(nseg)), kSegThreads, 0, c.s[0]>>>(op, a, sa, b, sb,
-                                                                                len, d);
-  LLMC_CU_LAUNCH("seg_sum_kernel");
-  std::vector<double> h(size_t(nb * nseg));
-  LLMC_CU(cudaMemcpyAsync(h.data(), d, h.size() * sizeof(double), cudaMemcpyDeviceToHost, c.s[0]));
-  LLMC_CU(cudaStreamSynchronize(c.s[0]));
-  for (int64_t s = 0; s < nseg; ++s) {
-    double t = 0;
-    for (int64_t k = 0; k < nb; ++k) t += h[size_t(s * nb + k)];
-    out[s] = t;
+  if (nb > (int64_t(1) << 31) - 1) fail("device segment sums: segments too long");
+  constexpr int64_t kMaxY = 65535;  // grid y limit: segments per launch
+  const int64_t per = std::min(nseg, kMaxY);
+  double* d = partial_buf().as<double>(size_t(nb * per));
+  std::vector<double> h(size_t(nb * per));
+  for (int64_t s0 = 0; s0 < nseg; s0 += per) {
+    const int64_t ns = std::min(per, nseg - s0);
+    seg_sum_kernel<<<dim3(unsigned(nb), unsigned(ns)), kSegThreads, 0, c.s[0]>>>(
+        op, a + s0 * sa, sa, b ? b + s0 * sb : nullptr, sb, len, d);
+    LLMC_CU_LAUNCH("seg_sum_kernel");
+    LLMC_CU(cudaMemcpyAsync(h.data(), d, size_t(nb * ns) * sizeof(double), cudaMemcpyDeviceToHost,
+                            c.s[0]));
+    LLMC_CU(cudaStreamSynchronize(c.s[0]));
+    for (int64_t s = 0; s < ns; ++s) {
+      double t = 0;
+      for (int64_t k = 0; k < nb; ++k) t += h[size_t(s * nb + k)];
+      out[s0 + s] = t;
+    }
   }
 }
 
