@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/backend.h"
@@ -1306,4 +1307,285 @@ TEST(CudaGptq, MatchesCpuOnRealHessians) {
               "difference of the output error %.2e\n", worst_codes, worst_rel);
   EXPECT_LT(worst_codes, 2e-2);
   EXPECT_LT(worst_rel, 2e-2);
+}
+
+// =============================================================================================
+// The search primitives (backend.h "search primitives") and what fp8_static / AWQ build on them
+// =============================================================================================
+namespace {
+
+be::DeviceArray dev_of(const std::vector<float>& v) {
+  be::DeviceArray d(int64_t(v.size()));
+  d.upload(v.data(), int64_t(v.size()));
+  return d;
+}
+
+std::vector<float> host_of(const be::DeviceArray& d, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  d.download(v.data(), n);
+  return v;
+}
+
+}  // namespace
+
+TEST(Backend, SearchPrimitivesNeedTheGpu) {
+  DeviceGuard g(be::Device::CPU);
+  float f[4] = {1, 2, 3, 4};
+  double d[2];
+  be::GridParams gp;
+  EXPECT_THROW(be::dev::gemm_batched(false, 1, 1, 1, f, 1, 0, f, 1, 0, f, 1, 0, 1), Error);
+  EXPECT_THROW(be::dev::seg_sums(be::dev::SegOp::SqDiff, f, 2, nullptr, 0, 2, 2, d), Error);
+  EXPECT_THROW(be::dev::seg_sums(be::dev::SegOp::Dot, f, 2, nullptr, 0, 2, 2, d), Error);
+  EXPECT_THROW(be::dev::fake_quant_scaled(f, 1, 4, f, -1, gp, false, f), Error);
+  EXPECT_THROW(be::dev::shrink_residuals(f, 1, 4, -1, gp, 0, 0.5, 0, 1, f), Error);  // steps 0
+  EXPECT_THROW(be::dev::shrink_residuals(f, 1, 4, -1, gp, 4, 0.5, 0, 1, f), Error);
+  const double h[1] = {1.0}, dg[1] = {0.0};
+  EXPECT_THROW(be::cuda_wiener_solve(h, dg, f, 1, 1, f), Error);
+}
+
+// awq_grid_search_batched makes awq_grid_search's choice from the same losses (any device).
+TEST(Backend, AwqBatchedGridSearchMatchesSequential) {
+  const auto xm = randn(64, 3, 1.0f), wm = randn(64, 4, 1.0f);
+  std::vector<float> xa(xm.size()), wa(wm.size());
+  for (size_t i = 0; i < xm.size(); ++i) xa[i] = std::fabs(xm[i]) + 0.1f, wa[i] = std::fabs(wm[i]);
+  auto loss = [](const std::vector<float>& s) {  // minimum near the middle of the grid
+    double e = 0;
+    for (size_t i = 0; i < s.size(); ++i) e += std::pow(std::log(double(s[i])) - 0.3 * std::sin(double(i)), 2);
+    return e;
+  };
+  const AwqSearchResult a = awq_grid_search(xa, wa, 20, true, loss);
+  int calls = 0;
+  const AwqSearchResult b = awq_grid_search_batched(
+      xa, wa, 20, true, [&](const std::vector<std::vector<float>>& c) {
+        ++calls;
+        std::vector<double> l;
+        for (const auto& s : c) l.push_back(loss(s));
+        return l;
+      });
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(a.alpha, b.alpha);
+  EXPECT_EQ(a.scales, b.scales);
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_EQ(a.loss_identity, b.loss_identity);
+  EXPECT_THROW(awq_grid_search_batched(xa, wa, 20, true,
+                                       [](const std::vector<std::vector<float>>&) {
+                                         return std::vector<double>(3, 0.0);
+                                       }),
+               Error);
+}
+
+TEST(CudaSearch, PrimitivesMatchCpu) {
+  REQUIRE_GPU();
+  DeviceGuard g(be::Device::CUDA);
+  // Fake quantization: bit for bit with awq_fake_quant_scaled.
+  const int64_t out = 96, in = 512;
+  const auto w = randn(size_t(out * in), 21, 0.02f);
+  std::vector<float> s = randn(size_t(in), 22, 0.5f);
+  for (auto& v : s) v = std::exp(v);
+  const be::DeviceArray dw = dev_of(w), ds = dev_of(s);
+  be::DeviceArray dy(out * in);
+  for (const auto& [bits, sym, group, f16] :
+       {std::tuple{4, true, int64_t(128), true}, std::tuple{4, false, int64_t(128), true},
+        std::tuple{3, true, int64_t(-1), false}, std::tuple{8, false, int64_t(64), false}}) {
+    QuantGrid qg;
+    qg.bits = bits, qg.symmetric = sym, qg.fp16_scales = f16;
+    be::GridParams gp;
+    gp.bits = bits, gp.symmetric = sym, gp.fp16_scales = f16;
+    const std::vector<float> ref = awq_fake_quant_scaled(w.data(), out, in, s, group, qg);
+    be::dev::fake_quant_scaled(dw.data(), out, in, ds.data(), group, gp, false, dy.data());
+    EXPECT_EQ(host_of(dy, out * in), ref) << bits << " bits, group " << group;
+    be::dev::fake_quant_scaled(dw.data(), out, in, ds.data(), group, gp, true, dy.data());
+    const auto delta = host_of(dy, out * in);
+    for (size_t i = 0; i < delta.size(); i += 97) ASSERT_EQ(delta[i], ref[i] - w[i]);
+    // Shrink residuals: candidate k is RTN at shrink 1 - max_shrink · k / steps.
+    be::DeviceArray dd(2 * out * in);
+    be::dev::shrink_residuals(dw.data(), out, in, group, gp, 10, 0.5, 3, 2, dd.data());
+    const auto D = host_of(dd, 2 * out * in);
+    const int64_t gs = group > 0 ? group : in;
+    for (int kk = 0; kk < 2; ++kk)
+      for (int64_t r = 0; r < out; r += 7)
+        for (int64_t c0 = 0; c0 < in; c0 += gs) {
+          float sc;
+          int32_t z;
+          group_params_shrink(qg, w.data() + r * in + c0, gs, 1.0 - 0.5 * (3 + kk) / 10, &sc, &z);
+          for (int64_t i = 0; i < gs; ++i) {
+            const float v = w[size_t(r * in + c0 + i)];
+            const float e = float(int_quantize_value(v, sc, z, bits, sym) - z) * sc - v;
+            ASSERT_NEAR(D[size_t((kk * out + r) * in + c0 + i)], e, 2e-8f) << r << " " << c0 + i;
+          }
+        }
+  }
+  // Segment sums in fp64 (long and short segments).
+  for (int64_t len : {int64_t(300), int64_t(200000)}) {
+    const auto a = randn(size_t(3 * len), 23), b = randn(size_t(3 * len), 24);
+    const be::DeviceArray da = dev_of(a), db = dev_of(b);
+    double dot[3], sq[3], sq0[1];
+    be::dev::seg_sums(be::dev::SegOp::Dot, da.data(), len, db.data(), len, len, 3, dot);
+    be::dev::seg_sums(be::dev::SegOp::SqDiff, da.data(), len, db.data(), 0, len, 3, sq);
+    be::dev::seg_sums(be::dev::SegOp::SqDiff, da.data(), 0, nullptr, 0, len, 1, sq0);
+    for (int s = 0; s < 3; ++s) {
+      double rd = 0, rs = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        rd += double(a[size_t(s * len + i)]) * b[size_t(s * len + i)];
+        const double d = double(a[size_t(s * len + i)]) - b[size_t(i)];
+        rs += d * d;
+      }
+      EXPECT_NEAR(dot[s], rd, 1e-10 * len);
+      EXPECT_NEAR(sq[s], rs, 1e-10 * rs);
+    }
+    double r0 = 0;
+    for (int64_t i = 0; i < len; ++i) r0 += double(a[size_t(i)]) * a[size_t(i)];
+    EXPECT_NEAR(sq0[0], r0, 1e-10 * r0);
+  }
+  // Batched GEMMs, both forms, with strides and leading dimensions.
+  {
+    const int64_t m = 33, n = 40, k = 70, batch = 3;
+    const auto A = randn(size_t(batch * m * (k + 5)), 25), B = randn(size_t(batch * k * n), 26);
+    const be::DeviceArray dA = dev_of(A), dB = dev_of(B);
+    be::DeviceArray dC(batch * m * n);
+    for (bool bt : {false, true}) {
+      be::dev::gemm_batched(bt, m, n, k, dA.data(), k + 5, m * (k + 5), dB.data(), bt ? k : n,
+                            k * n, dC.data(), n, m * n, int(batch));
+      const auto C = host_of(dC, batch * m * n);
+      for (int64_t bi = 0; bi < batch; ++bi)
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double r = 0;
+            for (int64_t t = 0; t < k; ++t)
+              r += double(A[size_t(bi * m * (k + 5) + i * (k + 5) + t)]) *
+                   B[size_t(bi * k * n + (bt ? j * k + t : t * n + j))];
+            ASSERT_NEAR(C[size_t(bi * m * n + i * n + j)], r, 1e-4) << bt;
+          }
+    }
+  }
+  // The activation-aware target: (H + D) xᵀ = H wᵀ, and refused when H + D is indefinite.
+  {
+    const int64_t n = 384, o = 50;
+    const auto H = random_hessian(n, 1024, 27);
+    const auto wt = randn(size_t(o * n), 28, 0.02f);
+    std::vector<double> d(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) d[size_t(i)] = 0.01 * H[size_t(i * n + i)] * (1 + i % 3);
+    std::vector<float> x(size_t(o * n));
+    ASSERT_TRUE(be::cuda_wiener_solve(H.data(), d.data(), wt.data(), o, n, x.data()));
+    double worst = 0;
+    for (int64_t r = 0; r < o; ++r)
+      for (int64_t i = 0; i < n; ++i) {
+        double lhs = d[size_t(i)] * x[size_t(r * n + i)], rhs = 0, mag = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          lhs += H[size_t(i * n + j)] * x[size_t(r * n + j)];
+          rhs += H[size_t(i * n + j)] * wt[size_t(r * n + j)];
+          mag += std::fabs(H[size_t(i * n + j)] * wt[size_t(r * n + j)]);
+        }
+        worst = std::max(worst, std::fabs(lhs - rhs) / (mag + 1e-30));
+      }
+    EXPECT_LT(worst, 1e-5);  // x is rounded to fp32
+    std::vector<double> bad(size_t(n), 0.0);
+    bad[0] = -1e9;
+    EXPECT_FALSE(be::cuda_wiener_solve(H.data(), bad.data(), wt.data(), o, n, x.data()));
+  }
+}
+
+// AWQ's clipping search on the GPU makes the CPU's choices (up to near-ties of the loss).
+TEST(CudaSearch, AwqClipMatchesCpu) {
+  REQUIRE_GPU();
+  const int64_t in = 1024, out = 768;
+  const auto H = random_hessian(in, 2048, 31);
+  const auto w = randn(size_t(out * in), 32, 0.02f);
+  for (const auto& [sym, group] : {std::pair{true, int64_t(128)}, std::pair{false, int64_t(128)},
+                                   std::pair{false, int64_t(-1)}}) {
+    QuantGrid qg;
+    qg.bits = 4, qg.symmetric = sym;
+    QuantizedWeight q[2];
+    for (int gpu = 0; gpu < 2; ++gpu) {
+      DeviceGuard g(gpu ? be::Device::CUDA : be::Device::CPU);
+      q[gpu] = awq_clip_quantize(w.data(), out, in, group, qg, H.data(), 20, 0.5);
+    }
+    size_t diff = 0;
+    for (size_t i = 0; i < q[0].scales.size(); ++i) diff += q[0].scales[i] != q[1].scales[i];
+    const double frac = double(diff) / double(q[0].scales.size());
+    const double e0 = relative_output_error(w.data(), q[0].dequantize().data(), out, in, H.data());
+    const double e1 = relative_output_error(w.data(), q[1].dequantize().data(), out, in, H.data());
+    std::printf("  clip %s group %lld: %.2e of the group scales differ, rel. error cpu %.6e gpu %.6e\n",
+                sym ? "sym" : "asym", (long long)group, frac, e0, e1);
+    EXPECT_LT(frac, 1e-2);
+    EXPECT_NEAR(e1, e0, 1e-4 * e0);
+    EXPECT_LT(e1, relative_output_error(w.data(),
+                                        quantize_grid_rtn(w.data(), out, in, group, qg).dequantize().data(),
+                                        out, in, H.data()));
+  }
+}
+
+// Output errors of several candidates at once: the CPU's values.
+TEST(CudaSearch, RelativeOutputErrorsMatchCpu) {
+  REQUIRE_GPU();
+  const int64_t in = 512, out = 384;
+  const auto H = random_hessian(in, 1024, 41);
+  const auto w = randn(size_t(out * in), 42, 0.02f);
+  QuantGrid qg;
+  const auto a = quantize_grid_rtn(w.data(), out, in, 128, qg).dequantize();
+  qg.bits = 3;
+  const auto b = quantize_grid_rtn(w.data(), out, in, 128, qg).dequantize();
+  std::vector<double> e[2];
+  for (int gpu = 0; gpu < 2; ++gpu) {
+    DeviceGuard g(gpu ? be::Device::CUDA : be::Device::CPU);
+    e[gpu] = relative_output_errors(w.data(), {a.data(), b.data()}, out, in, H.data());
+  }
+  ASSERT_EQ(e[1].size(), 2u);
+  for (int k = 0; k < 2; ++k) EXPECT_NEAR(e[1][size_t(k)], e[0][size_t(k)], 1e-5 * e[0][size_t(k)]);
+  EXPECT_GT(e[1][1], e[1][0]);  // 3 bits are worse than 4
+}
+
+// Block-level: fp8_static and AWQ (module and linear losses) pick the same input scales / AWQ
+// alphas on the GPU as on the CPU, on qwen3-tiny.
+TEST(CudaSearch, MethodChoicesMatchCpu) {
+  REQUIRE_GPU();
+  struct Case {
+    const char* method;
+    nlohmann::json extra;
+  };
+  for (const Case& k : {Case{"fp8_static", nlohmann::json::object()},
+                        Case{"int4_awq", nlohmann::json::object()},
+                        Case{"int4_awq", nlohmann::json{{"loss", "linear"}}}}) {
+    nlohmann::json rep[2];
+    for (int gpu = 0; gpu < 2; ++gpu) {
+      QuantizeOptions q;
+      q.input = test::model_dir("qwen3-tiny");
+      q.output = test::temp_dir(std::string("cuda-srch-") + k.method + (gpu ? "-gpu" : "-cpu") +
+                                std::to_string(k.extra.size())) / "out";
+      q.method = k.method;
+      q.num_samples = 16;
+      q.seq_len = 128;
+      q.quality.enabled = false;
+      q.overrides.extra = k.extra;
+      q.writer.overwrite = true;
+      DeviceGuard g(gpu ? be::Device::CUDA : be::Device::CPU);
+      rep[gpu] = quantize_model(q).report;
+    }
+    int same = 0, total = 0;
+    if (std::string(k.method) == "fp8_static") {
+      for (const auto& [name, l] : rep[0]["layers"].items()) {
+        const auto& lg = rep[1]["layers"][name];
+        ++total;
+        same += l["input_clip_ratio"] == lg["input_clip_ratio"];
+        EXPECT_NEAR(lg["group_out_rel_error"].get<double>(), l["group_out_rel_error"].get<double>(),
+                    2e-2 * l["group_out_rel_error"].get<double>()) << name;
+        EXPECT_NEAR(lg["rel_output_error_rtn"].get<double>(), l["rel_output_error_rtn"].get<double>(),
+                    1e-3 * l["rel_output_error_rtn"].get<double>()) << name;
+      }
+    } else {
+      for (const auto& [layer, m] : rep[0]["summary"]["awq"]["alphas"].items())
+        for (const auto& [map, a] : m.items()) {
+          ++total;
+          same += a == rep[1]["summary"]["awq"]["alphas"][layer][map];
+        }
+      EXPECT_NEAR(rep[1]["summary"]["awq"]["mean_rel_error"].get<double>(),
+                  rep[0]["summary"]["awq"]["mean_rel_error"].get<double>(),
+                  1e-2 * rep[0]["summary"]["awq"]["mean_rel_error"].get<double>());
+    }
+    std::printf("  %s %s: %d of %d choices identical on cpu and cuda\n", k.method,
+                k.extra.dump().c_str(), same, total);
+    ASSERT_GT(total, 0);
+    // fp32 summation order may flip a choice between near-equal candidates (a tie), never most.
+    EXPECT_GE(same, total - std::max(1, total / 5)) << k.method;
+  }
 }

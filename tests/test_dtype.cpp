@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/dtype.h"
@@ -224,5 +225,29 @@ TEST(Threads, ParallelForCoversRangeAndPropagatesErrors) {
     parallel_for(0, 4, 1, [&](size_t b, size_t e) { sum += int(e - b); });
   });
   EXPECT_EQ(sum.load(), 32);
+  set_num_threads(0);
+}
+
+// Two threads issuing parallel regions back to back (quantize's writer thread beside the
+// quantizing thread): every region runs each chunk exactly once and none hangs. A worker late
+// from one region must not take an index of the next one.
+TEST(Threads, ConcurrentCallersEachRunEveryChunkOnce) {
+  set_num_threads(16);  // more workers than cores: late workers are likely
+  std::atomic<int64_t> bad{0};
+  auto caller = [&](int seed) {
+    for (int rep = 0; rep < 3000; ++rep) {
+      const size_t n = size_t(1 + (rep * 7 + seed) % 40);
+      std::vector<std::atomic<int>> hit(n);
+      for (auto& h : hit) h = 0;
+      parallel_for(0, n, 1, [&](size_t b, size_t e) {
+        for (size_t i = b; i < e; ++i) hit[i]++;
+      });
+      for (auto& h : hit) bad += h.load() != 1;
+    }
+  };
+  std::thread other(caller, 1);
+  caller(2);
+  other.join();
+  EXPECT_EQ(bad.load(), 0);
   set_num_threads(0);
 }

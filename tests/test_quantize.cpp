@@ -12,7 +12,9 @@
 #include <cmath>
 #include <fcntl.h>
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -965,4 +967,69 @@ TEST(QuantizeCli, AiOsSpellingsAndErrors) {
 }
 
 }  // namespace
+}  // namespace llmc
+
+namespace llmc {
+namespace {
+
+// Every file of an output directory but the report (which holds timings), byte for byte.
+std::map<std::string, std::string> output_files(const fs::path& dir) {
+  std::map<std::string, std::string> m;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != "llmc_quant_report.json")
+      m[e.path().filename().string()] = read_text_file(e.path());
+  return m;
+}
+
+}  // namespace
+
+// The writer thread (QuantizeOptions::writer_thread) writes exactly what the quantizing thread
+// writes, for calibrated methods (blocks forwarded while the previous one is written) and an RTN
+// method; the input's mapped pages released on the way are read again where needed (the
+// non-block tensors are copied intact).
+TEST(Quantize, WriterThreadWritesTheSameBytes) {
+  const fs::path d = test::temp_dir("q-writer");
+  for (const char* m : {"int4_gptq", "int8", "fp8_static"}) {
+    std::map<std::string, std::string> files[2];
+    json layers[2];
+    for (int t = 0; t < 2; ++t) {
+      QuantizeOptions o = tiny_options(m, d / (std::string(m) + (t ? "-t" : "-s")));
+      o.writer_thread = t == 1;
+      const QuantizeResult r = quantize_model(o);
+      EXPECT_GT(r.seconds_write, 0.0);
+      layers[t] = r.report["layers"];
+      for (auto& [k, v] : layers[t].items()) v.erase("seconds");
+      files[t] = output_files(o.output);
+    }
+    ASSERT_GE(files[0].size(), 3u) << m;  // config, tensors, tokenizer files
+    ASSERT_EQ(files[0].size(), files[1].size()) << m;
+    for (const auto& [name, bytes] : files[0]) {
+      ASSERT_TRUE(files[1].count(name)) << m << " " << name;
+      EXPECT_TRUE(files[1].at(name) == bytes) << m << ": " << name << " differs";
+    }
+    EXPECT_TRUE(layers[0] == layers[1]) << m << ": the per-layer reports differ";
+  }
+}
+
+TEST(Fs, ReleaseMappedPagesOnlyTouchesFileMappings) {
+  const fs::path d = test::temp_dir("fs-release");
+  const fs::path f = d / "data.bin";
+  std::string content(size_t(3 * 65536 + 123), '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = char(i * 131 % 251);
+  { std::ofstream(f, std::ios::binary) << content; }
+  const MappedFile m(f);
+  ASSERT_EQ(m.size(), content.size());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data()), m.size()), content);
+  release_mapped_pages(m.data() + 10, m.size() - 20);
+  // Read again from the file after the release.
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data()), m.size()), content);
+  // Heap memory (not a mapping) and ranges past a mapping are left alone.
+  std::vector<char> heap(size_t(1 << 20), 'x');
+  release_mapped_pages(heap.data(), heap.size());
+  EXPECT_EQ(std::count(heap.begin(), heap.end(), 'x'), int64_t(heap.size()));
+  release_mapped_pages(m.data(), m.size() + (1 << 20));
+  release_mapped_pages(nullptr, 100);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(m.data()), m.size()), content);
+}
+
 }  // namespace llmc

@@ -590,7 +590,45 @@ void sync() {
   if (cuda_available()) cuda::blk_sync();
 #endif
 }
+void gemm_batched(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
+                  int64_t sA, const float* B, int64_t ldb, int64_t sB, float* C, int64_t ldc,
+                  int64_t sC, int batch) {
+  LLMC_DEV("dev::gemm_batched", cuda::srch_gemm_batched(b_transposed, m, n, k, A, lda, sA, B, ldb,
+                                                        sB, C, ldc, sC, batch));
+}
+void seg_sums(SegOp op, const float* a, int64_t sa, const float* b, int64_t sb, int64_t len,
+              int64_t nseg, double* out) {
+  LLMC_CHECK(op == SegOp::SqDiff || b != nullptr, "seg_sums: Dot needs b");
+  LLMC_DEV("dev::seg_sums",
+           cuda::srch_seg_sums(op == SegOp::Dot ? 0 : 1, a, sa, b, sb, len, nseg, out));
+}
+void fake_quant_scaled(const float* w, int64_t out, int64_t in, const float* s, int64_t group,
+                       const GridParams& g, bool minus_w, float* y) {
+  LLMC_CHECK(!g.fp8 && g.bits >= 2 && g.bits <= 8 && (group > 0 || group == -1),
+             "fake_quant_scaled: INT grids of 2..8 bits, group > 0 or -1");
+  LLMC_DEV("dev::fake_quant_scaled", cuda::srch_fake_quant(w, out, in, s, group, g, minus_w, y));
+}
+void shrink_residuals(const float* w, int64_t out, int64_t in, int64_t group, const GridParams& g,
+                      int steps, double max_shrink, int k0, int kc, float* D) {
+  LLMC_CHECK(!g.fp8 && g.bits >= 2 && g.bits <= 8 && (group > 0 || group == -1) && steps > 0,
+             "shrink_residuals: INT grids of 2..8 bits, group > 0 or -1, steps > 0");
+  LLMC_DEV("dev::shrink_residuals",
+           cuda::srch_shrink_residuals(w, out, in, group, g, steps, max_shrink, k0, kc, D));
+}
 #undef LLMC_DEV
 }  // namespace dev
+
+bool cuda_wiener_solve(const double* H, const double* d, const float* w, int64_t out, int64_t n,
+                       float* x) {
+  if (device() != Device::CUDA)
+    fail("cuda_wiener_solve: the current device is ", device_name(device()));
+  LLMC_CHECK(out > 0 && n > 0, "cuda_wiener_solve: bad shape");
+#ifdef LLMC_HAVE_CUDA
+  return cuda::srch_wiener_solve(H, d, w, out, n, x);
+#else
+  (void)H, (void)d, (void)w, (void)x;
+  fail("cuda_wiener_solve: llmc was built without the CUDA backend");
+#endif
+}
 
 }  // namespace llmc::backend

@@ -249,4 +249,42 @@ void gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, int6
 void sync();  // waits for everything enqueued
 }  // namespace dev
 
+// ---- search primitives (fp8_static's input-scale search and activation-aware target, AWQ's
+// scale and clip grids; backend/cuda/quant_search.cu). Require device() == CUDA. ----
+// A grid of quant/grid.h for the device kernels (INT unless fp8; bits 2..8).
+struct GridParams {
+  bool fp8 = false;
+  int bits = 4;
+  bool symmetric = true, sym_full_range = true, fp16_scales = true;
+};
+// Solves (H + diag(d)) Xᵀ = H Wᵀ for X [out, n] (fp64 Cholesky factorization and solve by
+// cuSOLVER, H Wᵀ by cuBLAS dgemm; w, x fp32 host arrays, H [n, n] symmetric and d [n] fp64
+// host arrays). False when H + diag(d) is not positive definite (x untouched).
+bool cuda_wiener_solve(const double* H, const double* d, const float* w, int64_t out, int64_t n,
+                       float* x);
+
+namespace dev {
+// Row-major C_b [m, n] = A_b [m, k] · B_b (B_b [k, n]; b_transposed: B_b [n, k] and A_b · B_bᵀ)
+// for b < batch, with leading dimensions and batch strides in elements (device pointers). fp32
+// without TF32 whatever set_cuda_tf32 says: searches compare candidates' losses.
+void gemm_batched(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
+                  int64_t sA, const float* B, int64_t ldb, int64_t sB, float* C, int64_t ldc,
+                  int64_t sC, int batch);
+// out[s] (host) = Σ_{i < len} f(a[s·sa + i], b[s·sb + i]) for s < nseg, in fp64 in a fixed
+// order: f = a·b (Dot) or (a - b)² (SqDiff; b == nullptr: a²).
+enum class SegOp { Dot, SqDiff };
+void seg_sums(SegOp op, const float* a, int64_t sa, const float* b, int64_t sb, int64_t len,
+              int64_t nseg, double* out);
+// y[r, c] = Q(w[r, c] · s[c]) / s[c] (minus w[r, c] when minus_w), Q round-to-nearest on the INT
+// grid g with the parameters of each group of `group` columns (-1: the whole row) from its
+// min/max: quant/awq.h awq_fake_quant_scaled, bit for bit (y may not alias w).
+void fake_quant_scaled(const float* w, int64_t out, int64_t in, const float* s, int64_t group,
+                       const GridParams& g, bool minus_w, float* y);
+// AWQ's clipping candidates: for k in [k0, k0 + kc), D[k - k0] [out, in] = value(code(w)) - w
+// with each group's parameters at shrink 1 - max_shrink · k / steps of its min/max range (as
+// quant/awq.cpp awq_clip_quantize computes them).
+void shrink_residuals(const float* w, int64_t out, int64_t in, int64_t group, const GridParams& g,
+                      int steps, double max_shrink, int k0, int kc, float* D);
+}  // namespace dev
+
 }  // namespace llmc::backend

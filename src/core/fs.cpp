@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -51,6 +52,22 @@ int open_regular_file(const fs::path& path) {
   return fd;
 }
 
+namespace {
+// The live read-only mappings of MappedFile: release_mapped_pages touches nothing else (on
+// anonymous memory MADV_DONTNEED would zero it).
+std::mutex g_maps_mu;
+std::map<uintptr_t, size_t>& live_maps() {
+  static auto* m = new std::map<uintptr_t, size_t>;
+  return *m;
+}
+void register_map(const uint8_t* p, size_t n, bool add) {
+  if (!p) return;
+  std::lock_guard<std::mutex> g(g_maps_mu);
+  if (add) live_maps()[uintptr_t(p)] = n;
+  else live_maps().erase(uintptr_t(p));
+}
+}  // namespace
+
 MappedFile::MappedFile(const fs::path& path) : path_(path) {
   const int fd = open_regular_file(path);
   struct stat st{};
@@ -68,17 +85,20 @@ MappedFile::MappedFile(const fs::path& path) : path_(path) {
       fail(path.string(), ": cannot mmap: ", std::strerror(e));
     }
     data_ = static_cast<const uint8_t*>(p);
+    register_map(data_, size_, true);
   }
   ::close(fd);
 }
 
 MappedFile::~MappedFile() {
+  register_map(data_, size_, false);
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 MappedFile::MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
+    register_map(data_, size_, false);
     if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
     path_ = std::move(o.path_);
     data_ = o.data_;
@@ -87,6 +107,22 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
     o.size_ = 0;
   }
   return *this;
+}
+
+
+void release_mapped_pages(const void* p, size_t n) {
+  if (!p || n == 0) return;
+  static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = uintptr_t(p), hi = lo + n;
+  {
+    std::lock_guard<std::mutex> g(g_maps_mu);
+    auto it = live_maps().upper_bound(lo);
+    if (it == live_maps().begin()) return;
+    --it;
+    if (hi > it->first + it->second) return;  // not inside one mapping
+  }
+  const uintptr_t a = (lo + page - 1) / page * page, b = hi / page * page;
+  if (b > a) ::madvise(reinterpret_cast<void*>(a), size_t(b - a), MADV_DONTNEED);
 }
 
 std::string read_text_file(const fs::path& path) {

@@ -57,6 +57,11 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Drops the whole pages inside [p, p + n) of a read-only file mapping (MappedFile) from this
+// process (madvise MADV_DONTNEED): resident memory falls, a later read faults them in again
+// from the file. Partial pages at either end are kept. Anything else is a no-op.
+void release_mapped_pages(const void* p, size_t n);
+
 // Opens `path` for reading (O_RDONLY | O_CLOEXEC); refuses anything but a regular file without
 // blocking. Returns the fd (caller closes).
 int open_regular_file(const fs::path& path);

@@ -52,7 +52,9 @@ class Pool {
     cv_.notify_all();
     work();
     std::unique_lock<std::mutex> g(mu_);
-    done_cv_.wait(g, [&] { return done_ == nchunks_; });
+    // Also wait for every worker that joined this region to leave it: a late one must not
+    // take an index of the next region (another thread's, started as soon as run_mu_ is free).
+    done_cv_.wait(g, [&] { return done_ == nchunks_ && active_ == 0; });
     job_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -93,8 +95,14 @@ class Pool {
         cv_.wait(g, [&] { return stopping_ || (generation_ != seen && job_ != nullptr); });
         if (stopping_) return;
         seen = generation_;
+        ++active_;
       }
       work();
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        --active_;
+      }
+      done_cv_.notify_all();
     }
   }
 
@@ -103,6 +111,7 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   const std::function<void(size_t)>* job_ = nullptr;
   size_t nchunks_ = 0, done_ = 0;
+  int active_ = 0;  // workers inside work() (joined under mu_)
   std::atomic<size_t> next_{0};
   uint64_t generation_ = 0;
   bool stopping_ = false;

@@ -81,7 +81,8 @@ struct Buf {
 
 class TransformerModel final : public Model {
  public:
-  TransformerModel(const Checkpoint& ckpt, std::shared_ptr<const LinearFactory> factory)
+  TransformerModel(const Checkpoint& ckpt, std::shared_ptr<const LinearFactory> factory,
+                   bool blocks_only)
       : ckpt_(ckpt), factory_(std::move(factory)) {
     if (!ckpt.tensors) fail(ckpt.path.string(), ": checkpoint has no tensors");
     const std::string origin = ckpt.format == CheckpointFormat::HF
@@ -90,7 +91,17 @@ class TransformerModel final : public Model {
     cfg_ = ModelConfig::from_json(ckpt.config, origin);
     arch_ = &arch_for(cfg_.architecture, origin);
     if (!factory_) factory_ = std::make_shared<LinearFactory>();
-    const TensorReader& t = *ckpt.tensors;
+    blocks_.resize(cfg_.num_layers);
+    for (int l = 0; l < cfg_.num_layers; ++l) layouts_.push_back(block_layout(*arch_, cfg_, l));
+    routed_.resize(size_t(cfg_.num_layers));
+    for (int l = 0; l < cfg_.num_layers; ++l) routed_[size_t(l)].assign(size_t(layouts_[size_t(l)].num_experts), 0);
+    inv_freq_ = cpu::rope_inv_freq(cfg_.rope, cfg_.head_dim);
+    if (!blocks_only) load_io();
+  }
+
+  // Embeddings, final norm and lm_head (Model::load; skipped for blocks_only).
+  void load_io() {
+    const TensorReader& t = *ckpt_.tensors;
     const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
     embed_ = read_f32_tensor(t, arch_->embed, {V, H});
     norm_ = read_f32_tensor(t, arch_->final_norm, {H});
@@ -100,16 +111,16 @@ class TransformerModel final : public Model {
       head_ = factory_->make(t, arch_->lm_head, V, H);
       check_linear(*head_, arch_->lm_head, V, H);
     }
-    blocks_.resize(cfg_.num_layers);
-    for (int l = 0; l < cfg_.num_layers; ++l) layouts_.push_back(block_layout(*arch_, cfg_, l));
-    routed_.resize(size_t(cfg_.num_layers));
-    for (int l = 0; l < cfg_.num_layers; ++l) routed_[size_t(l)].assign(size_t(layouts_[size_t(l)].num_experts), 0);
-    inv_freq_ = cpu::rope_inv_freq(cfg_.rope, cfg_.head_dim);
+    io_ = true;
+  }
+  void need_io() const {
+    if (!io_) fail("model loaded with blocks only: no embeddings or lm_head");
   }
 
   const ModelConfig& config() const override { return cfg_; }
 
   void embed(const int32_t* ids, int64_t rows, float* hidden) const override {
+    need_io();
     const int64_t H = cfg_.hidden_size;
     for (int64_t r = 0; r < rows; ++r)
       if (ids[r] < 0 || ids[r] >= cfg_.vocab_size)
@@ -195,10 +206,12 @@ class TransformerModel final : public Model {
   void release_device_cache() override { acache_ = AttnCache(); }
 
   void final_norm(float* hidden, int64_t rows) const override {
+    need_io();
     cpu::rms_norm(hidden, norm_.data(), rows, cfg_.hidden_size, cfg_.rms_norm_eps, hidden);
   }
 
   void lm_head(const float* hidden, int64_t rows, float* logits) const override {
+    need_io();
     head_->forward(hidden, rows, logits);
   }
 
@@ -295,7 +308,7 @@ class TransformerModel final : public Model {
   }
 
   uint64_t bytes_held() const override {
-    uint64_t n = (embed_.size() + norm_.size()) * sizeof(float) + head_->bytes_held();
+    uint64_t n = (embed_.size() + norm_.size()) * sizeof(float) + (head_ ? head_->bytes_held() : 0);
     for (const auto& b : blocks_) {
       if (!b) continue;
       for (const auto& l : b->linear) n += l ? l->bytes_held() : 0;
@@ -722,6 +735,7 @@ class TransformerModel final : public Model {
   const ArchSpec* arch_ = nullptr;
   std::vector<float> embed_, norm_;
   std::shared_ptr<Linear> head_;
+  bool io_ = false;
   std::vector<std::unique_ptr<BlockWeights>> blocks_;
   std::vector<BlockLayout> layouts_;
   std::vector<bool> observe_all_;
@@ -737,7 +751,11 @@ class TransformerModel final : public Model {
 
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt,
                                    std::shared_ptr<const LinearFactory> factory) {
-  return std::make_unique<TransformerModel>(ckpt, std::move(factory));
+  return std::make_unique<TransformerModel>(ckpt, std::move(factory), false);
+}
+
+std::unique_ptr<Model> Model::load_blocks_only(const Checkpoint& ckpt) {
+  return std::make_unique<TransformerModel>(ckpt, nullptr, true);
 }
 
 }  // namespace llmc

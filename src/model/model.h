@@ -72,6 +72,9 @@ class Model {
   // checkpoint lazily on first use. The checkpoint must outlive the model.
   static std::unique_ptr<Model> load(const Checkpoint& ckpt,
                                      std::shared_ptr<const LinearFactory> factory = nullptr);
+  // Config and lazily read decoder blocks only (no embeddings, final norm or lm_head: embed,
+  // forward and lm_head throw llmc::Error): what quantizing without calibration needs.
+  static std::unique_ptr<Model> load_blocks_only(const Checkpoint& ckpt);
   virtual ~Model() = default;
 
   virtual const ModelConfig& config() const = 0;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
 #include "core/threads.h"
@@ -89,6 +90,29 @@ std::vector<float> awq_scales(const std::vector<float>& x_mean, const std::vecto
   if (!(norm > 0) || !std::isfinite(norm)) return out;
   for (size_t i = 0; i < n; ++i) out[i] = float(s[i] / norm);
   return out;
+}
+
+AwqSearchResult awq_grid_search_batched(const std::vector<float>& x_mean,
+                                        const std::vector<float>& w_mean, int grid, bool duo,
+                                        const AwqBatchLoss& loss) {
+  std::vector<std::vector<float>> cands;
+  cands.emplace_back(x_mean.size(), 1.0f);
+  for (int k = 0; k < grid; ++k) cands.push_back(awq_scales(x_mean, w_mean, double(k) / grid, duo));
+  const std::vector<double> l = loss(cands);
+  LLMC_CHECK(l.size() == cands.size(), "awq batch loss: ", l.size(), " losses for ", cands.size(),
+             " candidates");
+  AwqSearchResult r;
+  r.scales = cands[0];
+  r.loss_identity = r.loss = l[0];
+  for (int k = 0; k < grid; ++k) {
+    r.losses.push_back(l[size_t(k + 1)]);
+    if (l[size_t(k + 1)] < r.loss) {
+      r.loss = l[size_t(k + 1)];
+      r.alpha = double(k) / grid;
+      r.scales = cands[size_t(k + 1)];
+    }
+  }
+  return r;
 }
 
 AwqSearchResult awq_grid_search(const std::vector<float>& x_mean,
@@ -228,6 +252,58 @@ void apply_awq_fold(BlockWeights& w, const AwqFold& f, const ModelConfig& cfg,
   }
 }
 
+namespace {
+
+backend::GridParams grid_params(const QuantGrid& g) {
+  backend::GridParams p;
+  p.fp8 = g.kind == QKind::FP8;
+  p.bits = g.bits;
+  p.symmetric = g.symmetric;
+  p.sym_full_range = g.sym_full_range;
+  p.fp16_scales = g.fp16_scales;
+  return p;
+}
+
+// The clipping losses of every (candidate k, row, group) on the GPU: residuals of all
+// candidates, one batched GEMM over the groups with their diagonal blocks of H, fp64 dots.
+// best_k[r · ng + g] = the first k of least loss (as the CPU loop: strict <, NaN never wins).
+void clip_search_gpu(const float* w, int64_t out, int64_t in, int64_t gs, const QuantGrid& g,
+                     const double* H, int steps, double max_shrink, std::vector<int>& best_k) {
+  const int64_t ng = in / gs;
+  std::vector<float> hg(size_t(ng * gs * gs));
+  for (int64_t gi = 0; gi < ng; ++gi)
+    for (int64_t a = 0; a < gs; ++a)
+      for (int64_t b = 0; b < gs; ++b)
+        hg[size_t((gi * gs + a) * gs + b)] = float(H[size_t((gi * gs + a) * in + gi * gs + b)]);
+  backend::DeviceArray dw(out * in), dh(int64_t(hg.size()));
+  dw.upload(w, out * in);
+  dh.upload(hg.data(), int64_t(hg.size()));
+  const int ncand = steps + 1;
+  const int kc = int(std::clamp<int64_t>((int64_t(256) << 20) / std::max<int64_t>(out * in, 1), 1,
+                                         ncand));
+  backend::DeviceArray D(int64_t(kc) * out * in), M(int64_t(kc) * out * in);
+  std::vector<double> best(size_t(out * ng), std::numeric_limits<double>::infinity());
+  best_k.assign(size_t(out * ng), 0);
+  std::vector<double> e(size_t(int64_t(kc) * out * ng));
+  const backend::GridParams gp = grid_params(g);
+  for (int k0 = 0; k0 < ncand; k0 += kc) {
+    const int n = std::min(kc, ncand - k0);
+    backend::dev::shrink_residuals(dw.data(), out, in, gs, gp, steps, max_shrink, k0, n, D.data());
+    // Row-major M_g [n·out, gs] = D_g [n·out, gs] (ld in) · H_gg, batched over the groups.
+    backend::dev::gemm_batched(false, n * out, gs, gs, D.data(), in, gs, dh.data(), gs, gs * gs,
+                               M.data(), in, gs, int(ng));
+    backend::dev::seg_sums(backend::dev::SegOp::Dot, D.data(), gs, M.data(), gs, gs,
+                           int64_t(n) * out * ng, e.data());
+    for (int kk = 0; kk < n; ++kk)
+      for (int64_t i = 0; i < out * ng; ++i) {
+        const double v = e[size_t(kk * out * ng + i)];
+        if (v < best[size_t(i)]) best[size_t(i)] = v, best_k[size_t(i)] = k0 + kk;
+      }
+  }
+}
+
+}  // namespace
+
 QuantizedWeight awq_clip_quantize(const float* w, int64_t out, int64_t in, int64_t group,
                                   const QuantGrid& g, const double* H, int steps,
                                   double max_shrink) {
@@ -238,6 +314,31 @@ QuantizedWeight awq_clip_quantize(const float* w, int64_t out, int64_t in, int64
   cpu::blas_init();
   const int64_t gs = group > 0 ? group : in;
   const int64_t ng = qw.n_groups();
+  // The codes of row r, group gi at `shrink`.
+  auto apply = [&](int64_t r, size_t gi, double shrink) {
+    const int64_t c0 = int64_t(gi) * gs, len = std::min(gs, in - c0);
+    const float* v = w + r * in + c0;
+    float s;
+    int32_t z;
+    group_params_shrink(plain, v, len, shrink, &s, &z);
+    qw.scales[size_t(r * ng) + gi] = s;
+    if (!g.symmetric) qw.zeros[size_t(r * ng) + gi] = z;
+    for (int64_t i = 0; i < len; ++i) {
+      const int32_t q = int_quantize_value(v[i], s, z, g.bits, g.symmetric);
+      if (g.symmetric) qw.q8[size_t(r * in + c0 + i)] = int8_t(q);
+      else qw.qu[size_t(r * in + c0 + i)] = uint8_t(q);
+    }
+  };
+  if (H && in % gs == 0 && backend::device() == backend::Device::CUDA) {
+    std::vector<int> best_k;
+    clip_search_gpu(w, out, in, gs, g, H, steps, max_shrink, best_k);
+    parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+      for (size_t r = r0; r < r1; ++r)
+        for (size_t gi = 0; gi < size_t(ng); ++gi)
+          apply(int64_t(r), gi, 1.0 - max_shrink * best_k[r * size_t(ng) + gi] / steps);
+    });
+    return qw;
+  }
   parallel_for(0, size_t(ng), 1, [&](size_t g0, size_t g1) {
     for (size_t gi = g0; gi < g1; ++gi) {
       const int64_t c0 = int64_t(gi) * gs, len = std::min(gs, in - c0);
@@ -279,19 +380,7 @@ QuantizedWeight awq_clip_quantize(const float* w, int64_t out, int64_t in, int64
           }
         }
       }
-      for (int64_t r = 0; r < out; ++r) {
-        const float* v = w + r * in + c0;
-        float s;
-        int32_t z;
-        group_params_shrink(plain, v, len, best_shrink[size_t(r)], &s, &z);
-        qw.scales[size_t(r * ng) + gi] = s;
-        if (!g.symmetric) qw.zeros[size_t(r * ng) + gi] = z;
-        for (int64_t i = 0; i < len; ++i) {
-          const int32_t q = int_quantize_value(v[i], s, z, g.bits, g.symmetric);
-          if (g.symmetric) qw.q8[size_t(r * in + c0 + i)] = int8_t(q);
-          else qw.qu[size_t(r * in + c0 + i)] = uint8_t(q);
-        }
-      }
+      for (int64_t r = 0; r < out; ++r) apply(r, gi, best_shrink[size_t(r)]);
     }
   });
   return qw;

@@ -35,6 +35,10 @@
 //    H_gg is the group's diagonal block of the layer's input Hessian (quant/gptq.h), i.e. the
 //    squared error of that group's contribution to the layer output over all calibration rows.
 //    H == nullptr: plain squared weight error. steps == 0: no clipping (min/max range).
+//    With backend::device() == CUDA (H given, group dividing in) the losses of all candidates
+//    are evaluated on the GPU (backend.h shrink_residuals, one batched GEMM per chunk of
+//    candidates): the same residuals, the products in another fp32 summation order, so a
+//    choice can differ from the CPU's only between candidates whose losses are that close.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -76,6 +80,14 @@ struct AwqSearchResult {
 AwqSearchResult awq_grid_search(const std::vector<float>& x_mean,
                                 const std::vector<float>& w_mean, int grid, bool duo,
                                 const std::function<double(const std::vector<float>&)>& loss);
+
+// The same choice from losses of all candidates at once (identity first, then α = k / grid):
+// lets a device evaluate them in batches.
+using AwqBatchLoss =
+    std::function<std::vector<double>(const std::vector<std::vector<float>>& candidates)>;
+AwqSearchResult awq_grid_search_batched(const std::vector<float>& x_mean,
+                                        const std::vector<float>& w_mean, int grid, bool duo,
+                                        const AwqBatchLoss& loss);
 
 // Q(W·diag(s))·diag(1/s): the weight a scaled-and-quantized layer effectively applies to its
 // original inputs (RTN on the grid, no clipping). Used inside loss functions.

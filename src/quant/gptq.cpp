@@ -113,8 +113,12 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
   return std::accumulate(q.begin(), q.end(), 0.0);
 }
 
-std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wq,
-                                           int64_t out, int64_t in, const double* H) {
+namespace {
+
+// relative_output_errors on the host: one pass over the stacked rows [W; Wq_1 - W; ...], H
+// converted to fp32 once (x · H by the GPU GEMM offload when it takes it).
+std::vector<double> relative_output_errors_host(const float* w, const std::vector<const float*>& wq,
+                                                int64_t out, int64_t in, const double* H) {
   // One pass over the stacked rows [W; Wq_1 - W; ...]: H converted (and uploaded) once.
   const size_t m = size_t(out * in);
   std::vector<float> x(m * (wq.size() + 1));
@@ -134,9 +138,42 @@ std::vector<double> relative_output_errors(const float* w, const std::vector<con
   return r;
 }
 
+}  // namespace
+
 double relative_output_error(const float* w, const float* wq, int64_t out, int64_t in,
                              const double* H) {
-  return relative_output_errors(w, {wq}, out, in, H)[0];
+  return relative_output_errors_host(w, {wq}, out, in, H)[0];
+}
+
+std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wqs,
+                                           int64_t out, int64_t in, const double* H) {
+  std::vector<double> r(wqs.size(), 0.0);
+  if (backend::device() != backend::Device::CUDA || out * in < (int64_t(1) << 16))
+    return relative_output_errors_host(w, wqs, out, in, H);
+  const int64_t sz = out * in, parts = int64_t(wqs.size()) + 1;
+  std::vector<float> hf(size_t(in * in)), x(size_t(parts * sz));
+  parallel_for(0, hf.size(), 1 << 16, [&](size_t a, size_t b) {
+    for (size_t k = a; k < b; ++k) hf[k] = float(H[k]);
+  });
+  std::copy(w, w + sz, x.begin());
+  for (size_t k = 0; k < wqs.size(); ++k) {
+    float* d = x.data() + int64_t(k + 1) * sz;
+    const float* q = wqs[k];
+    parallel_for(0, size_t(sz), 1 << 16, [&](size_t a, size_t b) {
+      for (size_t i = a; i < b; ++i) d[i] = q[i] - w[i];
+    });
+  }
+  backend::DeviceArray dh(in * in), dx(parts * sz), dm(parts * sz);
+  dh.upload(hf.data(), in * in);
+  dx.upload(x.data(), parts * sz);
+  backend::dev::gemm_batched(false, parts * out, in, in, dx.data(), in, 0, dh.data(), in, 0,
+                             dm.data(), in, 0, 1);
+  std::vector<double> t(static_cast<size_t>(parts));
+  backend::dev::seg_sums(backend::dev::SegOp::Dot, dx.data(), sz, dm.data(), sz, sz, parts,
+                         t.data());
+  if (!(t[0] > 0)) return r;
+  for (size_t k = 0; k < wqs.size(); ++k) r[k] = t[k + 1] / t[0];
+  return r;
 }
 
 std::vector<int32_t> diag_order(const double* H, int64_t n) {

@@ -97,8 +97,11 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
 // tr((Wq - W) H (Wq - W)ᵀ) / tr(W H Wᵀ); 0 when the denominator is 0.
 double relative_output_error(const float* w, const float* wq, int64_t out, int64_t in,
                              const double* H);
-// relative_output_error of each wq[k] against w, in one pass (H converted and uploaded once).
-std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wq,
+// relative_output_error of each of `wqs` against the same w and H, in one pass (on the host:
+// H converted once, the rows stacked); with
+// backend::device() == CUDA on the GPU (H in fp32 and the differences resident there, one
+// GEMM for all of them, the dot products in fp64: equal to the CPU's up to summation order).
+std::vector<double> relative_output_errors(const float* w, const std::vector<const float*>& wqs,
                                            int64_t out, int64_t in, const double* H);
 
 // Diagonal of H sorted decreasingly: the permutation perm (position -> column), stable.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 
+#include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
 #include "core/progress.h"
@@ -73,6 +74,118 @@ struct MappingResult {
   std::vector<float> scales;  // empty: mapping not applied
   double alpha = -1, loss = 0, loss_identity = 0;
 };
+
+// ---- the scale grid's losses on the GPU (--device cuda), all candidates in batches ----
+
+bool on_gpu() { return backend::device() == backend::Device::CUDA; }
+
+backend::GridParams device_grid(const QuantGrid& g) {
+  backend::GridParams p;
+  p.bits = g.bits;
+  p.symmetric = g.symmetric;
+  p.sym_full_range = g.sym_full_range;
+  p.fp16_scales = g.fp16_scales;
+  return p;
+}
+
+backend::DeviceArray to_device(const float* p, int64_t n) {
+  backend::DeviceArray d(n);
+  d.upload(p, n);
+  return d;
+}
+
+// Candidates per batch so that `per` floats each stay within ~1 GiB.
+int64_t batch_of(int64_t per, size_t n) {
+  return std::clamp<int64_t>((int64_t(1) << 28) / std::max<int64_t>(per, 1), 1, int64_t(n));
+}
+
+// Σ over `ls` of tr(ΔW H ΔWᵀ), ΔW = Q(W·diag(s))·diag(1/s) − W, per candidate s: the CPU's
+// hessian_loss (fake quantization bit for bit, the quadratic form by one GEMM per batch).
+std::vector<double> hessian_losses_gpu(const std::vector<const DenseLinear*>& ls,
+                                       const std::vector<double>& H, int64_t group,
+                                       const QuantGrid& g,
+                                       const std::vector<std::vector<float>>& cands) {
+  std::vector<double> loss(cands.size(), 0.0);
+  if (ls.empty()) return loss;
+  const int64_t in = ls[0]->in_features();
+  std::vector<float> hf(H.begin(), H.end());
+  const backend::DeviceArray dh = to_device(hf.data(), in * in);
+  for (const DenseLinear* d : ls) {
+    const int64_t out = d->out_features(), sz = out * in;
+    const backend::DeviceArray dw = to_device(d->weight().data(), sz);
+    const int64_t B = batch_of(2 * sz, cands.size());
+    backend::DeviceArray dd(B * sz), dm(B * sz), ds(B * in);
+    std::vector<double> t(static_cast<size_t>(B));
+    for (size_t c0 = 0; c0 < cands.size(); c0 += size_t(B)) {
+      const int64_t n = std::min<int64_t>(B, int64_t(cands.size() - c0));
+      for (int64_t b = 0; b < n; ++b) {
+        ds.upload(cands[c0 + size_t(b)].data(), in, b * in);
+        backend::dev::fake_quant_scaled(dw.data(), out, in, ds.data() + b * in, group,
+                                        device_grid(g), true, dd.data() + b * sz);
+      }
+      backend::dev::gemm_batched(false, n * out, in, in, dd.data(), in, 0, dh.data(), in, 0,
+                                 dm.data(), in, 0, 1);
+      backend::dev::seg_sums(backend::dev::SegOp::Dot, dd.data(), sz, dm.data(), sz, sz, n,
+                             t.data());
+      for (int64_t b = 0; b < n; ++b) loss[c0 + size_t(b)] += t[size_t(b)];
+    }
+  }
+  return loss;
+}
+
+// The MLP's output MSE against the unquantized MLP on the rows x [rows, hidden], per candidate
+// scaling of gate/up (the CPU's module loss of the mlp mapping): gate and up of a batch of
+// candidates in one GEMM each, down as one strided-batched GEMM.
+std::vector<double> mlp_losses_gpu(const std::vector<float>& x, int64_t rows,
+                                   const DenseLinear& g, const DenseLinear& u,
+                                   const DenseLinear& dn, bool quant_g, bool quant_u,
+                                   int64_t group, const QuantGrid& grid,
+                                   const std::vector<std::vector<float>>& cands) {
+  const int64_t F = g.out_features(), Hd = g.in_features(), O = dn.out_features();
+  std::vector<double> loss(cands.size(), 0.0);
+  if (rows <= 0) return loss;
+  const backend::DeviceArray dx = to_device(x.data(), rows * Hd);
+  const backend::DeviceArray dg = to_device(g.weight().data(), F * Hd);
+  const backend::DeviceArray du = to_device(u.weight().data(), F * Hd);
+  const backend::DeviceArray dd = to_device(dn.weight().data(), O * F);
+  const int64_t B = batch_of(2 * F * Hd + 2 * rows * F + rows * O, cands.size() + 1);
+  backend::DeviceArray wg(B * F * Hd), wu(B * F * Hd), a(rows * B * F), bb(rows * B * F),
+      y(B * rows * O), ref(rows * O), ds(B * Hd);
+  // y_b = silu(x · Gq_bᵀ) ⊙ (x · Uq_bᵀ) · Wdᵀ for the n stacked candidates.
+  auto run = [&](int64_t n, float* yout) {
+    backend::dev::gemm_batched(true, rows, n * F, Hd, dx.data(), Hd, 0, wg.data(), Hd, 0,
+                               a.data(), n * F, 0, 1);
+    backend::dev::gemm_batched(true, rows, n * F, Hd, dx.data(), Hd, 0, wu.data(), Hd, 0,
+                               bb.data(), n * F, 0, 1);
+    backend::dev::silu_mul(a.data(), bb.data(), a.data(), rows * n * F);
+    backend::dev::gemm_batched(true, rows, O, F, a.data(), n * F, F, dd.data(), F, 0, yout, O,
+                               rows * O, int(n));
+  };
+  backend::dev::copy(wg.data(), dg.data(), F * Hd);
+  backend::dev::copy(wu.data(), du.data(), F * Hd);
+  run(1, ref.data());
+  std::vector<double> t(static_cast<size_t>(B));
+  for (size_t c0 = 0; c0 < cands.size(); c0 += size_t(B)) {
+    const int64_t n = std::min<int64_t>(B, int64_t(cands.size() - c0));
+    for (int64_t b = 0; b < n; ++b) {
+      ds.upload(cands[c0 + size_t(b)].data(), Hd, b * Hd);
+      const float* sc = ds.data() + b * Hd;
+      if (quant_g)
+        backend::dev::fake_quant_scaled(dg.data(), F, Hd, sc, group, device_grid(grid), false,
+                                        wg.data() + b * F * Hd);
+      else backend::dev::copy(wg.data() + b * F * Hd, dg.data(), F * Hd);
+      if (quant_u)
+        backend::dev::fake_quant_scaled(du.data(), F, Hd, sc, group, device_grid(grid), false,
+                                        wu.data() + b * F * Hd);
+      else backend::dev::copy(wu.data() + b * F * Hd, du.data(), F * Hd);
+    }
+    run(n, y.data());
+    backend::dev::seg_sums(backend::dev::SegOp::SqDiff, y.data(), rows * O, ref.data(), 0,
+                           rows * O, n, t.data());
+    for (int64_t b = 0; b < n; ++b) loss[c0 + size_t(b)] = t[size_t(b)] / double(rows * O);
+  }
+  return loss;
+}
 
 class AwqQuantizer : public BlockQuantizer {
  public:
@@ -196,6 +309,27 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     mr.loss_identity = r.loss_identity;
     return mr;
   };
+  auto search_batched = [&](const std::vector<float>& xm, const std::vector<float>& wm,
+                            const AwqBatchLoss& loss) {
+    AwqSearchResult r = awq_grid_search_batched(xm, wm, o_.grid_points, o_.duo, loss);
+    MappingResult mr;
+    mr.scales = std::move(r.scales);
+    mr.alpha = r.alpha;
+    mr.loss = r.loss;
+    mr.loss_identity = r.loss_identity;
+    return mr;
+  };
+  // The Hessian loss of the quantized ones of `l` (sharing one input), all candidates at once
+  // on the GPU.
+  auto hessian_search_gpu = [&](std::initializer_list<S> l, const std::vector<double>& h,
+                                const std::vector<float>& xm, const std::vector<float>& wm) {
+    std::vector<const DenseLinear*> ls;
+    for (S s : l)
+      if (quantized(s)) ls.push_back(&job.dense(s));
+    return search_batched(xm, wm, [&](const std::vector<std::vector<float>>& c) {
+      return hessian_losses_gpu(ls, h, o_.group, o_.grid, c);
+    });
+  };
   // Loss of a single linear from its input Hessian: tr(ΔW H ΔWᵀ).
   auto hessian_loss = [&](S s, const std::vector<double>& h) {
     const double* hp = h.data();
@@ -221,7 +355,11 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
       return t;
     };
   };
-  if (any({S::Q, S::K, S::V}) && !o_.module_loss) {
+  if (any({S::Q, S::K, S::V}) && !o_.module_loss && on_gpu()) {
+    maps["qkv"] = hessian_search_gpu({S::Q, S::K, S::V}, H.at(int(S::Q)),
+                                     st.at(int(S::Q)).absmean.mean(), wmean({S::Q, S::K, S::V}));
+    fold.qkv = maps["qkv"].scales;
+  } else if (any({S::Q, S::K, S::V}) && !o_.module_loss) {
     maps["qkv"] = search(st.at(int(S::Q)).absmean.mean(), wmean({S::Q, S::K, S::V}),
                          linear_sum_loss({S::Q, S::K, S::V}, H.at(int(S::Q))));
     fold.qkv = maps["qkv"].scales;
@@ -256,14 +394,30 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   }
   // ---- 2b. v -> o (no GQA) ----
   if (quantized(S::O) && awq_can_fold_vo(cfg)) {
-    maps["vo"] = search(st.at(int(S::O)).absmean.mean(), wmean({S::O}),
-                        hessian_loss(S::O, H.at(int(S::O))));
+    maps["vo"] = on_gpu() ? hessian_search_gpu({S::O}, H.at(int(S::O)),
+                                               st.at(int(S::O)).absmean.mean(), wmean({S::O}))
+                          : search(st.at(int(S::O)).absmean.mean(), wmean({S::O}),
+                                   hessian_loss(S::O, H.at(int(S::O))));
     fold.vo = maps["vo"].scales;
   }
   // ---- 2c. post_attention_layernorm -> gate/up (MLP output) ----
-  if (any({S::Gate, S::Up}) && !o_.module_loss) {
+  if (any({S::Gate, S::Up}) && !o_.module_loss && on_gpu()) {
+    maps["mlp"] = hessian_search_gpu({S::Gate, S::Up}, H.at(int(S::Gate)),
+                                     st.at(int(S::Gate)).absmean.mean(), wmean({S::Gate, S::Up}));
+    fold.mlp = maps["mlp"].scales;
+  } else if (any({S::Gate, S::Up}) && !o_.module_loss) {
     maps["mlp"] = search(st.at(int(S::Gate)).absmean.mean(), wmean({S::Gate, S::Up}),
                          linear_sum_loss({S::Gate, S::Up}, H.at(int(S::Gate))));
+    fold.mlp = maps["mlp"].scales;
+  } else if (any({S::Gate, S::Up}) && on_gpu()) {
+    const int64_t rows = int64_t(mlp_x.size()) / job.hidden();
+    maps["mlp"] = search_batched(
+        st.at(int(S::Gate)).absmean.mean(), wmean({S::Gate, S::Up}),
+        [&](const std::vector<std::vector<float>>& c) {
+          return mlp_losses_gpu(mlp_x, rows, job.dense(S::Gate), job.dense(S::Up),
+                                job.dense(S::Down), quantized(S::Gate), quantized(S::Up),
+                                o_.group, o_.grid, c);
+        });
     fold.mlp = maps["mlp"].scales;
   } else if (any({S::Gate, S::Up})) {
     const int64_t rows = int64_t(mlp_x.size()) / job.hidden();
@@ -292,8 +446,11 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
   }
   // ---- 2d. up -> down ----
   if (quantized(S::Down)) {
-    maps["down"] = search(st.at(int(S::Down)).absmean.mean(), wmean({S::Down}),
-                          hessian_loss(S::Down, H.at(int(S::Down))));
+    maps["down"] = on_gpu() ? hessian_search_gpu({S::Down}, H.at(int(S::Down)),
+                                                 st.at(int(S::Down)).absmean.mean(),
+                                                 wmean({S::Down}))
+                            : search(st.at(int(S::Down)).absmean.mean(), wmean({S::Down}),
+                                     hessian_loss(S::Down, H.at(int(S::Down))));
     fold.down = maps["down"].scales;
   }
 
@@ -320,8 +477,8 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     const DenseLinear& d = job.dense(S(s));
     QuantGrid g = o_.grid;
     const auto rq = quantize_grid_rtn(w.data(), d.out_features(), d.in_features(), o_.group, g);
-    rtn_err[s] = relative_output_error(w.data(), rq.dequantize().data(), d.out_features(),
-                                       d.in_features(), H.at(int(key_of(S(s)))).data());
+    rtn_err[s] = relative_output_errors(w.data(), {rq.dequantize().data()}, d.out_features(),
+                                        d.in_features(), H.at(int(key_of(S(s)))).data())[0];
   }
 
   // ---- 4. quantize ----
@@ -354,8 +511,8 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     QuantizedWeight qw = awq_clip_quantize(d.weight().data(), d.out_features(), d.in_features(),
                                            o_.group, o_.grid, h.data(),
                                            clip ? o_.clip_steps : 0, o_.max_shrink);
-    const double rel = relative_output_error(d.weight().data(), qw.dequantize().data(),
-                                             d.out_features(), d.in_features(), h.data());
+    const double rel = relative_output_errors(d.weight().data(), {qw.dequantize().data()},
+                                              d.out_features(), d.in_features(), h.data())[0];
     auto it = maps.find(mapping_of(s));
     nlohmann::json rep = {{"rel_error", rel},
                           {"rel_error_rtn", rtn_err[si]},

@@ -42,9 +42,11 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 // W̃ᵀ = (H + D)⁻¹ H Wᵀ (H = XᵀX, D = diag(d)). Returns false when H + D is not factorizable.
 bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<double>& H,
                     const std::vector<double>& d, std::vector<float>* wt) {
-  // With --device cuda the factorization and solves use every core (the CPU default keeps
-  // single-threaded LAPACK, bit for bit as before).
-  const cpu::BlasThreadsScope threads(backend::device() == backend::Device::CUDA);
+  // With --device cuda: on the GPU (cuSOLVER, the same fp64 steps).
+  if (backend::device() == backend::Device::CUDA) {
+    wt->resize(size_t(out * n));
+    return backend::cuda_wiener_solve(H.data(), d.data(), w, out, n, wt->data());
+  }
   std::vector<double> A = H;
   for (int64_t i = 0; i < n; ++i) A[size_t(i * n + i)] += d[size_t(i)];
   const lapack_int ni = lapack_int(n);
@@ -62,6 +64,76 @@ bool wiener_weights(const float* w, int64_t out, int64_t n, const std::vector<do
   wt->assign(B.begin(), B.end());  // column o of B is row o of W̃
   return true;
 }
+
+// The input-scale search's loss ‖Q_s(X) Wqᵀ − X Wᵀ‖² on the subsample X [n, in], for the
+// group's concatenated original weights W and quantized weights Wq [out, in]: on the GPU with
+// --device cuda (X, W, Wq resident there for the whole search; equal to the CPU's up to fp32
+// summation order), else on the CPU.
+class InputScaleSearch {
+ public:
+  InputScaleSearch(const std::vector<float>& x, int64_t n, int64_t in, const std::vector<float>& w,
+                   const std::vector<float>& wq, int64_t out)
+      : x_(x), wq_(wq), n_(n), in_(in), out_(out),
+        gpu_(backend::device() == backend::Device::CUDA) {
+    if (gpu_) {
+      dx_ = upload(x), dw_ = upload(wq);
+      dref_ = backend::DeviceArray(n * out);
+      dy_ = backend::DeviceArray(n * out);
+      dxq_ = backend::DeviceArray(n * in);
+      backend::DeviceArray dwo = upload(w);
+      backend::dev::gemm_xwt(dx_.data(), n, in, dwo.data(), out, dref_.data());
+    } else {
+      ref_.resize(size_t(n * out));
+      y_.resize(ref_.size());
+      gemm_xwt(x.data(), n, in, w.data(), out, ref_.data());
+    }
+  }
+  double loss(float scale) const {
+    if (gpu_) {
+      backend::dev::copy(dxq_.data(), dx_.data(), n_ * in_);
+      backend::dev::quantize_activations(ActQuant::FP8StaticTensor, scale, dxq_.data(), n_, in_);
+      backend::dev::gemm_xwt(dxq_.data(), n_, in_, dw_.data(), out_, dy_.data());
+      double e = 0;
+      backend::dev::seg_sums(backend::dev::SegOp::SqDiff, dy_.data(), 0, dref_.data(), 0,
+                             n_ * out_, 1, &e);
+      return e;
+    }
+    std::vector<float> xq = x_;
+    quantize_activations(ActQuant::FP8StaticTensor, scale, xq.data(), n_, in_);
+    gemm_xwt(xq.data(), n_, in_, wq_.data(), out_, y_.data());
+    double e = 0;
+    for (size_t i = 0; i < y_.size(); ++i) {
+      const double d = double(y_[i]) - ref_[i];
+      e += d * d;
+    }
+    return e;
+  }
+  // Σ (X Wᵀ)²: the denominator of the relative errors.
+  double ref_energy() const {
+    double e = 0;
+    if (gpu_) {
+      backend::dev::seg_sums(backend::dev::SegOp::SqDiff, dref_.data(), 0, nullptr, 0, n_ * out_,
+                             1, &e);
+    } else {
+      for (float v : ref_) e += double(v) * v;
+    }
+    return e;
+  }
+
+ private:
+  static backend::DeviceArray upload(const std::vector<float>& v) {
+    backend::DeviceArray d(int64_t(v.size()));
+    d.upload(v.data(), int64_t(v.size()));
+    return d;
+  }
+  const std::vector<float>& x_;
+  const std::vector<float>& wq_;
+  int64_t n_, in_, out_;
+  bool gpu_;
+  std::vector<float> ref_;
+  mutable std::vector<float> y_;
+  backend::DeviceArray dx_, dw_, dref_, dy_, dxq_;
+};
 
 class Fp8Quantizer : public BlockQuantizer {
  public:
@@ -208,7 +280,8 @@ class Fp8Quantizer : public BlockQuantizer {
         const float* w = job.dense(slots[k]).weight().data();
         const std::vector<float> dq = qw.dequantize();
         const std::vector<float> dr = rtn(w, out, in, wscale(job, slots)).dequantize();
-        const std::vector<double> e = relative_output_errors(w, {dq.data(), dr.data()}, out, in, Hrep.data());
+        const std::vector<double> e =
+            relative_output_errors(w, {dq.data(), dr.data()}, out, in, Hrep.data());
         r["rel_output_error"] = e[0];
         r["rel_output_error_rtn"] = e[1];
       }
@@ -233,19 +306,8 @@ class Fp8Quantizer : public BlockQuantizer {
         wqcat.insert(wqcat.end(), dq.begin(), dq.end());
         out_total += d.out_features();
       }
-      std::vector<float> yref(size_t(n * out_total)), y(yref.size()), xq(sub.size());
-      gemm_xwt(sub.data(), n, in, wcat.data(), out_total, yref.data());
-      auto loss = [&](float scale) {
-        xq = sub;
-        quantize_activations(ActQuant::FP8StaticTensor, scale, xq.data(), n, in);
-        gemm_xwt(xq.data(), n, in, wqcat.data(), out_total, y.data());
-        double e = 0;
-        for (size_t i = 0; i < y.size(); ++i) {
-          const double d = double(y[i]) - yref[i];
-          e += d * d;
-        }
-        return e;
-      };
+      const InputScaleSearch srch(sub, n, in, wcat, wqcat, out_total);
+      auto loss = [&](float scale) { return srch.loss(scale); };
       base_loss = best = loss(base_scale);
       auto consider = [&](float r) {
         const double e = loss(base_scale * r);
@@ -255,7 +317,7 @@ class Fp8Quantizer : public BlockQuantizer {
       const float c = best_ratio;
       for (float d : {-0.05f, 0.05f})
         if (c + d <= 1.0f && c + d > 0.0f) consider(c + d);
-      for (float v : yref) yden += double(v) * v;
+      yden = srch.ref_energy();
     }
     const float input_scale = base_scale * best_ratio;
     const double search_s = seconds_since(t_search);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -18,12 +19,23 @@ using WeightFn = std::function<QuantizedWeight(const DenseLinear&)>;
 double rel_weight_error(const DenseLinear& d, const QuantizedWeight& qw) {
   const std::vector<float> dq = qw.dequantize();
   const auto& w = d.weight();
+  // Fixed chunks summed in order: the same value whatever the thread count.
+  constexpr size_t kChunk = size_t(1) << 16;
+  const size_t nc = (w.size() + kChunk - 1) / kChunk;
+  std::vector<double> pn(nc, 0.0), pd(nc, 0.0);
+  parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
+    for (size_t c = c0; c < c1; ++c) {
+      double num = 0, den = 0;
+      for (size_t i = c * kChunk; i < std::min(w.size(), (c + 1) * kChunk); ++i) {
+        const double e = double(dq[i]) - w[i];
+        num += e * e;
+        den += double(w[i]) * w[i];
+      }
+      pn[c] = num, pd[c] = den;
+    }
+  });
   double num = 0, den = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double e = double(dq[i]) - w[i];
-    num += e * e;
-    den += double(w[i]) * w[i];
-  }
+  for (size_t c = 0; c < nc; ++c) num += pn[c], den += pd[c];
   return den > 0 ? std::sqrt(num / den) : 0.0;
 }
 

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <future>
+#include <memory>
 #include <regex>
 #include <set>
 
@@ -183,7 +186,8 @@ class OutputTensors {
 
 struct BlockWriteStats {
   uint64_t qbytes = 0, qbf16 = 0;
-  double seconds_pack = 0;  // layout encoding (the rest of write_block is writing)
+  double seconds_pack = 0;   // layout encoding (the rest of write_block is writing)
+  double seconds_write = 0;  // BlockWriter's total minus the encoding
 };
 
 // Writes every tensor of one decoder block from the job (quantized slots encoded in `layout`).
@@ -228,6 +232,69 @@ BlockWriteStats write_block(OutputTensors& out, const BlockJob& job, const ArchS
     out.add_f32(p + arch.k_norm, job.weights.k_norm, {int64_t(job.weights.k_norm.size())});
   return st;
 }
+
+// Drops the mapped input pages of the tensors whose names start with `prefix` (core/fs.h
+// release_mapped_pages: only file mappings; reading them again faults them back in).
+void release_input_pages(const TensorReader& in, const std::string& prefix) {
+  for (const auto& t : in.list())
+    if (t.name.compare(0, prefix.size(), prefix) == 0) {
+      const TensorRef r = in.get(t.name);
+      release_mapped_pages(r.data, size_t(r.info.nbytes));
+    }
+}
+
+// Writes finished blocks on one writer thread, in order, while the caller goes on with the
+// next block: at most one block is pending (submit waits for the previous one first). The
+// first error of a write is rethrown by the next submit() or finish(). With threaded == false
+// submit() writes at once (the reference the tests compare with). Either way a block is
+// released (`done`) only at the next submit() or finish(), after the caller's forward.
+class BlockWriter {
+ public:
+  using Done = std::function<void(int layer)>;
+  BlockWriter(OutputTensors& out, const ArchSpec& arch, const Layout* layout, bool threaded)
+      : out_(out), arch_(arch), layout_(layout), threaded_(threaded) {}
+  ~BlockWriter() {
+    if (pending_.valid()) pending_.wait();  // an error is already on its way out
+  }
+  // The caller may go on using *job (read-only for what write_block reads).
+  void submit(std::shared_ptr<const BlockJob> job, Done done) {
+    finish();
+    layer_ = job->layer;
+    done_ = std::move(done);
+    if (!threaded_) {
+      write(*job);
+      return;
+    }
+    auto task = [this, j = std::move(job)] { write(*j); };
+    pending_ = std::async(std::launch::async, std::move(task));
+  }
+  // Waits for the pending block (rethrowing its error), then releases it (`done`: the caller
+  // is through with it too by the next submit).
+  void finish() {
+    if (pending_.valid()) pending_.get();
+    if (done_) done_(layer_);
+    done_ = nullptr;
+  }
+  const BlockWriteStats& stats() const { return st_; }
+
+ private:
+  void write(const BlockJob& job) {
+    const double tw = now_s();
+    const BlockWriteStats st = write_block(out_, job, arch_, layout_);
+    st_.seconds_pack += st.seconds_pack;
+    st_.seconds_write += now_s() - tw - st.seconds_pack;
+    st_.qbytes += st.qbytes;
+    st_.qbf16 += st.qbf16;
+  }
+  OutputTensors& out_;
+  const ArchSpec& arch_;
+  const Layout* layout_;
+  bool threaded_;
+  std::future<void> pending_;
+  int layer_ = -1;
+  Done done_;
+  BlockWriteStats st_;
+};
 
 // The dtype every dense float tensor is written in: the method's (fp16) or the layout's (awq).
 std::optional<DType> dense_dtype_of(const MethodInfo& m, const Layout* layout) {
@@ -297,9 +364,12 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   if (ck.config.contains("quantization_config"))
     fail(opt.input.string(), ": the model is already quantized (config.json has a "
          "quantization_config); quantize the base model instead");
-  std::unique_ptr<Model> model = Model::load(ck);
+  // Without calibration nothing needs the embeddings or lm_head: only blocks are read.
+  std::unique_ptr<Model> model = calibrate ? Model::load(ck) : Model::load_blocks_only(ck);
   const ModelConfig& cfg = model->config();
   const ArchSpec& arch = arch_for(cfg.architecture, opt.input.string());
+  for (const std::string& name : {std::string(arch.embed), std::string(arch.lm_head) + ".weight"})
+    if (ck.tensors->has(name)) release_input_pages(*ck.tensors, name);  // read into fp32
   const IgnoreRules ignore_rules(opt.ignore);
   if (layout) check_group_size(spec, cfg);
 
@@ -375,11 +445,15 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   json layers = json::object();
   json moe_report = json::object();  // per MoE layer: tokens per expert, statistics used
   Progress progress("quantize " + method.name, uint64_t(cfg.num_layers), "block");
+  BlockWriter bwriter(out, arch, layout, opt.writer_thread);
   for (int i = 0; i < cfg.num_layers; ++i) {
-    BlockJob job(*model, i, spec, model->block(i));
+    auto job_ptr = std::make_shared<BlockJob>(*model, i, spec, model->block(i));
+    BlockJob& job = *job_ptr;
+    // The block's input tensors were read into job.weights: their mapped pages can go.
+    release_input_pages(*ck.tensors, cat(arch.layer_prefix, i, "."));
     job.batch = std::max(1, opt.batch);
     const std::vector<bool> ignored = ignored_slots(job, ignore_rules);
-    job.ignored = [&](LinearSlot s) { return !layout || ignored[size_t(s)]; };
+    job.ignored = [layout, ignored](LinearSlot s) { return !layout || ignored[size_t(s)]; };
     if (calibrate) {
       if (dx.data()) job.dev_inputs = dx.data();
       else job.inputs = x.data();
@@ -390,12 +464,6 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     quantizer->quantize_block(job);
     const double solve_i = now_s() - tq - job.seconds_forward - job.seconds_stats;
     res.seconds_solve += solve_i;
-    const double tw = now_s();
-    const BlockWriteStats st = write_block(out, job, arch, layout);
-    res.seconds_pack += st.seconds_pack;
-    res.seconds_write += now_s() - tw - st.seconds_pack;
-    res.qlinear_bytes += st.qbytes;
-    res.qlinear_bf16_bytes += st.qbf16;
     for (int s = 0; s < job.num_modules(); ++s) {
       const std::string m = job.module_name(LinearSlot(s));
       if (job.quantized[size_t(s)]) {
@@ -431,6 +499,9 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
                        spec.moe_min_tokens, " calibration tokens get statistics from every token"));
       }
     }
+    // Written (by the writer thread) while the next block's inputs are computed and it is
+    // quantized; the previous block is released once it is written.
+    bwriter.submit(job_ptr, [&model](int layer) { model->release_block(layer); });
     if (calibrate && i + 1 < cfg.num_layers) {
       if (dx.data()) {
         job.forward_device(dy.data());
@@ -443,11 +514,18 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     res.seconds_forward += job.seconds_forward;
     res.seconds_stats += job.seconds_stats;
     backend::note_gpu_memory();
-    model->release_block(i);
     char prof[128];
     std::snprintf(prof, sizeof prof, "(layer %d: forward %.2f s, statistics %.2f s, solve %.2f s)",
                   i, job.seconds_forward, job.seconds_stats, solve_i);
     progress.step(1, prof);
+  }
+  bwriter.finish();
+  {
+    const BlockWriteStats& st = bwriter.stats();
+    res.seconds_pack += st.seconds_pack;
+    res.seconds_write += st.seconds_write;
+    res.qlinear_bytes += st.qbytes;
+    res.qlinear_bf16_bytes += st.qbf16;
   }
   progress.finish();
   // An ignore list of exactly what was skipped; nothing quantized at all is an error.
@@ -465,7 +543,11 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   // 4. Non-block tensors (embeddings, final norm, lm_head, anything else) unchanged.
   const double tw = now_s();
   for (const auto& t : ck.tensors->list())
-    if (!out.written(t.name)) out.copy(t.name);
+    if (!out.written(t.name)) {
+      out.copy(t.name);
+      const TensorRef r = ck.tensors->get(t.name);
+      release_mapped_pages(r.data, size_t(r.info.nbytes));
+    }
 
   // 5. Config, aux files (byte for byte), report; rename into place.
   json summary = json::object();

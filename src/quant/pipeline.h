@@ -62,6 +62,9 @@ struct QuantizeOptions {
   WriterOptions writer;
   int batch = 8;                           // calibration samples per block run
   QualityOptions quality;
+  // Block i's tensors are encoded and written by a writer thread while block i + 1 is
+  // quantized (same bytes either way); false writes them in the quantizing thread.
+  bool writer_thread = true;
 };
 
 struct QualityResult {

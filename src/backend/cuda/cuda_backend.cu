@@ -42,6 +42,7 @@ const CublasApi& cublas() {
     load_symbol(lib, name, "cublasSgemm_v2", &a.sgemm);
     load_symbol(lib, name, "cublasSsyrk_v2", &a.ssyrk);
     load_symbol(lib, name, "cublasSgemmStridedBatched", &a.sgemm_strided_batched);
+    load_symbol(lib, name, "cublasDgemm_v2", &a.dgemm);
     load_symbol(lib, name, "cublasGetStatusString", &a.status_string);
     return a;
   }();

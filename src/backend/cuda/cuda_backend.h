@@ -72,6 +72,19 @@ void blk_gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, 
 void blk_sync();
 // GPTQ column solver (backend.h cuda_gptq_solve; arguments checked there).
 bool gptq_solve(GptqSolveJob& job);
+// Search primitives (backend.h; quant_search.cu).
+void srch_gemm_batched(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* A,
+                       int64_t lda, int64_t sA, const float* B, int64_t ldb, int64_t sB, float* C,
+                       int64_t ldc, int64_t sC, int batch);
+void srch_seg_sums(int op, const float* a, int64_t sa, const float* b, int64_t sb, int64_t len,
+                   int64_t nseg, double* out);
+void srch_fake_quant(const float* w, int64_t out, int64_t in, const float* s, int64_t group,
+                     const GridParams& g, bool minus_w, float* y);
+void srch_shrink_residuals(const float* w, int64_t out, int64_t in, int64_t group,
+                           const GridParams& g, int steps, double max_shrink, int k0, int kc,
+                           float* D);
+bool srch_wiener_solve(const double* H, const double* d, const float* w, int64_t out, int64_t n,
+                       float* x);
 
 void dequantize(const QuantizedWeight& qw, float* out);
 void quantize_activations(ActQuant act, float static_scale, float* x, int64_t rows, int64_t cols);

@@ -25,6 +25,7 @@ struct CublasApi {
   decltype(&cublasSgemm_v2) sgemm;
   decltype(&cublasSsyrk_v2) ssyrk;
   decltype(&cublasSgemmStridedBatched) sgemm_strided_batched;
+  decltype(&cublasDgemm_v2) dgemm;
   decltype(&cublasGetStatusString) status_string;
 };
 const CublasApi& cublas();

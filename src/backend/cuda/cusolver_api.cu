@@ -36,6 +36,7 @@ const CusolverApi& cusolver() {
     load(lib, name, "cusolverDnDpotrf", &a.dpotrf);
     load(lib, name, "cusolverDnDpotri_bufferSize", &a.dpotri_buffer_size);
     load(lib, name, "cusolverDnDpotri", &a.dpotri);
+    load(lib, name, "cusolverDnDpotrs", &a.dpotrs);
     return a;
   }();
   return api;

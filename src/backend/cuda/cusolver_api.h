@@ -13,6 +13,7 @@ struct CusolverApi {
   decltype(&cusolverDnDpotrf) dpotrf;
   decltype(&cusolverDnDpotri_bufferSize) dpotri_buffer_size;
   decltype(&cusolverDnDpotri) dpotri;
+  decltype(&cusolverDnDpotrs) dpotrs;
 };
 // Throws llmc::Error naming the library when it cannot be loaded or lacks a symbol.
 const CusolverApi& cusolver();
