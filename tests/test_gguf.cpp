@@ -427,3 +427,162 @@ TEST(GgmlTypes, EncodeOfDecodedIsStable) {
     EXPECT_LE(e2, e1 * 0.5 + 1e-12) << t.name;  // re-encoding grid values loses (much) less
   }
 }
+
+// ---------------------------------------------------------------- models
+
+#include "formats/checkpoint.h"
+#include "formats/gguf_model.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+// HF and GGUF checkpoints of the same model give the same logits, bit for bit.
+void expect_same_logits(const Checkpoint& a, const Checkpoint& b, const std::string& what) {
+  auto ma = Model::load(a);
+  auto mb = Model::load(b);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 2 * 24; ++i) ids.push_back(int32_t((i * 7919 + 13) % ma->config().vocab_size));
+  const auto la = ma->forward(ids, 2, 24), lb = mb->forward(ids, 2, 24);
+  ASSERT_EQ(la.size(), lb.size());
+  EXPECT_TRUE(la == lb) << what << ": logits differ";
+}
+
+std::string gguf_convert(const std::string& model, const std::string& extra, fs::path* out) {
+  *out = test::temp_dir("gguf-conv") / (model + ".gguf");
+  std::string log;
+  const int rc = test::run_cli("convert --input " + test::model_dir(model).string() + " --output " + out->string() +
+                                   " " + extra,
+                               &log);
+  EXPECT_EQ(rc, 0) << log;
+  return log;
+}
+
+}  // namespace
+
+TEST(GgufModel, NameTable) {
+  EXPECT_EQ(gguf_tensor_name("model.embed_tokens.weight"), "token_embd.weight");
+  EXPECT_EQ(gguf_tensor_name("model.layers.12.self_attn.o_proj.weight"), "blk.12.attn_output.weight");
+  EXPECT_EQ(gguf_tensor_name("model.layers.0.self_attn.k_norm.weight"), "blk.0.attn_k_norm.weight");
+  EXPECT_EQ(gguf_tensor_name("model.layers.3.mlp.down_proj.weight"), "blk.3.ffn_down.weight");
+  EXPECT_EQ(gguf_tensor_name("model.layers.3.post_attention_layernorm.weight"), "blk.3.ffn_norm.weight");
+  EXPECT_EQ(gguf_tensor_name("lm_head.weight"), "output.weight");
+  EXPECT_EQ(gguf_tensor_name("model.layers.x.mlp.down_proj.weight"), "");
+  EXPECT_EQ(gguf_tensor_name("model.layers.1.mlp.experts.0.down_proj.weight"), "");
+  EXPECT_EQ(hf_tensor_name_from_gguf("blk.7.ffn_gate.weight"), "model.layers.7.mlp.gate_proj.weight");
+  EXPECT_EQ(hf_tensor_name_from_gguf("blk.7.attn_q.bias"), "model.layers.7.self_attn.q_proj.bias");
+  EXPECT_EQ(hf_tensor_name_from_gguf("output_norm.weight"), "model.norm.weight");
+  EXPECT_EQ(hf_tensor_name_from_gguf("rope_freqs.weight"), "");
+  EXPECT_NE(test::error_of([] { gguf_arch_for_config({{"model_type", "mistral"}}, "c.json"); })
+                .find("model_type 'mistral' cannot be written to GGUF (supported: qwen3, qwen2, llama)"),
+            std::string::npos);
+}
+
+TEST(GgufModel, Qwen3TinyBf16RoundTripIsExact) {
+  fs::path out;
+  const std::string log = gguf_convert("qwen3-tiny", "", &out);
+  EXPECT_NE(log.find("BF16"), std::string::npos) << log;
+  const Checkpoint hf = open_checkpoint(test::model_dir("qwen3-tiny"));
+  const Checkpoint gg = open_checkpoint(out);
+  EXPECT_EQ(gg.format, CheckpointFormat::GGUF);
+  // The metadata llama.cpp reads.
+  GgufFile f(out);
+  EXPECT_EQ(f.get_str("general.architecture"), "qwen3");
+  EXPECT_EQ(f.get_int("general.file_type"), 32);
+  EXPECT_EQ(f.get_int("qwen3.block_count"), 4);
+  EXPECT_EQ(f.get_int("qwen3.attention.head_count_kv"), 2);
+  EXPECT_EQ(f.get_int("qwen3.attention.key_length"), 32);
+  EXPECT_FLOAT_EQ(float(f.get_float("qwen3.rope.freq_base", 0)), 1e6f);
+  EXPECT_EQ(f.get_str("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(f.get_str("tokenizer.ggml.pre"), "qwen2");
+  EXPECT_EQ(f.get_int("tokenizer.ggml.eos_token_id"), 0);
+  EXPECT_NE(f.get_str("tokenizer.chat_template").find("<|im_start|>"), std::string::npos);
+  EXPECT_EQ(f.tensor("output.weight"), nullptr);  // tied embeddings: no output tensor
+  const GgufTensorInfo* q = f.tensor("blk.0.attn_q.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->ne, (std::vector<uint64_t>{128, 128}));
+  EXPECT_EQ(q->type, uint32_t(GgmlType::BF16));
+  EXPECT_EQ(f.tensor("blk.0.attn_norm.weight")->type, uint32_t(GgmlType::F32));
+  // Every tensor reads back with its HF name, shape and values.
+  for (const TensorInfo& t : gg.tensors->list()) {
+    ASSERT_TRUE(hf.tensors->has(t.name)) << t.name;
+    const auto a = hf.tensors->get(t.name).to_f32(), b = gg.tensors->get(t.name).to_f32();
+    EXPECT_EQ(hf.tensors->get(t.name).info.shape, t.shape) << t.name;
+    EXPECT_TRUE(a == b) << t.name;
+  }
+  EXPECT_EQ(gg.tensors->list().size(), hf.tensors->list().size());
+  for (const char* k : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings"})
+    EXPECT_EQ(gg.config[k], hf.config[k]) << k;
+  expect_same_logits(hf, gg, "qwen3-tiny bf16");
+  // The rebuilt tokenizer tokenizes like the original.
+  const Tokenizer ta = Tokenizer::from_json_text(hf.aux_files.at("tokenizer.json"), "a");
+  const Tokenizer tb = Tokenizer::from_json_text(gg.aux_files.at("tokenizer.json"), "b");
+  const std::string text = "Hello, world! <|im_start|>user\n  The 1234 cafés' don't\t\tstop.<|im_end|>";
+  EXPECT_EQ(ta.encode(text), tb.encode(text));
+  EXPECT_NE(gg.aux_files.at("tokenizer_config.json").find("<|endoftext|>"), std::string::npos);
+}
+
+TEST(GgufModel, LlamaQkPermutationRoundTrips) {
+  fs::path out;
+  gguf_convert("llama-tiny", "--dtype fp32", &out);
+  const Checkpoint hf = open_checkpoint(test::model_dir("llama-tiny"));
+  GgufFile f(out);
+  EXPECT_EQ(f.get_str("general.architecture"), "llama");
+  EXPECT_EQ(f.get_int("general.file_type"), 0);
+  // GGUF row (h, i, j) holds HF row (h, j, i): head_dim 32, half 16.
+  const auto w = hf.tensors->get("model.layers.0.self_attn.q_proj.weight").to_f32();
+  const GgufTensorInfo* q = f.tensor("blk.0.attn_q.weight");
+  ASSERT_EQ(q->type, uint32_t(GgmlType::F32));
+  const float* g = reinterpret_cast<const float*>(f.data(*q));
+  const int64_t cols = 128;
+  for (int64_t h : {0, 3})
+    for (int64_t i : {0, 5, 15})
+      for (int64_t j : {0, 1})
+        EXPECT_EQ(g[(h * 32 + 2 * i + j) * cols + 7], w[size_t((h * 32 + j * 16 + i) * cols + 7)]);
+  const Checkpoint gg = open_checkpoint(out);
+  EXPECT_TRUE(gg.tensors->get("model.layers.0.self_attn.k_proj.weight").to_f32() ==
+              hf.tensors->get("model.layers.0.self_attn.k_proj.weight").to_f32());
+  ASSERT_NE(f.tensor("output.weight"), nullptr);  // untied
+  expect_same_logits(hf, gg, "llama-tiny f32");
+}
+
+TEST(GgufModel, ConvertFollowsOutputRules) {
+  fs::path out;
+  gguf_convert("qwen3-tiny", "--dtype fp16", &out);
+  EXPECT_EQ(GgufFile(out).tensor("blk.1.ffn_up.weight")->type, uint32_t(GgmlType::F16));
+  std::string log;
+  const std::string in = " --input " + test::model_dir("qwen3-tiny").string();
+  EXPECT_NE(test::run_cli("convert" + in + " --output " + out.string(), &log), 0);
+  EXPECT_NE(log.find("--overwrite"), std::string::npos) << log;
+  EXPECT_EQ(test::run_cli("convert" + in + " --output " + out.string() + " --overwrite", &log), 0) << log;
+  EXPECT_EQ(GgufFile(out).tensor("blk.1.ffn_up.weight")->type, uint32_t(GgmlType::BF16));
+  EXPECT_NE(test::run_cli("convert" + in + " --format gguf --output " + out.string() + ".bin", &log), 0);
+  EXPECT_NE(log.find("must be named *.gguf"), std::string::npos) << log;
+  // GGUF -> HF directory (dequantized / as stored) works through the same convert.
+  const fs::path back = out.parent_path() / "back";
+  EXPECT_EQ(test::run_cli("convert --input " + out.string() + " --output " + back.string(), &log), 0) << log;
+  expect_same_logits(open_checkpoint(test::model_dir("qwen3-tiny")), open_checkpoint(back), "gguf -> hf");
+}
+
+TEST(GgufModel, ReaderRefusesWhatItCannotRun) {
+  const fs::path d = test::temp_dir("gguf-bad");
+  {
+    GgufWriter w(d / "a.gguf", {{"general.architecture", GgufValue::str("mamba")}}, {});
+    w.finish();
+  }
+  EXPECT_NE(test::error_of([&] { open_checkpoint(d / "a.gguf"); }).find("general.architecture 'mamba' is not supported"),
+            std::string::npos);
+  {
+    GgufWriter w(d / "b.gguf",
+                 {{"general.architecture", GgufValue::str("qwen3")}, {"qwen3.embedding_length", GgufValue::u32(64)},
+                  {"qwen3.attention.head_count", GgufValue::u32(2)}, {"qwen3.block_count", GgufValue::u32(0)},
+                  {"qwen3.feed_forward_length", GgufValue::u32(128)}},
+                 {{"token_embd.weight", 0, {64, 10}}, {"rope_freqs.weight", 0, {16}}});
+    std::vector<float> z(640);
+    w.data("token_embd.weight", z.data(), 2560);
+    w.data("rope_freqs.weight", z.data(), 64);
+    w.finish();
+  }
+  EXPECT_NE(test::error_of([&] { open_checkpoint(d / "b.gguf"); }).find("tokenizer.ggml.model"), std::string::npos);
+}

@@ -242,7 +242,7 @@ int64_t GgufFile::get_int(const std::string& key) const {
   if (!v) fail(origin_, ": missing metadata key '", key, "'");
   switch (v->type) {
     case GgufType::U8: case GgufType::I8: case GgufType::U16: case GgufType::I16: case GgufType::U32:
-    case GgufType::I32: case GgufType::I64: return v->i;
+    case GgufType::I32: case GgufType::I64: case GgufType::BOOL: return v->i;
     case GgufType::U64:
       if (v->u > uint64_t(INT64_MAX)) fail(origin_, ": metadata key '", key, "' value ", v->u, " is out of range");
       return v->i;

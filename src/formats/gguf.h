@@ -92,7 +92,7 @@ class GgufFile {
   const GgufTensorInfo* tensor(const std::string& name) const;
   const uint8_t* data(const GgufTensorInfo& t) const { return map_->data() + header_.data_start + t.offset; }
   // Typed metadata access; throw llmc::Error naming the file and key when absent (no default)
-  // or of another type. Integer getters accept any integer type whose value fits.
+  // or of another type. Integer getters accept any integer type whose value fits (and bool, as 0/1).
   std::string get_str(const std::string& key) const;
   int64_t get_int(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t dflt) const;
