@@ -1,16 +1,22 @@
-// Tests of the GGUF container (formats/gguf.h) and the ggml type table (formats/ggml_types.h).
+// Tests of the GGUF container (formats/gguf.h), the ggml type table (formats/ggml_types.h), HF <->
+// GGUF models (formats/gguf_model.h) and the GGUF presets (quant/gguf_quant.h, via the CLI).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "formats/checkpoint.h"
 #include "formats/ggml_types.h"
 #include "formats/gguf.h"
+#include "formats/gguf_model.h"
+#include "model/model.h"
 #include "testing.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace llmc;
 namespace fs = std::filesystem;
@@ -430,11 +436,6 @@ TEST(GgmlTypes, EncodeOfDecodedIsStable) {
 
 // ---------------------------------------------------------------- models
 
-#include "formats/checkpoint.h"
-#include "formats/gguf_model.h"
-#include "model/model.h"
-#include "tokenizer/tokenizer.h"
-
 namespace {
 
 // HF and GGUF checkpoints of the same model give the same logits, bit for bit.
@@ -585,4 +586,54 @@ TEST(GgufModel, ReaderRefusesWhatItCannotRun) {
     w.finish();
   }
   EXPECT_NE(test::error_of([&] { open_checkpoint(d / "b.gguf"); }).find("tokenizer.ggml.model"), std::string::npos);
+}
+
+namespace {
+nlohmann::json quantize_json(const std::string& args) {
+  std::string log;
+  const fs::path d = test::temp_dir("gguf-q");
+  const int rc = test::run_cli("quantize --input " + test::model_dir("qwen3-tiny").string() + " --output " +
+                                   (d / "m.gguf").string() + " --eval-data " +
+                                   test::data_path("eval/heldout.txt").string() + " --json " + args,
+                               &log);
+  EXPECT_EQ(rc, 0) << log;
+  const size_t brace = log.find("\n{");  // the JSON summary follows the progress lines
+  return rc == 0 && brace != std::string::npos ? nlohmann::json::parse(log.substr(brace + 1)) : nlohmann::json::object();
+}
+}  // namespace
+
+// The imatrix (Hessian-diagonal weighted) scale search beats plain rounding of the same preset:
+// measured on qwen3-tiny, 16384 held-out tokens: ppl ratio 1.00604 vs 1.01245, KL 0.00812 vs 0.00848.
+TEST(GgufQuantize, ImatrixBeatsPlainRoundingAndFileEvaluates) {
+  const nlohmann::json im = quantize_json("--method q4_k_m");
+  const nlohmann::json rtn = quantize_json("--method q4_k_m --method-opt rounding=rtn");
+  ASSERT_TRUE(im.contains("quality") && rtn.contains("quality"));
+  EXPECT_GT(im["num_samples"].get<int>(), 0);
+  EXPECT_EQ(rtn["num_samples"].get<int>(), 0);
+  EXPECT_LT(im["quality"]["ppl_ratio"].get<double>(), rtn["quality"]["ppl_ratio"].get<double>());
+  EXPECT_LT(im["quality"]["kl"].get<double>(), rtn["quality"]["kl"].get<double>());
+  EXPECT_LT(im["quality"]["ppl_ratio"].get<double>(), 1.01);
+  // The file is smaller than the bf16 model and reads back through eval/inspect.
+  EXPECT_LT(im["output_bytes"].get<double>(), 0.6 * im["bf16_bytes"].get<double>());
+  std::string log;
+  const std::string f = im["output"].get<std::string>();
+  EXPECT_EQ(test::run_cli("inspect " + f, &log), 0) << log;
+  EXPECT_NE(log.find("(gguf)"), std::string::npos) << log;
+  EXPECT_NE(log.find("Q8_0"), std::string::npos) << log;  // the tied embeddings' Q6_K falls back (rows of 128)
+  EXPECT_EQ(test::run_cli("generate --model " + f + " --prompt Hello --max-tokens 4", &log), 0) << log;
+}
+
+TEST(GgufQuantize, OptionsAndOutputsAreChecked) {
+  const fs::path d = test::temp_dir("gguf-qbad");
+  const std::string in = "quantize --input " + test::model_dir("qwen3-tiny").string();
+  std::string log;
+  EXPECT_NE(test::run_cli(in + " --method q4_k_m --output " + (d / "dir").string(), &log), 0);
+  EXPECT_NE(log.find("writes a GGUF file (name it *.gguf)"), std::string::npos) << log;
+  EXPECT_NE(test::run_cli(in + " --method int8 --output " + (d / "x.gguf").string(), &log), 0);
+  EXPECT_NE(log.find("cannot write GGUF"), std::string::npos) << log;
+  EXPECT_NE(test::run_cli(in + " --method q8_0 --method-opt rounding=gptq --output " + (d / "x.gguf").string(), &log), 0);
+  EXPECT_NE(log.find("rounding"), std::string::npos) << log;
+  EXPECT_NE(test::run_cli(in + " --method q8_0 --ignore attn --output " + (d / "x.gguf").string(), &log), 0);
+  EXPECT_NE(log.find("--ignore is not accepted"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(d / "x.gguf"));
 }

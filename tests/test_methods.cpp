@@ -375,13 +375,14 @@ std::vector<MethodLimit> method_limits() {
   add("int4_gptq_b8", "int4_gptq", ov(8), 0.999151, 0.00021);
   add("int4_awq", "int4_awq", {}, 1.045919, 0.0548211);
   add("int4_awq_b3", "int4_awq", ov(3), 1.162583, 0.2235573);
-  // GGUF presets (qwen3-tiny's rows of 128 / 384 values take the non-K fallbacks, see docs/formats.md).
-  add("q8_0", "q8_0", {}, 1.00232, 0.000269);
-  add("q6_k", "q6_k", {}, 1.00232, 0.000269);  // all Q8_0 fallbacks on tiny
-  add("q5_k_m", "q5_k_m", {}, 1.00072, 0.006141);
-  add("q4_k_m", "q4_k_m", {}, 1.01278, 0.008732);
-  add("q3_k_m", "q3_k_m", {}, 1.04344, 0.026164);
-  add("q2_k", "q2_k", {}, 1.05215, 0.042207);
+  // GGUF presets, default rounding=imatrix (qwen3-tiny's rows of 128 / 384 values take the non-K
+  // fallbacks, see docs/formats.md).
+  add("q8_0", "q8_0", {}, 1.00227, 0.000269);
+  add("q6_k", "q6_k", {}, 1.00227, 0.000269);  // all Q8_0 fallbacks on tiny
+  add("q5_k_m", "q5_k_m", {}, 1.00210, 0.006096);
+  add("q4_k_m", "q4_k_m", {}, 1.00505, 0.008429);
+  add("q3_k_m", "q3_k_m", {}, 1.03678, 0.026452);
+  add("q2_k", "q2_k", {}, 1.05881, 0.041332);
   return v;
 }
 

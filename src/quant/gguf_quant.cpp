@@ -3,9 +3,13 @@
 
 #include <chrono>
 
+#include "calib/calib_data.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "model/model.h"
+#include "quant/hessian.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmc {
 namespace {
@@ -56,6 +60,72 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The imatrix: for every linear (GGUF name) the diagonal of its input Hessian Σ x xᵀ over the
+// calibration tokens, from the unquantized model (one HessianAccumulator per distinct input:
+// q/k/v share one, gate/up share one), and for `output.weight` the final-normed hidden states.
+std::map<std::string, std::vector<float>> collect_imatrix(const Checkpoint& ck, const QuantizeOptions& opt,
+                                                          const QuantSpec& spec, QuantizeResult& res) {
+  auto tok_it = ck.aux_files.find("tokenizer.json");
+  if (tok_it == ck.aux_files.end())
+    fail(opt.input.string(), ": no tokenizer.json (needed to tokenize calibration data for ", spec.method, ")");
+  const Tokenizer tok = Tokenizer::from_json_text(tok_it->second, (opt.input / "tokenizer.json").string());
+  std::unique_ptr<Model> model = Model::load(ck);
+  const ModelConfig& cfg = model->config();
+  std::string origin;
+  const CalibWindows w = load_calibration_windows(opt.calibration_data, tok, opt.num_samples, opt.seq_len, spec.seed,
+                                                  cfg.max_position_embeddings, &origin);
+  log_info(cat("calibration: ", w.num_samples, " windows x ", w.seq_len, " tokens from ", origin));
+  res.num_samples = w.num_samples;
+  res.seq_len = w.seq_len;
+  const int64_t H = cfg.hidden_size, per = int64_t(w.seq_len) * H;
+  std::vector<float> x(w.ids.size() * size_t(H));
+  model->embed(w.ids.data(), int64_t(w.ids.size()), x.data());
+  std::map<std::string, std::vector<float>> imx;
+  auto diag = [](const HessianAccumulator& a) {
+    const std::vector<double> h = a.sum();
+    std::vector<float> d(size_t(a.cols()));
+    double mean = 0;
+    for (int64_t j = 0; j < a.cols(); ++j) mean += (d[size_t(j)] = float(h[size_t(j * a.cols() + j)]));
+    mean /= double(std::max<int64_t>(1, a.cols()));
+    for (float& v : d) v += float(1e-6 * mean + 1e-30);  // never all-zero weights
+    return d;
+  };
+  const int batch = std::max(1, opt.batch);
+  Progress prog("imatrix", uint64_t(cfg.num_layers), "block");
+  for (int i = 0; i < cfg.num_layers; ++i) {
+    std::map<int, HessianAccumulator> acc;  // by the slot that owns the input (Q, O, Gate, Down)
+    const LinearHook hook = [&](int, LinearSlot s, const backend::MatView& v) {
+      const int owner = s == LinearSlot::K || s == LinearSlot::V ? int(LinearSlot::Q)
+                        : s == LinearSlot::Up                    ? int(LinearSlot::Gate)
+                                                                 : int(s);
+      if (owner != int(s)) return;  // the same rows, seen once
+      auto it = acc.try_emplace(owner, v.cols).first;
+      it->second.add(v);
+    };
+    for (int s0 = 0; s0 < w.num_samples; s0 += batch) {
+      const int n = std::min(batch, w.num_samples - s0);
+      model->run_block(i, x.data() + int64_t(s0) * per, n, w.seq_len, &hook);
+    }
+    for (int s = 0; s < kNumLinearSlots; ++s) {
+      const int owner = s == int(LinearSlot::K) || s == int(LinearSlot::V) ? int(LinearSlot::Q)
+                        : s == int(LinearSlot::Up)                         ? int(LinearSlot::Gate)
+                                                                           : s;
+      auto it = acc.find(owner);
+      if (it == acc.end()) continue;
+      const std::string hf = cat("model.layers.", i, ".", linear_slot_name(LinearSlot(s)), ".weight");
+      imx[gguf_tensor_name(hf)] = diag(it->second);
+    }
+    model->release_block(i);
+    prog.step();
+  }
+  prog.finish();
+  model->final_norm(x.data(), int64_t(w.ids.size()));
+  HessianAccumulator out(H);
+  out.add(x.data(), int64_t(w.ids.size()));
+  imx["output.weight"] = diag(out);
+  return imx;
+}
+
 }  // namespace
 
 const GgufPreset* find_gguf_preset(const std::string& name) {
@@ -89,6 +159,17 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
   go.file_type = preset->file_type;
   go.progress = !quiet();
   go.choose = [preset](const GgufTensorSite& s) { return gguf_row_fallback(preset->choose(s), s.shape.back()); };
+  const std::string rounding = method_opt<std::string>(spec, "rounding");
+  std::map<std::string, std::vector<float>> imx;
+  if (rounding == "imatrix") {
+    const double tc = now_s();
+    imx = collect_imatrix(ck, opt, spec, res);
+    res.seconds_stats = now_s() - tc;
+    go.importance = [&imx](const GgufTensorSite& s) -> const float* {
+      auto it = imx.find(s.output_role ? std::string("output.weight") : s.gguf_name);
+      return it == imx.end() || int64_t(it->second.size()) != s.shape.back() ? nullptr : it->second.data();
+    };
+  }
   AtomicPath ap(opt.output);
   const GgufWriteStats st = write_gguf_model(ck, ap.temp(), go);
   ap.commit();
@@ -96,12 +177,14 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
   res.out_bytes = st.bytes;
   for (const auto& [name, type] : st.types)
     if (name.find(".weight") != std::string::npos && ggml_type_by_name(type)->block_size > 1) ++res.quantized_linears;
-  res.quantize_seconds = res.seconds_write = st.seconds;
+  res.seconds_write = st.seconds;
+  res.quantize_seconds = res.seconds_stats + st.seconds;
   res.seconds = now_s() - t0;
   res.peak_rss = peak_rss_bytes();
   res.vllm_why_not = "a GGUF file is for llama.cpp (and Ollama, LM Studio), not vLLM's safetensors loaders";
   res.report = {{"method", method.name},
-                {"gguf", {{"preset", preset->name}, {"types", st.types}, {"type_counts", st.type_counts}}},
+                {"gguf", {{"preset", preset->name}, {"rounding", rounding}, {"types", st.types},
+                          {"type_counts", st.type_counts}}},
                 {"bytes", st.bytes},
                 {"bf16_bytes", res.bf16_bytes}};
   return res;
