@@ -637,3 +637,153 @@ TEST(GgufQuantize, OptionsAndOutputsAreChecked) {
   EXPECT_NE(log.find("--ignore is not accepted"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(d / "x.gguf"));
 }
+
+TEST(GgufModel, WriterRefusesWhatLlamaCppWouldMisread) {
+  const fs::path d = test::temp_dir("gguf-wbad");
+  GgufWriteOptions o;
+  o.choose = [](const GgufTensorSite&) { return GgmlType::BF16; };
+  o.progress = false;
+  auto err = [&](const Checkpoint& c) { return test::error_of([&] { write_gguf_model(c, d / "x.gguf", o); }); };
+  {
+    Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+    c.config["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e6}, {"factor", 4.0}};
+    EXPECT_NE(err(c).find("rope_type 'yarn' cannot be written to GGUF"), std::string::npos);
+  }
+  {
+    Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+    c.aux_files.erase("tokenizer.json");
+    EXPECT_NE(err(c).find("no tokenizer.json"), std::string::npos);
+  }
+  {
+    Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+    nlohmann::json t = nlohmann::json::parse(c.aux_files["tokenizer.json"]);
+    t["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\s+";
+    c.aux_files["tokenizer.json"] = t.dump();
+    EXPECT_NE(err(c).find("not one llama.cpp knows by name"), std::string::npos);
+    t["model"]["type"] = "WordPiece";
+    c.aux_files["tokenizer.json"] = t.dump();
+    EXPECT_NE(err(c).find("only byte-level BPE"), std::string::npos);
+  }
+  {
+    Checkpoint c = open_checkpoint(test::model_dir("qwen3-tiny"));
+    o.choose = [](const GgufTensorSite&) { return GgmlType::Q4_K; };  // rows of 128 < 256
+    EXPECT_NE(err(c).find("not a multiple of the Q4_K block size 256"), std::string::npos);
+  }
+  EXPECT_FALSE(fs::exists(d / "x.gguf"));
+}
+
+// ---------------------------------------------------------------- llama.cpp interop
+
+namespace {
+
+fs::path gguf_interop_dir() { return test::repo_root() / "tests" / "interop-gguf"; }
+
+std::string gguf_interop_missing() {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) return "node not found";
+  for (const char* m : {"node-llama-cpp", "@node-llama-cpp/linux-x64"})
+    if (!fs::exists(gguf_interop_dir() / "node_modules" / m))
+      return std::string("tests/interop-gguf/node_modules/") + m + " missing (run bash scripts/interop-gguf-deps.sh)";
+  return "";
+}
+
+struct Agreement {
+  double max_abs = 0, rel_l2 = 0, nll_llmc = 0, nll_llama = 0;
+  int argmax_agree = 0, positions = 0;
+};
+
+// llama.cpp's logits for the ids llmc's tokenizer gives `text`, vs llmc's own forward of the same file.
+Agreement compare_with_llama_cpp(const fs::path& gguf, const std::string& text, bool* tokens_equal) {
+  const Checkpoint ck = open_checkpoint(gguf);
+  const Tokenizer tok = Tokenizer::from_json_text(ck.aux_files.at("tokenizer.json"), gguf.string());
+  std::vector<int32_t> ids = tok.encode(text);
+  if (ids.size() > 48) ids.resize(48);
+  const fs::path d = gguf.parent_path();
+  {
+    std::ofstream(d / "ids.json") << nlohmann::json(ids).dump();
+    std::ofstream(d / "text.txt") << text;
+  }
+  const std::string cmd = "cd " + gguf_interop_dir().string() + " && node logits.mjs " + gguf.string() + " " +
+                          (d / "ids.json").string() + " " + (d / "text.txt").string() + " > " +
+                          (d / "llama.json").string();
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json r = nlohmann::json::parse(std::ifstream(d / "llama.json"));
+  *tokens_equal = r["tokens"].get<std::vector<int32_t>>() == tok.encode(text);
+  auto model = Model::load(ck);
+  const int64_t V = model->config().vocab_size, n = int64_t(ids.size());
+  const std::vector<float> mine = model->forward(ids, 1, int(n));
+  Agreement a;
+  a.positions = int(n);
+  double num = 0, den = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const auto& row = r["logits"][size_t(p)];
+    EXPECT_EQ(int64_t(row.size()), V);
+    int64_t am = 0, bm = 0;
+    double za = 0, zb = 0, ma = -1e30, mb = -1e30;
+    for (int64_t v = 0; v < V; ++v) {
+      const double x = mine[size_t(p * V + v)], y = row[size_t(v)].get<double>();
+      a.max_abs = std::max(a.max_abs, std::fabs(x - y));
+      num += (x - y) * (x - y);
+      den += x * x;
+      if (x > ma) { ma = x; am = v; }
+      if (y > mb) { mb = y; bm = v; }
+    }
+    for (int64_t v = 0; v < V; ++v) {
+      za += std::exp(double(mine[size_t(p * V + v)]) - ma);
+      zb += std::exp(row[size_t(v)].get<double>() - mb);
+    }
+    a.argmax_agree += am == bm;
+    if (p + 1 < n) {
+      const int64_t t = ids[size_t(p + 1)];
+      a.nll_llmc += -(double(mine[size_t(p * V + t)]) - ma - std::log(za)) / double(n - 1);
+      a.nll_llama += -(row[size_t(t)].get<double>() - mb - std::log(zb)) / double(n - 1);
+    }
+  }
+  a.rel_l2 = std::sqrt(num / std::max(den, 1e-30));
+  return a;
+}
+
+}  // namespace
+
+// llama.cpp (node-llama-cpp 3.22.1, prebuilt CPU) loads llmc's GGUF files, tokenizes like llmc
+// and computes the logits llmc computes from the same file. Tolerances: llama.cpp's CPU matmuls
+// round the activations (to bf16 for BF16 weights, to Q8_0/Q8_K blocks for quantized weights) and
+// use its own summation orders, so the agreement is that of those roundings, not bit-exactness:
+// measured rel L2 / mean-NLL gap are printed; limits are a few times above them.
+TEST(GgufInterop, LlamaCppAgreesWithLlmc) {
+  const std::string why = gguf_interop_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  std::ifstream in(test::data_path("eval/heldout.txt"));
+  std::string text(2000, '\0');
+  in.read(text.data(), 2000);
+  text.resize(size_t(in.gcount()));
+  text = text.substr(0, text.rfind(' '));
+  struct Case {
+    const char* model;
+    const char* cli;
+    double max_rel_l2, max_nll_gap;
+  };
+  const Case cases[] = {
+      {"qwen3-tiny", "convert", 0.02, 0.01},
+      {"llama-tiny", "convert", 0.02, 0.01},
+      {"qwen3-tiny", "quantize --method q8_0 --method-opt rounding=rtn --no-eval", 0.03, 0.02},
+      {"qwen3-tiny", "quantize --method q4_k_m --no-eval", 0.03, 0.02},
+      {"llama-tiny", "quantize --method q2_k --method-opt rounding=rtn --no-eval", 0.05, 0.03},
+  };
+  for (const Case& c : cases) {
+    const fs::path d = test::temp_dir("gguf-llama");
+    std::string log;
+    ASSERT_EQ(test::run_cli(std::string(c.cli) + " --input " + test::model_dir(c.model).string() + " --output " +
+                                (d / "m.gguf").string(),
+                            &log),
+              0)
+        << log;
+    bool tokens_equal = false;
+    const Agreement a = compare_with_llama_cpp(d / "m.gguf", text, &tokens_equal);
+    std::printf("  %-10s %-60s rel L2 %.2e  max|diff| %.3f  NLL llmc %.4f llama.cpp %.4f  argmax %d/%d\n", c.model,
+                c.cli, a.rel_l2, a.max_abs, a.nll_llmc, a.nll_llama, a.argmax_agree, a.positions);
+    EXPECT_TRUE(tokens_equal) << c.model << " " << c.cli;
+    EXPECT_LT(a.rel_l2, c.max_rel_l2) << c.model << " " << c.cli;
+    EXPECT_LT(std::fabs(a.nll_llmc - a.nll_llama), c.max_nll_gap) << c.model << " " << c.cli;
+    EXPECT_GE(a.argmax_agree, a.positions * 9 / 10) << c.model << " " << c.cli;
+  }
+}
