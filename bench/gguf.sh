@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GGUF presets on one model: for every GGUF preset of the method table and both roundings
-# (rtn: plain; imatrix: scale search weighted by the Hessian diagonal from calibration), `llmc
+# (rtn: plain; hdiag: scale search weighted by the Hessian diagonal from calibration), `llmc
 # quantize --no-eval --json` then `llmc eval` of the file on held-out text; prints a table and
 # writes the numbers (file bytes vs the bf16 tensors, perplexity and its ratio to the bf16 model,
 # seconds) as JSON. The bf16 GGUF (llmc convert) is evaluated too (its ratio must be 1).
@@ -21,7 +21,7 @@ ev "$MODEL" > "$T/base.json"
 "$LLMC" convert --input "$MODEL" --output "$T/bf16.gguf" > /dev/null 2>&1
 ev "$T/bf16.gguf" > "$T/bf16.eval.json"
 for p in q8_0 q6_k q5_k_m q4_k_m q3_k_m q2_k; do
-  for r in rtn imatrix; do
+  for r in rtn hdiag; do
     "$LLMC" quantize --input "$MODEL" --method "$p" --method-opt rounding=$r --num-samples "$SAMPLES" \
       --output "$T/$p-$r.gguf" --no-eval --json > "$T/$p-$r.json" 2> /dev/null
     ev "$T/$p-$r.gguf" > "$T/$p-$r.eval.json"
@@ -37,7 +37,7 @@ def ppl(f):
 base = ppl(f"{t}/base.json")
 rows = []
 for p in ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]:
-    for r in ["rtn", "imatrix"]:
+    for r in ["rtn", "hdiag"]:
         j = json.load(open(f"{t}/{p}-{r}.json"))
         q = ppl(f"{t}/{p}-{r}.eval.json")
         rows.append({"preset": p, "rounding": r, "file_bytes": j["output_bytes"], "bf16_tensor_bytes": j["bf16_bytes"],

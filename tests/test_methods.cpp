@@ -375,7 +375,7 @@ std::vector<MethodLimit> method_limits() {
   add("int4_gptq_b8", "int4_gptq", ov(8), 0.999151, 0.00021);
   add("int4_awq", "int4_awq", {}, 1.045919, 0.0548211);
   add("int4_awq_b3", "int4_awq", ov(3), 1.162583, 0.2235573);
-  // GGUF presets, default rounding=imatrix (qwen3-tiny's rows of 128 / 384 values take the non-K
+  // GGUF presets, default rounding=hdiag (qwen3-tiny's rows of 128 / 384 values take the non-K
   // fallbacks, see docs/formats.md).
   add("q8_0", "q8_0", {}, 1.00227, 0.000269);
   add("q6_k", "q6_k", {}, 1.00227, 0.000269);  // all Q8_0 fallbacks on tiny

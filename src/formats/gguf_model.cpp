@@ -2,6 +2,7 @@
 #include "formats/gguf_model.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -357,7 +358,19 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
       tt->encode(x.data(), nullptr, int64_t(x.size()), q.data());
     } else {
       parallel_for(0, size_t(rows), 1, [&](size_t lo, size_t hi) {
-        for (size_t r = lo; r < hi; ++r) tt->encode(x.data() + r * size_t(cols), imp, cols, q.data() + r * row_bytes);
+        std::vector<float> wrow(o.importance_times_magnitude && imp ? size_t(cols) : 0);
+        for (size_t r = lo; r < hi; ++r) {
+          const float* xr = x.data() + r * size_t(cols);
+          const float* wr = imp;
+          if (!wrow.empty()) {  // imp_j * sqrt(sigma2 + x_j^2), sigma2 = 2 mean(x^2) of the row
+            double s2 = 0;
+            for (int64_t j = 0; j < cols; ++j) s2 += double(xr[j]) * xr[j];
+            const float sigma2 = float(2 * s2 / double(cols));
+            for (int64_t j = 0; j < cols; ++j) wrow[size_t(j)] = imp[j] * std::sqrt(sigma2 + xr[j] * xr[j]);
+            wr = wrow.data();
+          }
+          tt->encode(xr, wr, cols, q.data() + r * row_bytes);
+        }
       });
     }
     w.data(p.site.gguf_name, q.data(), q.size());

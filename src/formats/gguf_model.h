@@ -52,6 +52,9 @@ struct GgufTensorSite {
 struct GgufWriteOptions {
   std::function<GgmlType(const GgufTensorSite&)> choose;  // 2-D tensors
   std::function<const float*(const GgufTensorSite&)> importance;  // nullable
+  // Weights of value x_ij: imp_j * sqrt(sigma2_i + x_ij^2) (sigma2_i = 2 mean_j x_ij^2, as
+  // llama.cpp combines its imatrix with the weights) instead of imp_j alone.
+  bool importance_times_magnitude = false;
   GgufFileType file_type = GgufFileType::MOSTLY_BF16;
   bool progress = true;
 };

@@ -161,7 +161,8 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
   go.choose = [preset](const GgufTensorSite& s) { return gguf_row_fallback(preset->choose(s), s.shape.back()); };
   const std::string rounding = method_opt<std::string>(spec, "rounding");
   std::map<std::string, std::vector<float>> imx;
-  if (rounding == "imatrix") {
+  if (rounding == "imatrix" || rounding == "hdiag") {
+    go.importance_times_magnitude = rounding == "imatrix";
     const double tc = now_s();
     imx = collect_imatrix(ck, opt, spec, res);
     res.seconds_stats = now_s() - tc;

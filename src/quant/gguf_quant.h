@@ -10,9 +10,10 @@
 //  * quantize_gguf(opt, ck, method, spec): writes opt.output (a .gguf; temp + rename, the output
 //    path already checked by the caller) from checkpoint ck with method.gguf_preset's mix, rounding
 //    with the ggml encoders (formats/ggml_types.h). --method-opt rounding=rtn: uniform weights;
-//    rounding=imatrix: the scale/min search of each linear is weighted by the diagonal of its
-//    input Hessian (quant/hessian.h) over the calibration windows of the unquantized model (what
-//    llama.cpp's imatrix does), output.weight (or tied token_embd) by the final hidden states'. Fills the
+//    rounding=hdiag (default): the scale/min search of each linear is weighted by the diagonal of
+//    its input Hessian (quant/hessian.h) over the calibration windows of the unquantized model,
+//    output.weight (or tied token_embd) by the final hidden states'; rounding=imatrix: that
+//    diagonal times sqrt(sigma2 + x^2) of each weight, as llama.cpp combines its imatrix. Fills the
 //    QuantizeResult like quantize_model (sizes are whole-file bytes vs the bf16 tensors), with the
 //    per-tensor types in report["gguf"]["types"].
 #pragma once
