@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "formats/ggml_types.h"
+#include "formats/gguf.h"
 #include "formats/parquet.h"
 #include "formats/safetensors.h"
 #include "layout_input.h"
@@ -153,6 +155,33 @@ int main(int argc, char** argv) {
     put("safetensors_header", "three_tensors", file_bytes(tmp));
     write_safetensors(tmp, {}, {});
     put("safetensors_header", "empty", file_bytes(tmp));
+    fs::remove(tmp);
+  }
+  // ---- GGUF: metadata of every value type (arrays included) and one tensor per ggml type ----
+  {
+    const fs::path tmp = g_out / "tmp.gguf";
+    GgufValue nested;
+    nested.type = GgufType::ARRAY;
+    nested.elem = GgufType::ARRAY;
+    nested.items = {GgufValue::i32_array({1, -2}), GgufValue::i32_array({})};
+    std::vector<std::pair<std::string, GgufValue>> kv = {
+        {"general.architecture", GgufValue::str("qwen3")}, {"general.alignment", GgufValue::u32(32)},
+        {"u64", GgufValue::u64(5)}, {"f32", GgufValue::f32(0.5f)}, {"flag", GgufValue::boolean(true)},
+        {"tokens", GgufValue::str_array({"a", "b"})}, {"ids", GgufValue::i32_array({0, 1})}, {"nested", nested}};
+    std::vector<GgufTensorDecl> decls;
+    for (int i = 0; i < ggml_type_count(); ++i)
+      decls.push_back({ggml_type_at(i).name, uint32_t(ggml_type_at(i).type), {256, 2}});
+    GgufWriter w(tmp, kv, decls);
+    std::vector<float> x(512);
+    for (int i = 0; i < 512; ++i) x[i] = float(i % 37) * 0.1f - 1.5f;
+    for (int i = 0; i < ggml_type_count(); ++i) {
+      const GgmlTypeTraits& t = ggml_type_at(i);
+      std::vector<uint8_t> q(ggml_row_bytes(t.type, 512));
+      t.encode(x.data(), nullptr, 512, q.data());
+      w.data(t.name, q.data(), q.size());
+    }
+    w.finish();
+    put("gguf", "all_types", file_bytes(tmp));
     fs::remove(tmp);
   }
   // ---- shard index (the two shards fuzz_shard_index.cpp writes) ----

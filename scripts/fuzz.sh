@@ -30,7 +30,7 @@ fi
 rm -rf "$probe"
 CC=$(command -v clang || echo "${CXX%++}")
 ALL=(safetensors_header shard_index config_json tokenizer_json parquet_tensor parquet_string_column
-     calib_jsonl calib_file layout_gptq layout_awq layout_ct layout_fp8)
+     calib_jsonl calib_file layout_gptq layout_awq layout_ct layout_fp8 gguf)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 if [ "${LLMC_FUZZ_SKIP_BUILD:-0}" != 1 ]; then

@@ -11,6 +11,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLMC_COVERAGE=ON -D
 cmake --build "$BUILD" -j"$JOBS"
 find "$BUILD" -name '*.gcda' -delete
 bash scripts/interop-deps.sh || echo "interop: independent Parquet tools unavailable; those tests will skip"
+bash scripts/interop-gguf-deps.sh || echo "interop-gguf: llama.cpp (node-llama-cpp) unavailable; the GGUF interop test will skip"
 ctest --test-dir "$BUILD" --output-on-failure -j"$JOBS"
 echo "== line coverage of src/ =="
 gcovr -r . --filter 'src/' --object-directory "$BUILD" --gcov-ignore-parse-errors --print-summary \

@@ -86,7 +86,11 @@ TEST(Checkpoint, FormatNames) {
   EXPECT_EQ(parse_checkpoint_format("parquet"), CheckpointFormat::Parquet);
   EXPECT_STREQ(checkpoint_format_name(CheckpointFormat::HF), "hf");
   EXPECT_STREQ(checkpoint_format_name(CheckpointFormat::Parquet), "parquet");
-  EXPECT_THROW(parse_checkpoint_format("gguf"), Error);
+  EXPECT_EQ(parse_checkpoint_format("gguf"), CheckpointFormat::GGUF);
+  EXPECT_STREQ(checkpoint_format_name(CheckpointFormat::GGUF), "gguf");
+  EXPECT_THROW(parse_checkpoint_format("safetensors"), Error);
+  // GGUF files are written whole (formats/gguf_model.h), not through a CheckpointWriter.
+  EXPECT_THROW(make_checkpoint_writer(test::temp_dir("ckpt-gguf") / "m.gguf", CheckpointFormat::GGUF), Error);
 }
 
 TEST(Checkpoint, OpenErrorsNameThePath) {

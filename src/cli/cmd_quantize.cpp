@@ -113,7 +113,7 @@ void warn_unused_calibration_options(const CLI::App& app, const QuantizeOptions&
 RunFn setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--input,-i", a->input, "input model: HF directory or .parquet file")->required();
-  app.add_option("--output,-o", a->output, "output: directory (hf) or .parquet file")->required();
+  app.add_option("--output,-o", a->output, "output: directory (hf), .parquet file, or .gguf file (GGUF methods)")->required();
   app.add_option("--method,-m", a->method, "quantization method: " + method_names());
   app.add_option("--backend", a->backend, "AI-OS spelling: ptq | angelslim");
   auto aios_help = [](const char* backend) {
@@ -132,7 +132,7 @@ RunFn setup(CLI::App& app) {
   app.add_option("--ignore", a->ignore,
                  "regex of module names to leave unquantized (repeatable; lm_head always is; a "
                  "match on part of q/k/v or gate/up widens to the group vLLM fuses)");
-  app.add_option("--format", a->format, "output container: hf | parquet (default: from --output)");
+  app.add_option("--format", a->format, "output container: hf | parquet | gguf (default: from --output)");
   app.add_option("--layout", a->layout, "output layout (default: the method's first)");
   app.add_option("--bits", a->bits, "weight bits (methods that allow a choice)");
   app.add_option("--group-size", a->group, "group size along the input (-1 = per channel)");

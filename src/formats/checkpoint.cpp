@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/progress.h"
+#include "formats/gguf_model.h"
 #include "formats/hf_dir.h"
 #include "formats/parquet.h"
 
@@ -29,7 +30,8 @@ struct FormatName {
   CheckpointFormat f;
   const char* name;
 };
-constexpr FormatName kFormatNames[] = {{CheckpointFormat::HF, "hf"}, {CheckpointFormat::Parquet, "parquet"}};
+constexpr FormatName kFormatNames[] = {{CheckpointFormat::HF, "hf"}, {CheckpointFormat::Parquet, "parquet"},
+                                       {CheckpointFormat::GGUF, "gguf"}};
 
 json parse_config_text(const std::string& text, const std::string& origin) {
   json j;
@@ -152,7 +154,7 @@ void finalize_parquet(TensorWriter& w, const std::filesystem::path& temp, const 
 CheckpointFormat parse_checkpoint_format(const std::string& s) {
   for (const auto& f : kFormatNames)
     if (s == f.name) return f.f;
-  fail("unknown checkpoint format '", s, "' (expected hf or parquet)");
+  fail("unknown checkpoint format '", s, "' (expected hf, parquet or gguf)");
 }
 
 const char* checkpoint_format_name(CheckpointFormat f) {
@@ -170,12 +172,16 @@ Checkpoint open_checkpoint(const std::filesystem::path& path) {
     return open_hf(path);
   }
   if (path.extension() == ".parquet") return open_parquet(path);
-  fail(path.string(), ": not a checkpoint (expected a HuggingFace model directory or a .parquet file)");
+  if (path.extension() == ".gguf") return open_gguf_checkpoint(path);
+  fail(path.string(), ": not a checkpoint (expected a HuggingFace model directory, a .parquet or a .gguf file)");
 }
 
 std::unique_ptr<CheckpointWriter> make_checkpoint_writer(const std::filesystem::path& out, CheckpointFormat format,
                                                          const WriterOptions& opts) {
   std::error_code ec;
+  if (format == CheckpointFormat::GGUF)
+    fail(out.string(), ": GGUF files are written by llmc convert / llmc quantize with a GGUF method "
+         "(q8_0, q4_k_m, ...), not tensor by tensor");
   OutputRules rules;
   rules.overwrite = opts.overwrite;
   check_output_path(out, format == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File, rules);

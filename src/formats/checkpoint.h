@@ -4,7 +4,8 @@
 // Contracts:
 //  * open_checkpoint(path): a directory holding config.json is an HF checkpoint (single
 //    model.safetensors or sharded model.safetensors.index.json); a file ending in .parquet is a
-//    Parquet checkpoint. Anything else throws llmc::Error naming the path.
+//    Parquet checkpoint; a file ending in .gguf is a GGUF file (formats/gguf_model.h). Anything
+//    else throws llmc::Error naming the path.
 //  * aux_files holds, byte for byte, the small files that travel with a model (tokenizer.json,
 //    tokenizer_config.json, generation_config.json, special_tokens_map.json, chat_template.jinja,
 //    vocab.json, merges.txt, hf_quant_config.json, ...; never config.json or weight files).
@@ -23,8 +24,9 @@
 
 namespace llmc {
 
-enum class CheckpointFormat { HF, Parquet };
-// "hf" / "parquet"; throws on anything else.
+// GGUF: llama.cpp's container, read and written by formats/gguf_model.h (not by CheckpointWriter).
+enum class CheckpointFormat { HF, Parquet, GGUF };
+// "hf" / "parquet" / "gguf"; throws on anything else.
 CheckpointFormat parse_checkpoint_format(const std::string& s);
 const char* checkpoint_format_name(CheckpointFormat f);
 

@@ -7,6 +7,9 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/ggml_types.h"
+#include "formats/gguf.h"
+#include "formats/gguf_model.h"
 #include "formats/safetensors.h"
 
 namespace llmc {
@@ -153,12 +156,22 @@ json inspect_checkpoint(const Checkpoint& c) {
   json tensors = json::array();
   uint64_t bytes = 0, params = 0, logical = 0;
   std::map<std::string, uint64_t> by_dtype;
+  // GGUF: each tensor as stored (ggml type and bytes), not as the decoded view.
+  std::map<std::string, std::pair<std::string, uint64_t>> stored;
+  if (c.format == CheckpointFormat::GGUF) {
+    const GgufFile f(c.path);
+    for (const GgufTensorInfo& t : f.header().tensors)
+      stored[hf_tensor_name_from_gguf(t.name)] = {ggml_type_by_id(t.type)->name, t.nbytes};
+  }
   for (const auto& ti : c.tensors->list()) {
-    tensors.push_back({{"name", ti.name}, {"dtype", dtype_name(ti.dtype)}, {"shape", ti.shape}, {"bytes", ti.nbytes}});
-    bytes += ti.nbytes;
+    auto st = stored.find(ti.name);
+    const std::string dt = st != stored.end() ? st->second.first : std::string(dtype_name(ti.dtype));
+    const uint64_t nb = st != stored.end() ? st->second.second : ti.nbytes;
+    tensors.push_back({{"name", ti.name}, {"dtype", dt}, {"shape", ti.shape}, {"bytes", nb}});
+    bytes += nb;
     params += uint64_t(ti.numel());
     logical += logical_params(*c.tensors, ti, bits);
-    by_dtype[dtype_name(ti.dtype)] += ti.nbytes;
+    by_dtype[dt] += nb;
   }
   rep["tensors"] = std::move(tensors);
   rep["totals"] = {{"tensors", c.tensors->list().size()},

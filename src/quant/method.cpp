@@ -60,6 +60,25 @@ std::vector<MethodOpt> fp8_opts(bool is_static) {
   return o;
 }
 
+// The block pipeline never runs a GGUF row (quantize_model hands it to quantize_gguf).
+std::unique_ptr<BlockQuantizer> gguf_not_a_block_method(const QuantSpec& s) {
+  fail("method ", s.method, " writes GGUF through quantize_gguf, not the block pipeline");
+}
+MethodInfo gguf_row(const char* name, const char* preset, int bits, const char* description) {
+  MethodInfo m;
+  m.name = name;
+  m.default_bits = bits;
+  m.allowed_bits = {bits};
+  m.default_group = 0;
+  m.layouts = {"gguf"};
+  m.opts = {opt_choice("rounding", {"hdiag", "imatrix", "rtn"})};
+  m.calibration_for = [](const QuantSpec& s) { return method_opt<std::string>(s, "rounding") != "rtn"; };
+  m.gguf_preset = preset;
+  m.description = description;
+  m.factory = gguf_not_a_block_method;
+  return m;
+}
+
 std::vector<MethodInfo> build_table() {
   return {
       // ---- simple PTQ backend (weight-only, round to nearest) ----
@@ -174,6 +193,13 @@ std::vector<MethodInfo> build_table() {
            "AWQ: activation-aware per-channel scales folded into norms/linears, per-group "
            "clipping search, int weights (default 4-bit, group 128, asymmetric)",
        .factory = make_awq_quantizer},
+      // ---- GGUF presets (llama.cpp; quant/gguf_quant.h, mixes in docs/methods.md) ----
+      gguf_row("q8_0", "Q8_0", 8, "GGUF Q8_0: every matrix (embeddings and output too) 8-bit, 32-value blocks"),
+      gguf_row("q6_k", "Q6_K", 6, "GGUF Q6_K: every matrix Q6_K (6.56 bpw), Q8_0 where rows are not 256-multiples"),
+      gguf_row("q5_k_m", "Q5_K_M", 5, "GGUF Q5_K_M: Q5_K, Q6_K for output and half the attn_v/ffn_down"),
+      gguf_row("q4_k_m", "Q4_K_M", 4, "GGUF Q4_K_M: Q4_K, Q6_K for output and half the attn_v/ffn_down"),
+      gguf_row("q3_k_m", "Q3_K_M", 3, "GGUF Q3_K_M: Q3_K, Q4_K/Q5_K attn_v, ffn_down, attn_output, Q6_K output"),
+      gguf_row("q2_k", "Q2_K", 2, "GGUF Q2_K: Q2_K, Q3_K attn_v/ffn_down/attn_output, Q6_K output"),
   };
 }
 

@@ -159,6 +159,9 @@ struct MethodInfo {
   std::function<std::string(const QuantSpec&)> default_layout;
   std::optional<DType> dense_dtype;  // dtype of every float tensor written dense (fp16 method);
                                      // nullopt = keep each tensor's checkpoint dtype
+  // GGUF rows: the preset (quant/gguf_quant.h, e.g. "Q4_K_M"); set, the method writes a .gguf
+  // file through quantize_gguf instead of the block pipeline (its factory is never called).
+  const char* gguf_preset = nullptr;
   std::string description;
   QuantizerFactory factory;
 };

@@ -21,6 +21,7 @@
 #include "model/arch.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "quant/gguf_quant.h"
 #include "quant/layouts.h"
 #include "tokenizer/tokenizer.h"
 
@@ -351,12 +352,19 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   QuantizeResult res;
   const MethodInfo& method = find_method(opt.method);
   QuantSpec spec = resolve_spec(method, opt.overrides);
-  const Layout* layout = spec.layout.empty() ? nullptr : &find_layout(spec.layout);
+  const Layout* layout = spec.layout.empty() || method.gguf_preset ? nullptr : &find_layout(spec.layout);
   const bool calibrate = needs_calibration(method, spec);
 
   // 1. Input: mmap'ed, blocks loaded lazily. The output path is checked first.
-  const CheckpointFormat fmt = opt.format.value_or(
-      opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet : CheckpointFormat::HF);
+  const CheckpointFormat fmt = opt.format.value_or(opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet
+                                                   : opt.output.extension() == ".gguf" ? CheckpointFormat::GGUF
+                                                                                       : CheckpointFormat::HF);
+  if ((fmt == CheckpointFormat::GGUF) != (method.gguf_preset != nullptr))
+    fail(opt.output.string(), method.gguf_preset ? cat(": method ", method.name, " writes a GGUF file (name it *.gguf)")
+                                                 : cat(": method ", method.name, " cannot write GGUF (the GGUF methods "
+                                                       "are q8_0, q6_k, q5_k_m, q4_k_m, q3_k_m, q2_k)"));
+  if (fmt == CheckpointFormat::GGUF && opt.output.extension() != ".gguf")
+    fail(opt.output.string(), ": a GGUF file must be named *.gguf");
   check_output_path(opt.output, fmt == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File,
                     {opt.writer.overwrite, {opt.input, opt.calibration_data, opt.quality.data}});
   Checkpoint ck = open_checkpoint(opt.input);
@@ -364,6 +372,10 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   if (ck.config.contains("quantization_config"))
     fail(opt.input.string(), ": the model is already quantized (config.json has a "
          "quantization_config); quantize the base model instead");
+  if (method.gguf_preset) {
+    if (!opt.ignore.empty()) fail("--ignore is not accepted by the GGUF method ", method.name, " (its mix is fixed)");
+    return quantize_gguf(opt, ck, method, spec);
+  }
   // Without calibration nothing needs the embeddings or lm_head: only blocks are read.
   std::unique_ptr<Model> model = calibrate ? Model::load(ck) : Model::load_blocks_only(ck);
   const ModelConfig& cfg = model->config();
