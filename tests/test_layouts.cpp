@@ -160,6 +160,9 @@ TEST(Packing, Errors) {
   EXPECT_EQ(packed_words(10, 3, PackScheme::Fixed), 1);
   EXPECT_EQ(packed_words(11, 3, PackScheme::Fixed), 2);
   EXPECT_EQ(packed_words(32, 3, PackScheme::Stream), 3);
+  // A hostile shape (found by fuzz_layout_ct: 5.8e18 codes) is an error, not an overflow.
+  EXPECT_THROW(packed_words(int64_t(5815867304876965888), 4, PackScheme::Stream), Error);
+  EXPECT_THROW(packed_words(-1, 4, PackScheme::Fixed), Error);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -273,7 +273,9 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
     expect_dtype(r, sh, {DType::I64, DType::I32});
     w.out = agree(r, prefix + " out_features", out, int64_t(load_as_f32(sh.info.dtype, sh.data, 0)));
     w.in = agree(r, prefix + " in_features", in, int64_t(load_as_f32(sh.info.dtype, sh.data, 1)));
-    if (w.out <= 0 || w.in <= 0) fail(origin, ": tensor ", sh.info.name, " holds an invalid shape");
+    constexpr int64_t kMaxDim = int64_t(1) << 40;
+    if (w.out <= 0 || w.in <= 0 || w.out > kMaxDim || w.in > kMaxDim)
+      fail(origin, ": tensor ", sh.info.name, " holds an invalid shape");
     TensorRef pt = need(r, packed);
     const PackScheme ws = ct_pack_scheme(pt, 1, w.in, a.bits, PackScheme::Stream);
     const int64_t wpr = packed_words(w.in, a.bits, ws);

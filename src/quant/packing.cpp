@@ -40,6 +40,8 @@ inline void locate(int64_t k, int bits, PackScheme scheme, int64_t* w, int* off)
 
 int64_t packed_words(int64_t n, int bits, PackScheme scheme) {
   check_bits(bits, scheme);
+  // Far beyond any tensor (2^48 codes), and n · bits cannot overflow.
+  if (n < 0 || n > (int64_t(1) << 48)) fail("packed tensor: ", n, " codes per row is out of range");
   switch (scheme) {
     case PackScheme::Stream: return (n * bits + 31) / 32;
     case PackScheme::Fixed: {
