@@ -298,6 +298,7 @@ void convert_range(DType st, const void* src, DType dt, void* dst, size_t b, siz
 }  // namespace
 
 void convert(DType st, const void* src, DType dt, void* dst, size_t n) {
+  if (n == 0) return;  // empty tensors may have null data pointers
   constexpr size_t kGrain = 1 << 16;
   if (n < 2 * kGrain) { convert_range(st, src, dt, dst, 0, n); return; }
   parallel_for(0, n, kGrain, [&](size_t b, size_t e) { convert_range(st, src, dt, dst, b, e); });

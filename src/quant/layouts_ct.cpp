@@ -319,7 +319,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
           fail(origin, ": tensor ", zt.info.name, " has shape ", shape_str(zt.info.shape),
                ", expected ", w.zeros.size(), " zero points");
         for (size_t k = 0; k < w.zeros.size(); ++k)
-          w.zeros[k] = int32_t(load_as_f32(zt.info.dtype, zt.data, k)) + off;
+          w.zeros[k] = load_index(zt, k) + off;
       }
     }
     const std::string gname = prefix + ".weight_g_idx";
@@ -329,7 +329,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
       expect_shape(r, gt, {w.in});
       w.g_idx.resize(size_t(w.in));
       for (int64_t i = 0; i < w.in; ++i)
-        w.g_idx[size_t(i)] = int32_t(load_as_f32(gt.info.dtype, gt.data, size_t(i)));
+        w.g_idx[size_t(i)] = load_index(gt, size_t(i));
     }
   } else {
     TensorRef wt = need(r, prefix + ".weight");
@@ -355,7 +355,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
              ", expected ", w.scales.size(), " zero points");
       w.zeros.resize(w.scales.size());
       for (size_t k = 0; k < w.zeros.size(); ++k)
-        w.zeros[k] = int32_t(load_as_f32(zt.info.dtype, zt.data, k)) + 128;
+        w.zeros[k] = load_index(zt, k) + 128;
       w.qu.resize(size_t(w.out * w.in));
       for (size_t k = 0; k < w.qu.size(); ++k) w.qu[k] = uint8_t(int32_t(int8_t(wt.data[k])) + 128);
     } else {

@@ -152,7 +152,7 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
     expect_shape(r, gt, {w.in});
     w.g_idx.resize(size_t(w.in));
     for (int64_t i = 0; i < w.in; ++i)
-      w.g_idx[size_t(i)] = int32_t(load_as_f32(gt.info.dtype, gt.data, size_t(i)));
+      w.g_idx[size_t(i)] = load_index(gt, size_t(i));
     if (w.group < 0) {  // per-channel: g_idx must be all zero
       for (int32_t v : w.g_idx)
         if (v != 0) fail(origin, ": tensor ", gname, " refers to groups, but group_size is -1");

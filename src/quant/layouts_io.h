@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "quant/layouts.h"
 
 namespace llmc::layout_io {
@@ -99,5 +100,14 @@ Shape awq_shape(const TensorReader& r, const std::string& prefix, const nlohmann
 // fp8 (read only)
 QuantizedWeight fp8_decode(const TensorReader& r, const std::string& prefix, int64_t out,
                            int64_t in, const nlohmann::json& qc);
+
+// Element i of an integer index tensor (zero points, g_idx) as int32; a value that is not finite
+// or does not fit in int32 is an llmc::Error naming the tensor.
+inline int32_t load_index(const TensorRef& t, size_t i) {
+  const float v = load_as_f32(t.info.dtype, t.data, i);
+  if (!(v >= -2147483648.0f && v < 2147483648.0f))
+    fail("tensor ", t.info.name, ": element ", i, " (", v, ") is not a valid index");
+  return int32_t(v);
+}
 
 }  // namespace llmc::layout_io
