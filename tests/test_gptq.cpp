@@ -456,6 +456,30 @@ TEST(Gptq, PermutationTrickPreservesTheMlp) {
   EXPECT_EQ(qp.scales, qd.scales);
 }
 
+// slice_rows: the rows of a stacked quantization are the quantization of those rows (per-group
+// asymmetric INT with zeros and bias; per-tensor fp8 keeps its one scale).
+TEST(Gptq, SliceRowsOfAStackedWeight) {
+  const int64_t out = 12, in = 32;
+  const auto w = correlated_inputs(out, in, 77);
+  QuantGrid g;
+  g.symmetric = false;
+  QuantizedWeight q = quantize_grid_rtn(w.data(), out, in, 16, g);
+  for (int64_t r = 0; r < out; ++r) q.bias.push_back(float(r));
+  const QuantizedWeight s = slice_rows(q, 4, 9);
+  const QuantizedWeight ref = quantize_grid_rtn(w.data() + 4 * in, 5, in, 16, g);
+  EXPECT_EQ(s.out, 5);
+  EXPECT_EQ(s.qu, ref.qu);
+  EXPECT_EQ(s.scales, ref.scales);
+  EXPECT_EQ(s.zeros, ref.zeros);
+  EXPECT_EQ(s.bias, (std::vector<float>{4, 5, 6, 7, 8}));
+  const QuantizedWeight f = quantize_fp8_rtn(w.data(), out, in, 0, 0.01f);
+  const QuantizedWeight fs = slice_rows(f, 10, 12);
+  EXPECT_EQ(fs.scales, f.scales);
+  EXPECT_EQ(fs.q8, std::vector<int8_t>(f.q8.begin() + 10 * in, f.q8.end()));
+  EXPECT_THROW(slice_rows(q, 9, 4), Error);
+  EXPECT_THROW(slice_rows(q, 0, out + 1), Error);
+}
+
 TEST(Gptq, HessianQuadTraceMatchesDefinition) {
   const int64_t n = 40, rows = 7;
   const auto x = correlated_inputs(rows, n, 41);

@@ -88,7 +88,7 @@ TEST(MethodOptions, OptionsAMethodDoesNotUseAreRefused) {
       {"int8", d, "--damp is not used by method int8"},
       {"int2", ao, "--act-order is not used by method int2"},
       {"fp16", nts, "--no-true-sequential is not used by method fp16"},
-      {"fp8_static", nts, "--no-true-sequential is not used by method fp8_static"},
+      {"int8_dynamic", nts, "--no-true-sequential is not used by method int8_dynamic"},
       {"int8_dynamic", d, "--damp is not used by method int8_dynamic"},
       {"fp8_dynamic", g, "--group-size is not accepted by method fp8_dynamic"},
       {"fp8_static", g0, "--group-size is not accepted by method fp8_static"},

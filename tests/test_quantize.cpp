@@ -535,6 +535,30 @@ TEST(Quantize, Fp8StaticIsDeterministicAndGptqBeatsRounding) {
   }
 }
 
+// --no-true-sequential: one block run collects every group's inputs from the unquantized block.
+// The first group (q/k/v) sees the same inputs either way; later groups see other inputs.
+TEST(Quantize, Fp8StaticOnePassCollectsFromTheUnquantizedBlock) {
+  const fs::path d = test::temp_dir("q-fp8-1pass");
+  QuantizeOptions o = tiny_options("fp8_static", d / "ts");
+  quantize_model(o);
+  o.output = d / "one";
+  o.overrides.true_sequential = false;
+  quantize_model(o);
+  const json a = json::parse(read_text_file(d / "ts" / "llmc_quant_report.json"));
+  const json b = json::parse(read_text_file(d / "one" / "llmc_quant_report.json"));
+  const std::string l = "model.layers.1.";
+  EXPECT_EQ(a["layers"][l + "self_attn.q_proj"]["input_absmax"],
+            b["layers"][l + "self_attn.q_proj"]["input_absmax"]);
+  EXPECT_NE(a["layers"][l + "mlp.down_proj"]["input_absmax"],
+            b["layers"][l + "mlp.down_proj"]["input_absmax"]);
+  for (const auto& [m, r] : b["layers"].items()) {
+    EXPECT_EQ(r["weights"], "gptq_aa") << m;
+    EXPECT_LT(r["rel_output_error"].get<double>(), r["rel_output_error_rtn"].get<double>()) << m;
+  }
+  EXPECT_NE(read_text_file(d / "ts" / "model.safetensors"),
+            read_text_file(d / "one" / "model.safetensors"));
+}
+
 TEST(Quantize, Fp8DynamicWithRoundingNeedsNoCalibration) {
   const fs::path d = test::temp_dir("q-fp8d-rtn");
   QuantizeOptions o = tiny_options("fp8_dynamic", d / "out");

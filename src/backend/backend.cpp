@@ -399,6 +399,22 @@ bool cuda_gptq_solve(GptqSolveJob& job) {
 #endif
 }
 
+bool cuda_gptq_layer(GptqLayerJob& job) {
+  const GptqSolveJob& s = job.solve;
+  if (device() != Device::CUDA)
+    fail("cuda_gptq_layer: the current device is ", device_name(device()));
+  if (s.out <= 0 || s.n <= 0 || !job.w || !job.h || !job.perm || !job.dead || !job.code_bytes ||
+      !s.scales || (s.fp8 && !job.fixed_scales))
+    fail("cuda_gptq_layer: bad job [", s.out, ", ", s.n, "]");
+  if (s.block <= 0 || (s.group > 0 && s.block % s.group != 0))
+    fail("cuda_gptq_layer: block ", s.block, " is not a positive multiple of group ", s.group);
+#ifdef LLMC_HAVE_CUDA
+  return cuda::gptq_layer(job);
+#else
+  fail("cuda_gptq_layer: llmc was built without the CUDA backend");
+#endif
+}
+
 std::vector<float> dequantize(const QuantizedWeight& qw) {
 #ifdef LLMC_HAVE_CUDA
   if (device() == Device::CUDA) {

@@ -160,6 +160,31 @@ struct GptqSolveJob {
 // Requires device() == CUDA (else llmc::Error); CUDA failures throw llmc::Error.
 bool cuda_gptq_solve(GptqSolveJob& job);
 
+// The whole GPTQ layer on the GPU from natural-order host inputs (quant/gptq.cpp's CUDA path):
+// upload W and H once; on the device, zero the dead columns, apply the processing order `perm`
+// to W and H (dead diagonals set to 1), compute the parameters known before the solve (static
+// natural groups, or per channel, by the INT rule weighted by imp_nat; or the fixed fp8
+// scales), run cuda_gptq_solve's steps 1-3 on device arrays, decode the codes to natural order,
+// and — when `report` — the relative output errors of the result and of plain RTN on the same
+// grid (‖ΔW X‖² / ‖W X‖² with H = XᵀX in fp32, fp64 row sums). Only the natural-order code
+// bytes (uint8(code), the QuantizedWeight q8/qu byte), the parameters and the errors come back.
+// False when every damping fails (outputs other than damp_used untouched).
+struct GptqLayerJob {
+  GptqSolveJob solve;             // out, n, grid, group, block, damp*, search_steps; w/h unused
+  const float* w = nullptr;       // [out, n] natural order, original (not zeroed)
+  const double* h = nullptr;      // [n, n] natural order, original
+  const int32_t* perm = nullptr;  // [n] processing position -> column
+  const uint8_t* dead = nullptr;  // [n] 1 where diag(H) == 0
+  const float* imp_nat = nullptr; // [n] diag(H), dead as 1 (null: unweighted search)
+  bool static_groups = false;     // group > 0: natural groups' parameters before the solve
+  const float* fixed_scales = nullptr;  // fp8 grid: 1 (group 0) or out (group -1) scales
+  bool report = false, report_rtn = false;
+  uint8_t* code_bytes = nullptr;  // [out, n] out, natural order
+  // solve.scales / solve.zeros: out (the layout of the result, see gptq_quantize).
+  double rel_error = 0, rel_error_rtn = -1;  // out
+};
+bool cuda_gptq_layer(GptqLayerJob& job);
+
 // ---- quantized weights ----
 // Same values as qw.dequantize() ([out, in] fp32), bit for bit; decoded on the GPU when
 // device() == CUDA.

@@ -142,7 +142,7 @@ RunFn setup(CLI::App& app) {
   app.add_flag("--act-order", a->act_order,
                "GPTQ act-order (int4_gptq: on by default; mode via --method-opt act_order=permute|static|dynamic)");
   app.add_flag("--no-act-order", a->no_act_order, "GPTQ: quantize columns in their natural order");
-  app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ: one pass per block");
+  app.add_flag("--no-true-sequential", a->no_true_sequential, "GPTQ, fp8: collect every linear's inputs in one pass per block (from the unquantized block)");
   app.add_option("--moe-calib", a->moe_calib,
                  "mixture of experts: statistics of each expert from the tokens routed to it "
                  "(routed, default) or from every token (all-experts)")

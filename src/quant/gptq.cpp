@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
+#include <optional>
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
@@ -204,6 +205,47 @@ QuantizedWeight permute_rows(const QuantizedWeight& qw, const std::vector<int32_
   return r;
 }
 
+QuantizedWeight permute_cols(const QuantizedWeight& qw, const std::vector<int32_t>& perm) {
+  LLMC_CHECK(int64_t(perm.size()) == qw.in, "column permutation size");
+  for (int32_t c : perm) LLMC_CHECK(c >= 0 && c < qw.in, "column permutation entry ", c);
+  QuantizedWeight r = qw;
+  const int64_t in = qw.in;
+  parallel_for(0, size_t(qw.out), 16, [&](size_t a, size_t b) {
+    for (size_t row = a; row < b; ++row) {
+      const size_t o = row * size_t(in);
+      for (int64_t j = 0; j < in; ++j) {
+        if (!qw.q8.empty()) r.q8[o + size_t(j)] = qw.q8[o + size_t(perm[size_t(j)])];
+        if (!qw.qu.empty()) r.qu[o + size_t(j)] = qw.qu[o + size_t(perm[size_t(j)])];
+      }
+    }
+  });
+  if (!qw.g_idx.empty()) {
+    bool trivial = qw.group > 0;
+    for (int64_t j = 0; j < in; ++j) {
+      r.g_idx[size_t(j)] = qw.g_idx[size_t(perm[size_t(j)])];
+      trivial = trivial && r.g_idx[size_t(j)] == int32_t(j / qw.group);
+    }
+    if (trivial) r.g_idx.clear();
+  }
+  return r;
+}
+
+QuantizedWeight slice_rows(const QuantizedWeight& qw, int64_t r0, int64_t r1) {
+  LLMC_CHECK(r0 >= 0 && r0 <= r1 && r1 <= qw.out, "row slice [", r0, ", ", r1, ") of ", qw.out);
+  QuantizedWeight r = qw;
+  r.out = r1 - r0;
+  const size_t c0 = size_t(r0 * qw.in), c1 = size_t(r1 * qw.in);
+  if (!qw.q8.empty()) r.q8.assign(qw.q8.begin() + ptrdiff_t(c0), qw.q8.begin() + ptrdiff_t(c1));
+  if (!qw.qu.empty()) r.qu.assign(qw.qu.begin() + ptrdiff_t(c0), qw.qu.begin() + ptrdiff_t(c1));
+  if (qw.group != 0) {
+    const int64_t ng = qw.n_groups();
+    r.scales.assign(qw.scales.begin() + r0 * ng, qw.scales.begin() + r1 * ng);
+    if (!qw.zeros.empty()) r.zeros.assign(qw.zeros.begin() + r0 * ng, qw.zeros.begin() + r1 * ng);
+  }
+  if (!qw.bias.empty()) r.bias.assign(qw.bias.begin() + r0, qw.bias.begin() + r1);
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------
 // GPTQ
 
@@ -252,7 +294,7 @@ struct Layer {
 };
 
 Layer prepare_layer(const float* w, int64_t out, int64_t n, const double* H, ActOrder order,
-                    GptqReport& rep) {
+                    const std::vector<int32_t>& given, GptqReport& rep) {
   Layer L;
   L.out = out;
   L.n = n;
@@ -268,7 +310,7 @@ Layer prepare_layer(const float* w, int64_t out, int64_t n, const double* H, Act
   }
   L.perm.resize(size_t(n));
   std::iota(L.perm.begin(), L.perm.end(), 0);
-  if (order != ActOrder::None && L.finite) L.perm = diag_order(L.h.data(), n);
+  if (order != ActOrder::None && L.finite) L.perm = given.empty() ? diag_order(L.h.data(), n) : given;
   L.Wp.resize(size_t(out * n));
   L.hp.resize(size_t(n * n));
   L.imp.resize(size_t(n));
@@ -439,6 +481,14 @@ QuantizedWeight rtn_on_grid(const Layer& L, const GptqOptions& opt, bool weighte
 
 void check_options(const GptqOptions& opt, int64_t out, int64_t in) {
   LLMC_CHECK(out > 0 && in > 0, "gptq shape");
+  if (!opt.order.empty()) {
+    LLMC_CHECK(int64_t(opt.order.size()) == in, "gptq order of ", opt.order.size(), " for ", in, " columns");
+    std::vector<uint8_t> seen(size_t(in), 0);
+    for (int32_t c : opt.order) {
+      LLMC_CHECK(c >= 0 && c < in && !seen[size_t(c)], "gptq order is not a permutation");
+      seen[size_t(c)] = 1;
+    }
+  }
   if (opt.grid.kind == QKind::FP8) {
     LLMC_CHECK(opt.group == 0 || opt.group == -1, "fp8 gptq group ", opt.group);
     LLMC_CHECK(opt.fixed_scales.size() == size_t(opt.group == 0 ? 1 : out),
@@ -451,11 +501,118 @@ void check_options(const GptqOptions& opt, int64_t out, int64_t in) {
   }
 }
 
+// The CUDA path: the whole layer on the GPU (backend.h cuda_gptq_layer) from the natural-order
+// W and H; the host only finds the dead columns and the processing order from diag(H). Returns
+// nothing when H is not finite, its diagonal mean is not positive or every damping fails: the
+// host path then decides (its reason, its RTN fallback), with the CPU semantics.
+std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_t n,
+                                             const double* H, const GptqOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  std::vector<uint8_t> bad(size_t(n), 0);
+  parallel_for(0, size_t(n), 64, [&](size_t a, size_t b) {
+    for (size_t i = a; i < b; ++i)
+      for (int64_t k = 0; k < n; ++k)
+        if (!std::isfinite(H[i * size_t(n) + size_t(k)])) {
+          bad[i] = 1;
+          break;
+        }
+  });
+  for (uint8_t b : bad)
+    if (b) return std::nullopt;
+  GptqResult res;
+  GptqReport& rep = res.report;
+  std::vector<uint8_t> dead(size_t(n), 0);
+  std::vector<double> diag(static_cast<size_t>(n));
+  std::vector<float> impn(static_cast<size_t>(n));
+  double mean_diag = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = H[size_t(i * n + i)];
+    if (d == 0.0) {
+      d = 1.0;
+      dead[size_t(i)] = 1;
+      ++rep.dead_columns;
+    }
+    diag[size_t(i)] = d;
+    impn[size_t(i)] = float(d);
+    mean_diag += d;
+  }
+  mean_diag /= double(n);
+  if (!(mean_diag > 0)) return std::nullopt;
+  std::vector<int32_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  if (opt.act_order != ActOrder::None && !opt.order.empty()) perm = opt.order;
+  else if (opt.act_order != ActOrder::None)
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int32_t a, int32_t b) { return diag[size_t(a)] > diag[size_t(b)]; });
+
+  QuantizedWeight& qw = res.qw;
+  qw = grid_qweight(out, n, opt.group, opt.grid);
+  backend::GptqLayerJob job;
+  backend::GptqSolveJob& s = job.solve;
+  s.out = out;
+  s.n = n;
+  s.damp = opt.damp;
+  s.mean_diag = mean_diag;
+  s.damp_retries = opt.damp_retries;
+  s.fp8 = opt.grid.kind == QKind::FP8;
+  s.bits = opt.grid.bits;
+  s.symmetric = opt.grid.symmetric;
+  s.sym_full_range = opt.grid.sym_full_range;
+  s.fp16_scales = opt.grid.fp16_scales;
+  s.search_steps = opt.grid.search_steps;
+  s.min_shrink = opt.grid.min_shrink;
+  s.group = opt.group > 0 ? opt.group : 0;
+  s.param_stride = opt.group == 0 ? 0 : qw.n_groups();
+  s.block = std::max<int64_t>(1, opt.block_size);
+  if (opt.group > 0) s.block = ((s.block + opt.group - 1) / opt.group) * opt.group;
+  s.scales = qw.scales.data();
+  s.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
+  job.w = w;
+  job.h = H;
+  job.perm = perm.data();
+  job.dead = dead.data();
+  job.imp_nat = opt.weighted_search && !s.fp8 ? impn.data() : nullptr;
+  job.static_groups = opt.act_order == ActOrder::Static && opt.group > 0;
+  job.fixed_scales = s.fp8 ? opt.fixed_scales.data() : nullptr;
+  job.report = opt.report_errors;
+  job.report_rtn = opt.report_errors && opt.report_rtn;
+  job.code_bytes = qw.q8.empty() ? qw.qu.data() : reinterpret_cast<uint8_t*>(qw.q8.data());
+  rep.seconds_prepare = since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
+  if (!backend::cuda_gptq_layer(job)) return std::nullopt;
+  rep.damp = s.damp_used;
+  const int64_t gs = opt.group > 0 ? opt.group : n;
+  if (opt.act_order == ActOrder::Dynamic && opt.group > 0) {
+    qw.g_idx.assign(size_t(n), 0);
+    for (int64_t j = 0; j < n; ++j) qw.g_idx[size_t(perm[size_t(j)])] = int32_t(j / gs);
+  } else if (opt.act_order == ActOrder::Static && opt.group > 0) {
+    qw.g_idx.assign(size_t(n), 0);
+    for (int64_t c = 0; c < n; ++c) qw.g_idx[size_t(c)] = int32_t(c / gs);
+  }
+  if (opt.report_errors) {
+    rep.rel_error = job.rel_error;
+    if (opt.report_rtn) rep.rel_error_rtn = job.rel_error_rtn;
+  }
+  rep.seconds_solve = since(t1);  // the device's report included
+  return res;
+}
+
 }  // namespace
 
 GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* H,
                          const GptqOptions& opt, const std::string& name) {
   check_options(opt, out, in);
+  if (use_cuda(opt, out, in)) {
+    if (std::optional<GptqResult> r = gptq_quantize_cuda(w, out, in, H, opt)) return std::move(*r);
+    // Not finite, no positive diagonal or no damping factorizes: the host path below (its
+    // reason, its fallback; the CPU factorization when the GPU's failed).
+    GptqOptions o = opt;
+    o.solver = GptqSolver::Cpu;
+    return gptq_quantize(w, out, in, H, o, name);
+  }
   blas_single_threaded();
   const int64_t n = in;
   GptqResult res;
@@ -464,7 +621,7 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
   auto since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
-  Layer L = prepare_layer(w, out, n, H, opt.act_order, rep);
+  Layer L = prepare_layer(w, out, n, H, opt.act_order, opt.order, rep);
   rep.seconds_prepare = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
 
@@ -500,13 +657,9 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
     job.codes = codes.data();
     job.scales = qw.scales.data();
     job.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
-    if (use_cuda(opt, out, n)) {
-      ok = backend::cuda_gptq_solve(job);
-    } else {
-      std::vector<float> Uf;
-      ok = factor_cpu(L, opt.damp, opt.damp_retries, Uf, &job.damp_used);
-      if (ok) columns_cpu(job, opt.grid, Uf, L.Wp);
-    }
+    std::vector<float> Uf;  // the CPU solver (the CUDA path returned above)
+    ok = factor_cpu(L, opt.damp, opt.damp_retries, Uf, &job.damp_used);
+    if (ok) columns_cpu(job, opt.grid, Uf, L.Wp);
     if (ok) rep.damp = job.damp_used;
     else rep.reason = cat("Cholesky failed up to damping ", job.damp_used);
   }

@@ -67,6 +67,9 @@ struct GptqOptions {
   bool weighted_search = true;  // weight the per-group shrink search by diag(H)
   bool report_errors = true;    // measure rel_error (and rel_error_rtn) in the report
   std::vector<float> fixed_scales;  // fp8 grid: 1 (group 0) or `out` (group -1) scales
+  // With act_order != None: the processing order (position -> column) instead of diag(H)
+  // descending; empty: diag order.
+  std::vector<int32_t> order;
   GptqSolver solver = GptqSolver::Auto;
 };
 
@@ -109,5 +112,10 @@ std::vector<int32_t> diag_order(const double* H, int64_t n);
 // Reorders the rows of a quantized weight: row i of the result is row perm[i] of qw (codes,
 // scales, zeros, bias). Exact: rows are quantized independently.
 QuantizedWeight permute_rows(const QuantizedWeight& qw, const std::vector<int32_t>& perm);
+// Input channels reordered: column j of the result is column perm[j] of qw (codes and g_idx;
+// a g_idx that becomes j / group is dropped).
+QuantizedWeight permute_cols(const QuantizedWeight& qw, const std::vector<int32_t>& perm);
+// Rows [r0, r1) of qw (codes, per-row parameters, bias; a per-tensor scale is kept).
+QuantizedWeight slice_rows(const QuantizedWeight& qw, int64_t r0, int64_t r1);
 
 }  // namespace llmc

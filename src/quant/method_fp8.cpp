@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <map>
 
 #include "backend/cpu/kernels.h"
 #include "core/dtype.h"
@@ -137,7 +138,8 @@ class InputScaleSearch {
 
 class Fp8Quantizer : public BlockQuantizer {
  public:
-  Fp8Quantizer(const QuantSpec& spec, bool is_static) : static_(is_static), damp_(spec.damp) {
+  Fp8Quantizer(const QuantSpec& spec, bool is_static)
+      : static_(is_static), true_sequential_(spec.true_sequential), damp_(spec.damp) {
     if (static_) check_method_opts(spec, {"search", "search_rows", "weights", "report_errors"});
     else check_method_opts(spec, {"search_rows", "weights", "report_errors"});
     report_errors_ = spec.extra.value("report_errors", true);
@@ -154,10 +156,21 @@ class Fp8Quantizer : public BlockQuantizer {
 
   void quantize_block(BlockJob& job) override {
     // Input groups in layout order (q/k/v, o, MLP inputs (per expert), down (per expert)).
+    // True-sequential: each group's inputs are collected with the earlier groups quantized (one
+    // partial block run per group); otherwise one run collects every group's inputs from the
+    // unquantized block.
     const BlockLayout& L = job.layout();
-    for (int g = 0; g < int(L.groups.size()); ++g) {
-      const std::vector<LinearSlot> active = job.active(L.groups[size_t(g)]);
-      if (!active.empty()) quantize_group(job, g, active);
+    std::vector<int> groups;
+    for (int g = 0; g < int(L.groups.size()); ++g)
+      if (!job.active(L.groups[size_t(g)]).empty()) groups.push_back(g);
+    if (true_sequential_) {
+      for (int g : groups) {
+        std::map<int, Collected> c = collect(job, {g});
+        finish_group(job, g, job.active(L.groups[size_t(g)]), c.at(g));
+      }
+    } else {
+      std::map<int, Collected> c = collect(job, groups);
+      for (int g : groups) finish_group(job, g, job.active(L.groups[size_t(g)]), c.at(g));
     }
   }
 
@@ -174,47 +187,70 @@ class Fp8Quantizer : public BlockQuantizer {
     return quantize_fp8_rtn(w, out, in, static_ ? 0 : -1, static_ ? tensor_scale : 0.0f);
   }
 
-  void quantize_group(BlockJob& job, int group, const std::vector<LinearSlot>& slots) {
-    const int64_t in = job.dense(slots[0]).in_features();
-    for (LinearSlot s : slots) job.check_finite(s);
-    const bool calibrated = static_ || gptq_;
-
-    // 1. One pass over the group's inputs.
-    const auto t_collect = std::chrono::steady_clock::now();
+  // What one streaming pass gathers for a group: abs-max, a strided subsample of rows, Σ x xᵀ.
+  struct Collected {
     float amax = 0.0f;
     std::vector<float> sub;
-    std::unique_ptr<HessianAccumulator> gram;  // Σ x xᵀ (quant/hessian.h)
-    if (calibrated) {
-      const int64_t total = job.rows();
-      const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
-      if (gptq_) gram = std::make_unique<HessianAccumulator>(in);
-      int64_t seen = 0;
-      job.for_groups({group}, [&](int, const backend::MatView& v) {
-        const int64_t rows = v.rows, cols = v.cols;
-        const int64_t first = (stride - seen % stride) % stride;  // rows with seen % stride == 0
-        if (v.on_device()) {
-          amax = std::max(amax, backend::dev::abs_max(v.data, rows * cols));
-          backend::dev::gather_rows(v.data, rows, cols, first, stride, &sub);
-        } else {
-          const float* x = v.data;
-          for (int64_t i = 0; i < rows * cols; ++i) amax = std::max(amax, std::fabs(x[i]));
-          for (int64_t r = first; r < rows; r += stride)
-            sub.insert(sub.end(), x + r * cols, x + (r + 1) * cols);
-        }
-        seen += rows;
-        if (gram) gram->add(v);
-      }, [&](int) {  // a starved expert: its statistics again, from every token
-        amax = 0.0f;
-        sub.clear();
-        seen = 0;
-        if (gram) gram = std::make_unique<HessianAccumulator>(in);
-      });
-      if (!std::isfinite(amax))
-        fail(job.module_name(slots[0]), ": non-finite calibration activations");
+    std::unique_ptr<HessianAccumulator> gram;  // quant/hessian.h
+    int64_t seen = 0;
+    double seconds = 0;
+  };
+
+  // 1. One pass over the inputs of `groups` (one partial block run for all of them).
+  std::map<int, Collected> collect(BlockJob& job, const std::vector<int>& groups) {
+    const BlockLayout& L = job.layout();
+    std::map<int, Collected> c;
+    const bool calibrated = static_ || gptq_;
+    for (int g : groups) {
+      const std::vector<LinearSlot> slots = job.active(L.groups[size_t(g)]);
+      for (LinearSlot s : slots) job.check_finite(s);
+      Collected& k = c[g];
+      if (gptq_) k.gram = std::make_unique<HessianAccumulator>(job.dense(slots[0]).in_features());
     }
+    if (!calibrated) return c;
+    const auto t_collect = std::chrono::steady_clock::now();
+    const int64_t total = job.rows();
+    const int64_t stride = std::max<int64_t>(1, (total + max_rows_ - 1) / max_rows_);
+    job.for_groups(groups, [&](int g, const backend::MatView& v) {
+      Collected& k = c.at(g);
+      const int64_t rows = v.rows, cols = v.cols;
+      const int64_t first = (stride - k.seen % stride) % stride;  // rows with seen % stride == 0
+      if (v.on_device()) {
+        k.amax = std::max(k.amax, backend::dev::abs_max(v.data, rows * cols));
+        backend::dev::gather_rows(v.data, rows, cols, first, stride, &k.sub);
+      } else {
+        const float* x = v.data;
+        for (int64_t i = 0; i < rows * cols; ++i) k.amax = std::max(k.amax, std::fabs(x[i]));
+        for (int64_t r = first; r < rows; r += stride)
+          k.sub.insert(k.sub.end(), x + r * cols, x + (r + 1) * cols);
+      }
+      k.seen += rows;
+      if (k.gram) k.gram->add(v);
+    }, [&](int g) {  // a starved expert: its statistics again, from every token
+      Collected& k = c.at(g);
+      k.amax = 0.0f;
+      k.sub.clear();
+      k.seen = 0;
+      if (k.gram) k.gram = std::make_unique<HessianAccumulator>(k.gram->cols());
+    });
+    const double sec = seconds_since(t_collect) / double(std::max<size_t>(1, groups.size()));
+    for (int g : groups) {
+      c.at(g).seconds = sec;
+      if (!std::isfinite(c.at(g).amax))
+        fail(job.module_name(job.active(L.groups[size_t(g)])[0]), ": non-finite calibration activations");
+    }
+    return c;
+  }
+
+  void finish_group(BlockJob& job, int group, const std::vector<LinearSlot>& slots, Collected& col) {
+    (void)group;
+    const int64_t in = job.dense(slots[0]).in_features();
+    const float amax = col.amax;
+    const std::vector<float>& sub = col.sub;
+    std::unique_ptr<HessianAccumulator>& gram = col.gram;
     const float base_scale = amax > 0.0f ? amax / 448.0f : 1.0f;
     const int64_t n = int64_t(sub.size()) / in;
-    const double collect_s = seconds_since(t_collect);
+    const double collect_s = col.seconds;
 
     // 2. Weights (targets: W, or the activation-aware W̃).
     const auto t_weights = std::chrono::steady_clock::now();
@@ -222,8 +258,17 @@ class Fp8Quantizer : public BlockQuantizer {
     if (gram) H = gram->sum();
     if (gram && report_errors_ && aa_) H0 = H;
     const std::vector<double>& Hrep = aa_ ? H0 : H;
-    std::vector<std::vector<float>> targets(slots.size());
-    for (size_t k = 0; k < slots.size(); ++k) targets[k] = job.dense(slots[k]).weight();
+    // The group's linears share H: their rows are stacked into one target [out_total, in],
+    // solved once (one factorization of H + D, one GPTQ solve) and split again.
+    std::vector<int64_t> row0(slots.size() + 1, 0);
+    for (size_t k = 0; k < slots.size(); ++k)
+      row0[k + 1] = row0[k] + job.dense(slots[k]).out_features();
+    const int64_t out_total = row0.back();
+    std::vector<float> wcat(size_t(out_total * in));
+    for (size_t k = 0; k < slots.size(); ++k)
+      std::copy(job.dense(slots[k]).weight().begin(), job.dense(slots[k]).weight().end(),
+                wcat.begin() + row0[k] * in);
+    std::vector<float> target = wcat;
     if (aa_) {
       // Input rounding energy per channel (at the abs-max static scale, or per token), from
       // the subsample, scaled to the row count of H.
@@ -237,56 +282,54 @@ class Fp8Quantizer : public BlockQuantizer {
         }
       const double f = n > 0 ? double(gram->count()) / double(n) : 0.0;
       for (auto& v : d) v *= f;
-      for (size_t k = 0; k < slots.size(); ++k) {
-        const DenseLinear& dl = job.dense(slots[k]);
-        std::vector<float> t;
-        if (wiener_weights(dl.weight().data(), dl.out_features(), in, H, d, &t))
-          targets[k] = std::move(t);
-      }
+      std::vector<float> t;
+      if (wiener_weights(wcat.data(), out_total, in, H, d, &t)) target = std::move(t);
       for (int64_t i = 0; i < in; ++i) H[size_t(i * in + i)] += d[size_t(i)];
     }
     float tmax = 0.0f;
-    for (const auto& t : targets)
-      for (float v : t) tmax = std::max(tmax, std::fabs(v));
+    for (float v : target) tmax = std::max(tmax, std::fabs(v));
     const float tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
+    QuantizedWeight qcat = rtn(target.data(), out_total, in, tscale);
+    nlohmann::json r = {{"weights", "rtn"}};
+    if (gram) {
+      // quant/gptq.h on the fp8 grid with the RTN scales fixed; one lazy batch spanning all
+      // columns (rank-1 updates only, the rounding order fp8 GPTQ has always had).
+      GptqOptions o;
+      o.grid = fp8_e4m3_grid();
+      o.group = qcat.group;
+      o.fixed_scales = qcat.scales;
+      o.damp = damp_;
+      o.act_order = ActOrder::None;
+      o.block_size = int(in);
+      o.weighted_search = false;
+      o.report_errors = false;
+      o.report_rtn = false;
+      GptqResult g = gptq_quantize(target.data(), out_total, in, H.data(), o,
+                                   job.module_name(slots[0]));
+      qcat = std::move(g.qw);
+      if (!g.report.fallback) r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", g.report.damp}};
+      else r = {{"weights", "rtn"}, {"fallback", true}};
+      if (g.report.dead_columns > 0) r["dead_columns"] = g.report.dead_columns;
+    }
+    const float wsc = wscale(job, slots);
     std::vector<QuantizedWeight> qws;
     std::vector<nlohmann::json> wrep;
     for (size_t k = 0; k < slots.size(); ++k) {
-      const int64_t out = job.dense(slots[k]).out_features();
-      QuantizedWeight qw = rtn(targets[k].data(), out, in, tscale);
-      nlohmann::json r = {{"weights", "rtn"}};
-      if (gram) {
-        // quant/gptq.h on the fp8 grid with the RTN scales fixed; one lazy batch spanning all
-        // columns (rank-1 updates only, the rounding order fp8 GPTQ has always had).
-        GptqOptions o;
-        o.grid = fp8_e4m3_grid();
-        o.group = qw.group;
-        o.fixed_scales = qw.scales;
-        o.damp = damp_;
-        o.act_order = ActOrder::None;
-        o.block_size = int(in);
-        o.weighted_search = false;
-        o.report_errors = false;
-        o.report_rtn = false;
-        GptqResult g =
-            gptq_quantize(targets[k].data(), out, in, H.data(), o, job.module_name(slots[k]));
-        qw = std::move(g.qw);
-        if (!g.report.fallback) r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", g.report.damp}};
-        else r = {{"weights", "rtn"}, {"fallback", true}};
-        if (g.report.dead_columns > 0) r["dead_columns"] = g.report.dead_columns;
-      }
+      const int64_t out = row0[k + 1] - row0[k];
+      QuantizedWeight qw = slice_rows(qcat, row0[k], row0[k + 1]);
+      nlohmann::json rk = r;
       if (gram && report_errors_) {
         // Output error of these codes and of plain rounding, on the calibration inputs.
         const float* w = job.dense(slots[k]).weight().data();
         const std::vector<float> dq = qw.dequantize();
-        const std::vector<float> dr = rtn(w, out, in, wscale(job, slots)).dequantize();
+        const std::vector<float> dr = rtn(w, out, in, wsc).dequantize();
         const std::vector<double> e =
             relative_output_errors(w, {dq.data(), dr.data()}, out, in, Hrep.data());
-        r["rel_output_error"] = e[0];
-        r["rel_output_error_rtn"] = e[1];
+        rk["rel_output_error"] = e[0];
+        rk["rel_output_error_rtn"] = e[1];
       }
       qws.push_back(std::move(qw));
-      wrep.push_back(std::move(r));
+      wrep.push_back(std::move(rk));
     }
     H.clear();
     H0.clear();
@@ -297,14 +340,11 @@ class Fp8Quantizer : public BlockQuantizer {
     float best_ratio = 1.0f;
     double base_loss = -1, best = -1, yden = 0;
     if (static_ && search_ && amax > 0.0f && n > 0) {
-      std::vector<float> wcat, wqcat;
-      int64_t out_total = 0;
+      std::vector<float> wqcat;
+      wqcat.reserve(wcat.size());
       for (size_t i = 0; i < slots.size(); ++i) {
-        const DenseLinear& d = job.dense(slots[i]);
         const auto dq = qws[i].dequantize();
-        wcat.insert(wcat.end(), d.weight().begin(), d.weight().end());
         wqcat.insert(wqcat.end(), dq.begin(), dq.end());
-        out_total += d.out_features();
       }
       const InputScaleSearch srch(sub, n, in, wcat, wqcat, out_total);
       auto loss = [&](float scale) { return srch.loss(scale); };
@@ -343,6 +383,7 @@ class Fp8Quantizer : public BlockQuantizer {
   }
 
   bool static_;
+  bool true_sequential_ = true;
   double damp_;
   int64_t max_rows_ = 2048;
   bool search_ = false, gptq_ = true, aa_ = true, report_errors_ = true;

@@ -147,19 +147,16 @@ void gptq_quantize_block(BlockJob& job, const GptqBlockOptions& o, GptqRunStats*
           r.report.rel_error_rtn = r.report.rel_error;
           r.qw.bias = d.bias();
         } else if (permute) {
-          // Reorder down's input channels by decreasing diag(H); process them in that order
-          // with natural contiguous groups.
+          // Down's input channels reordered by decreasing diag(H) and processed in that order
+          // with contiguous groups: dynamic act-order in exactly that order, then the columns
+          // permuted (the trivial g_idx dropped).
           std::vector<int32_t>& perm = down_perm[m.expert];
           perm = diag_order(h.data(), in);
-          std::vector<float> wp(size_t(out * in));
-          std::vector<double> hp(size_t(in * in));
-          for (int64_t j = 0; j < in; ++j) {
-            const int64_t pj = perm[size_t(j)];
-            for (int64_t r2 = 0; r2 < out; ++r2) wp[size_t(r2 * in + j)] = d.weight()[size_t(r2 * in + pj)];
-            for (int64_t k = 0; k < in; ++k) hp[size_t(j * in + k)] = h[size_t(pj * in + perm[size_t(k)])];
-          }
+          lo.act_order = ActOrder::Dynamic;
+          lo.order = perm;
+          r = gptq_quantize(d.weight().data(), out, in, h.data(), lo, name);
+          r.qw = permute_cols(r.qw, perm);
           lo.act_order = ActOrder::None;
-          r = gptq_quantize(wp.data(), out, in, hp.data(), lo, name);
           r.qw.bias = d.bias();
         } else {
           r = gptq_quantize(d.weight().data(), out, in, h.data(), lo, name);

@@ -72,6 +72,7 @@ void blk_gather_rows(const float* x, int64_t rows, int64_t cols, int64_t first, 
 void blk_sync();
 // GPTQ column solver (backend.h cuda_gptq_solve; arguments checked there).
 bool gptq_solve(GptqSolveJob& job);
+bool gptq_layer(GptqLayerJob& job);
 // Search primitives (backend.h; quant_search.cu).
 void srch_gemm_batched(bool b_transposed, int64_t m, int64_t n, int64_t k, const float* A,
                        int64_t lda, int64_t sA, const float* B, int64_t ldb, int64_t sB, float* C,
