@@ -454,21 +454,48 @@ bool use_cuda(const GptqOptions& opt, int64_t out, int64_t n) {
 }
 
 // Step 4: codes back to natural order, g_idx.
+// g_idx of the result: processing-order groups (dynamic act-order) or natural ones (static).
+void set_g_idx(const GptqOptions& opt, const std::vector<int32_t>& perm, QuantizedWeight& qw) {
+  const int64_t n = int64_t(perm.size()), gs = opt.group;
+  if (gs <= 0 || opt.act_order == ActOrder::None) return;
+  qw.g_idx.assign(size_t(n), 0);
+  for (int64_t j = 0; j < n; ++j) {
+    if (opt.act_order == ActOrder::Dynamic) qw.g_idx[size_t(perm[size_t(j)])] = int32_t(j / gs);
+    else qw.g_idx[size_t(j)] = int32_t(j / gs);
+  }
+}
+
 void assemble(const Layer& L, const GptqOptions& opt, const std::vector<int32_t>& codes,
               QuantizedWeight& qw) {
-  const int64_t n = L.n, out = L.out, gs = opt.group > 0 ? opt.group : n;
+  const int64_t n = L.n, out = L.out;
   parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r)
       for (int64_t j = 0; j < n; ++j)
         set_grid_code(qw, r * n + size_t(L.perm[size_t(j)]), codes[r * n + size_t(j)]);
   });
-  if (opt.act_order == ActOrder::Dynamic && opt.group > 0) {
-    qw.g_idx.assign(size_t(n), 0);
-    for (int64_t j = 0; j < n; ++j) qw.g_idx[size_t(L.perm[size_t(j)])] = int32_t(j / gs);
-  } else if (opt.act_order == ActOrder::Static && opt.group > 0) {
-    qw.g_idx.assign(size_t(n), 0);
-    for (int64_t c = 0; c < n; ++c) qw.g_idx[size_t(c)] = int32_t(c / gs);
-  }
+  set_g_idx(opt, L.perm, qw);
+}
+
+// The solver job's grid, damping and batch fields from the options (both solvers).
+void fill_solve_job(const GptqOptions& opt, int64_t out, int64_t n, double mean_diag,
+                    QuantizedWeight& qw, backend::GptqSolveJob& job) {
+  job.out = out;
+  job.n = n;
+  job.damp = opt.damp;
+  job.mean_diag = mean_diag;
+  job.damp_retries = opt.damp_retries;
+  job.fp8 = opt.grid.kind == QKind::FP8;
+  job.bits = opt.grid.bits;
+  job.symmetric = opt.grid.symmetric;
+  job.sym_full_range = opt.grid.sym_full_range;
+  job.fp16_scales = opt.grid.fp16_scales;
+  job.search_steps = opt.grid.search_steps;
+  job.min_shrink = opt.grid.min_shrink;
+  // Lazy block size: a multiple of the group size so that every group lies in one block.
+  job.block = std::max<int64_t>(1, opt.block_size);
+  if (opt.group > 0) job.block = ((job.block + opt.group - 1) / opt.group) * opt.group;
+  job.scales = qw.scales.data();
+  job.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
 }
 
 // Round-to-nearest on the option's grid (fallback and the report's baseline).
@@ -552,24 +579,9 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   qw = grid_qweight(out, n, opt.group, opt.grid);
   backend::GptqLayerJob job;
   backend::GptqSolveJob& s = job.solve;
-  s.out = out;
-  s.n = n;
-  s.damp = opt.damp;
-  s.mean_diag = mean_diag;
-  s.damp_retries = opt.damp_retries;
-  s.fp8 = opt.grid.kind == QKind::FP8;
-  s.bits = opt.grid.bits;
-  s.symmetric = opt.grid.symmetric;
-  s.sym_full_range = opt.grid.sym_full_range;
-  s.fp16_scales = opt.grid.fp16_scales;
-  s.search_steps = opt.grid.search_steps;
-  s.min_shrink = opt.grid.min_shrink;
+  fill_solve_job(opt, out, n, mean_diag, qw, s);
   s.group = opt.group > 0 ? opt.group : 0;
   s.param_stride = opt.group == 0 ? 0 : qw.n_groups();
-  s.block = std::max<int64_t>(1, opt.block_size);
-  if (opt.group > 0) s.block = ((s.block + opt.group - 1) / opt.group) * opt.group;
-  s.scales = qw.scales.data();
-  s.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
   job.w = w;
   job.h = H;
   job.perm = perm.data();
@@ -584,14 +596,7 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   const auto t1 = std::chrono::steady_clock::now();
   if (!backend::cuda_gptq_layer(job)) return std::nullopt;
   rep.damp = s.damp_used;
-  const int64_t gs = opt.group > 0 ? opt.group : n;
-  if (opt.act_order == ActOrder::Dynamic && opt.group > 0) {
-    qw.g_idx.assign(size_t(n), 0);
-    for (int64_t j = 0; j < n; ++j) qw.g_idx[size_t(perm[size_t(j)])] = int32_t(j / gs);
-  } else if (opt.act_order == ActOrder::Static && opt.group > 0) {
-    qw.g_idx.assign(size_t(n), 0);
-    for (int64_t c = 0; c < n; ++c) qw.g_idx[size_t(c)] = int32_t(c / gs);
-  }
+  set_g_idx(opt, perm, qw);
   if (opt.report_errors) {
     rep.rel_error = job.rel_error;
     if (opt.report_rtn) rep.rel_error_rtn = job.rel_error_rtn;
@@ -636,27 +641,11 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
     rep.reason = "Hessian diagonal mean is not positive";
   } else {
     initial_params(L, opt, qw, job, gidx);
-    job.out = out;
-    job.n = n;
+    fill_solve_job(opt, out, n, L.mean_diag, qw, job);
     job.w = L.Wp.data();
     job.h = L.hp.data();
-    job.damp = opt.damp;
-    job.mean_diag = L.mean_diag;
-    job.damp_retries = opt.damp_retries;
-    job.fp8 = opt.grid.kind == QKind::FP8;
-    job.bits = opt.grid.bits;
-    job.symmetric = opt.grid.symmetric;
-    job.sym_full_range = opt.grid.sym_full_range;
-    job.fp16_scales = opt.grid.fp16_scales;
-    job.search_steps = opt.grid.search_steps;
-    job.min_shrink = opt.grid.min_shrink;
-    // Lazy block size: a multiple of the group size so that every group lies in one block.
-    job.block = std::max<int64_t>(1, opt.block_size);
-    if (opt.group > 0) job.block = ((job.block + opt.group - 1) / opt.group) * opt.group;
     codes.assign(size_t(out * n), 0);
     job.codes = codes.data();
-    job.scales = qw.scales.data();
-    job.zeros = qw.zeros.empty() ? nullptr : qw.zeros.data();
     std::vector<float> Uf;  // the CPU solver (the CUDA path returned above)
     ok = factor_cpu(L, opt.damp, opt.damp_retries, Uf, &job.damp_used);
     if (ok) columns_cpu(job, opt.grid, Uf, L.Wp);

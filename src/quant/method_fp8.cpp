@@ -166,11 +166,11 @@ class Fp8Quantizer : public BlockQuantizer {
     if (true_sequential_) {
       for (int g : groups) {
         std::map<int, Collected> c = collect(job, {g});
-        finish_group(job, g, job.active(L.groups[size_t(g)]), c.at(g));
+        finish_group(job, job.active(L.groups[size_t(g)]), c.at(g));
       }
     } else {
       std::map<int, Collected> c = collect(job, groups);
-      for (int g : groups) finish_group(job, g, job.active(L.groups[size_t(g)]), c.at(g));
+      for (int g : groups) finish_group(job, job.active(L.groups[size_t(g)]), c.at(g));
     }
   }
 
@@ -242,8 +242,7 @@ class Fp8Quantizer : public BlockQuantizer {
     return c;
   }
 
-  void finish_group(BlockJob& job, int group, const std::vector<LinearSlot>& slots, Collected& col) {
-    (void)group;
+  void finish_group(BlockJob& job, const std::vector<LinearSlot>& slots, Collected& col) {
     const int64_t in = job.dense(slots[0]).in_features();
     const float amax = col.amax;
     const std::vector<float>& sub = col.sub;
