@@ -110,6 +110,14 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
 }
 
 
+void advise_huge_pages(void* p, size_t n) {
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (!p || n < kHuge) return;
+  const uintptr_t lo = uintptr_t(p), hi = lo + n;
+  const uintptr_t a = (lo + kHuge - 1) / kHuge * kHuge, b = hi / kHuge * kHuge;
+  if (b > a) ::madvise(reinterpret_cast<void*>(a), size_t(b - a), MADV_HUGEPAGE);
+}
+
 void release_mapped_pages(const void* p, size_t n) {
   if (!p || n == 0) return;
   static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));

@@ -62,6 +62,21 @@ class MappedFile {
 // from the file. Partial pages at either end are kept. Anything else is a no-op.
 void release_mapped_pages(const void* p, size_t n);
 
+// Asks the kernel to back the whole 2 MiB pages inside [p, p + n) with transparent huge pages
+// (madvise MADV_HUGEPAGE): large buffers written once then fault 512x less often. A hint only;
+// a no-op for small ranges or where the kernel says no.
+void advise_huge_pages(void* p, size_t n);
+
+// v = n value-initialized elements in fresh memory advised for huge pages before it is first
+// touched (for buffers of many MB filled once per layer).
+template <class T>
+void assign_zeroed(std::vector<T>& v, size_t n) {
+  std::vector<T>().swap(v);
+  v.reserve(n);
+  advise_huge_pages(v.data(), n * sizeof(T));
+  v.resize(n);
+}
+
 // Opens `path` for reading (O_RDONLY | O_CLOEXEC); refuses anything but a regular file without
 // blocking. Returns the fd (caller closes).
 int open_regular_file(const fs::path& path);

@@ -103,42 +103,61 @@ void QuantizedWeight::validate(const std::string& what) const {
   }
 }
 
-std::vector<float> QuantizedWeight::dequantize() const {
+void QuantizedWeight::dequantize_rows(int64_t r0, int64_t r1, float* dst) const {
   const size_t n = size_t(out * in);
   const bool use_u = kind == QKind::INT && !symmetric;
   LLMC_CHECK((use_u ? qu.size() : q8.size()) == n, "codes of a [", out, ", ", in, "] weight");
   const int64_t ng = n_groups();
   LLMC_CHECK(scales.size() == (group == 0 ? 1u : size_t(out * ng)), "scale count");
   LLMC_CHECK(!use_u || zeros.size() == scales.size(), "zero point count");
+  LLMC_CHECK(0 <= r0 && r0 <= r1 && r1 <= out, "dequantize rows [", r0, ", ", r1, ") of ", out);
+  if (r0 == r1) return;
   // Column -> group (index into a row's scales); all zero for per-channel / per-tensor.
-  std::vector<int32_t> gmap(size_t(in), 0);
-  if (group > 0 || !g_idx.empty()) {
+  const bool grouped = group > 0 || !g_idx.empty();
+  std::vector<int32_t> gmap;
+  if (grouped) {
+    gmap.resize(size_t(in));
     for (int64_t c = 0; c < in; ++c) gmap[size_t(c)] = int32_t(group_of(c));
   }
   float lut[256];
   if (kind == QKind::FP8)
     for (int v = 0; v < 256; ++v) lut[v] = fp8e4m3_to_f32(uint8_t(v));
-  std::vector<float> w(n);
   const int64_t row_stride = group == 0 ? 0 : ng;
   const size_t grain = std::max<size_t>(1, size_t(65536 / std::max<int64_t>(in, 1)));
-  parallel_for(0, size_t(out), grain, [&](size_t lo, size_t hi) {
+  parallel_for(size_t(r0), size_t(r1), grain, [&](size_t lo, size_t hi) {
     for (size_t o = lo; o < hi; ++o) {
       const float* s = scales.data() + o * row_stride;
-      float* dst = w.data() + o * in;
-      const size_t base = o * in;
-      if (kind == QKind::FP8) {
-        for (int64_t i = 0; i < in; ++i) dst[i] = lut[uint8_t(q8[base + i])] * s[gmap[i]];
+      float* d = dst + (o - size_t(r0)) * size_t(in);
+      const size_t base = o * size_t(in);
+      if (!grouped) {  // one scale (and zero) per row: a loop the compiler vectorizes
+        const float s0 = s[0];
+        if (kind == QKind::FP8) {
+          for (int64_t i = 0; i < in; ++i) d[i] = lut[uint8_t(q8[base + i])] * s0;
+        } else if (!use_u) {
+          for (int64_t i = 0; i < in; ++i) d[i] = float(q8[base + i]) * s0;
+        } else {
+          const int32_t z0 = zeros[o * row_stride];
+          for (int64_t i = 0; i < in; ++i) d[i] = float(int32_t(qu[base + i]) - z0) * s0;
+        }
+      } else if (kind == QKind::FP8) {
+        for (int64_t i = 0; i < in; ++i) d[i] = lut[uint8_t(q8[base + i])] * s[gmap[i]];
       } else if (!use_u) {
-        for (int64_t i = 0; i < in; ++i) dst[i] = float(q8[base + i]) * s[gmap[i]];
+        for (int64_t i = 0; i < in; ++i) d[i] = float(q8[base + i]) * s[gmap[i]];
       } else {
         const int32_t* z = zeros.data() + o * row_stride;
         for (int64_t i = 0; i < in; ++i) {
           const int32_t g = gmap[i];
-          dst[i] = float(int32_t(qu[base + i]) - z[g]) * s[g];
+          d[i] = float(int32_t(qu[base + i]) - z[g]) * s[g];
         }
       }
     }
   });
+}
+
+std::vector<float> QuantizedWeight::dequantize() const {
+  dequantize_rows(0, 0, nullptr);  // checks the sizes before allocating
+  std::vector<float> w(size_t(out * in));
+  dequantize_rows(0, out, w.data());
   return w;
 }
 

@@ -51,6 +51,9 @@ struct QuantizedWeight {
   int64_t n_groups() const;
   int64_t group_of(int64_t col) const;  // honours g_idx
   std::vector<float> dequantize() const;  // [out, in]
+  // Rows [r0, r1) of dequantize() into dst ([r1 - r0, in]); the same values. Checks the code,
+  // scale and zero sizes (also when r0 == r1, without writing).
+  void dequantize_rows(int64_t r0, int64_t r1, float* dst) const;
   // Checks the invariants above (code vector and range, scale/zero/g_idx sizes, finite scales,
   // bits in [2, 8] for INT and 8 for FP8); throws llmc::Error naming `what`.
   void validate(const std::string& what) const;

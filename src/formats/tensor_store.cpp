@@ -1,6 +1,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "formats/tensor_store.h"
 
 namespace llmc {
@@ -22,7 +23,8 @@ std::string shape_str(const Shape& s) {
 std::vector<float> TensorRef::to_f32() const {
   const int64_t n = info.numel();
   LLMC_CHECK(uint64_t(n) * dtype_size(info.dtype) == info.nbytes, info.name);
-  std::vector<float> out(static_cast<size_t>(n));
+  std::vector<float> out;
+  assign_zeroed(out, size_t(n));
   llmc::to_f32(info.dtype, data, out.data(), size_t(n));
   return out;
 }

@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/threads.h"
 #include "quant/rtn.h"
 
@@ -121,9 +122,9 @@ QuantizedWeight grid_qweight(int64_t out, int64_t in, int64_t group, const Quant
   const int64_t ng = qw.n_groups();
   qw.scales.assign(size_t(group == 0 ? 1 : out * ng), 1.0f);
   if (g.kind == QKind::FP8 || g.symmetric) {
-    qw.q8.assign(size_t(out * in), 0);
+    assign_zeroed(qw.q8, size_t(out * in));
   } else {
-    qw.qu.assign(size_t(out * in), 0);
+    assign_zeroed(qw.qu, size_t(out * in));
     qw.zeros.assign(size_t(out * ng), 0);
   }
   return qw;

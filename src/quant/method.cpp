@@ -665,7 +665,7 @@ void BlockJob::commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep) {
   if (qw.bias.empty()) {
     if (auto* d = dynamic_cast<const DenseLinear*>(&cur)) qw.bias = d->bias();
   }
-  weights.linear[int(s)] = std::make_shared<SimQuantLinear>(qw);
+  if (simulate) weights.linear[int(s)] = std::make_shared<SimQuantLinear>(qw);
   quantized[int(s)] = std::move(qw);
   report[int(s)] = std::move(rep);
 }

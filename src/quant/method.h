@@ -217,6 +217,10 @@ struct BlockJob {
   const float* dev_inputs = nullptr;
   int n_samples = 0, seq = 0;
   int batch = 8;                    // samples per block run inside run()/for_each_input()
+  // true: commit() installs a Linear simulating the quantized weight (later runs of this block
+  // see it). The pipeline sets false when nothing runs the block afterwards (no calibration):
+  // the dense weight stays and no dequantized copy is made.
+  bool simulate = true;
   // true: leave this module unquantized (default: the layout's BlockModule::quantize == false).
   std::function<bool(LinearSlot)> ignored;
 
@@ -279,7 +283,7 @@ struct BlockJob {
                   const std::function<void(int g, const backend::MatView& x)>& fn,
                   const std::function<void(int g)>& reset);
   // Records slot's quantized weight and report, and replaces the slot's Linear by one that
-  // computes with qw.dequantize() and simulates qw.act on its inputs.
+  // computes with qw.dequantize() and simulates qw.act on its inputs (when `simulate`).
   void commit(LinearSlot s, QuantizedWeight qw, nlohmann::json rep = nlohmann::json::object());
 };
 

@@ -16,20 +16,26 @@ namespace {
 // Per-linear weight quantizer: the whole method for the RTN family.
 using WeightFn = std::function<QuantizedWeight(const DenseLinear&)>;
 
+// ||dequant(qw) - W|| / ||W||, decoded a few rows at a time (no dequantized copy of the weight).
+// Fixed row chunks summed in order: the same value whatever the thread count.
 double rel_weight_error(const DenseLinear& d, const QuantizedWeight& qw) {
-  const std::vector<float> dq = qw.dequantize();
   const auto& w = d.weight();
-  // Fixed chunks summed in order: the same value whatever the thread count.
-  constexpr size_t kChunk = size_t(1) << 16;
-  const size_t nc = (w.size() + kChunk - 1) / kChunk;
+  const int64_t out = qw.out, in = qw.in;
+  qw.dequantize_rows(0, 0, nullptr);
+  const int64_t rows = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(in, 1));
+  const size_t nc = size_t((out + rows - 1) / rows);
   std::vector<double> pn(nc, 0.0), pd(nc, 0.0);
   parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
+    std::vector<float> buf(size_t(rows * in));
     for (size_t c = c0; c < c1; ++c) {
+      const int64_t r0 = int64_t(c) * rows, r1 = std::min(out, r0 + rows);
+      qw.dequantize_rows(r0, r1, buf.data());  // nested parallel_for runs inline
+      const float* wr = w.data() + r0 * in;
       double num = 0, den = 0;
-      for (size_t i = c * kChunk; i < std::min(w.size(), (c + 1) * kChunk); ++i) {
-        const double e = double(dq[i]) - w[i];
+      for (int64_t i = 0; i < (r1 - r0) * in; ++i) {
+        const double e = double(buf[size_t(i)]) - wr[i];
         num += e * e;
-        den += double(w[i]) * w[i];
+        den += double(wr[i]) * wr[i];
       }
       pn[c] = num, pd[c] = den;
     }

@@ -464,6 +464,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     // The block's input tensors were read into job.weights: their mapped pages can go.
     release_input_pages(*ck.tensors, cat(arch.layer_prefix, i, "."));
     job.batch = std::max(1, opt.batch);
+    job.simulate = calibrate;
     const std::vector<bool> ignored = ignored_slots(job, ignore_rules);
     job.ignored = [layout, ignored](LinearSlot s) { return !layout || ignored[size_t(s)]; };
     if (calibrate) {

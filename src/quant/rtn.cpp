@@ -2,15 +2,26 @@
 #include "quant/rtn.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/threads.h"
 
 namespace llmc {
 
 void check_finite(const float* w, int64_t n, const std::string& name) {
+  // A parallel scan without branches (x - x is 0 for finite x, NaN otherwise); the first bad
+  // index is searched for serially only when there is one.
+  std::atomic<bool> bad{false};
+  parallel_for(0, size_t(n), size_t(1) << 18, [&](size_t lo, size_t hi) {
+    float acc = 0.0f;
+    for (size_t i = lo; i < hi; ++i) acc += w[i] - w[i];
+    if (acc != 0.0f || std::isnan(acc)) bad = true;
+  });
+  if (!bad) return;
   for (int64_t i = 0; i < n; ++i) {
     if (!std::isfinite(w[i]))
       fail(name, ": weight element ", i, " is ", std::isnan(w[i]) ? "NaN" : "Inf",
@@ -94,9 +105,9 @@ QuantizedWeight quantize_int_rtn(const float* w, int64_t out, int64_t in, int bi
   const int64_t gs = group > 0 ? group : in;
   const int64_t ng = (in + gs - 1) / gs;
   qw.scales.assign(size_t(out * ng), 1.0f);
-  if (symmetric) qw.q8.assign(size_t(out * in), 0);
+  if (symmetric) assign_zeroed(qw.q8, size_t(out * in));
   else {
-    qw.qu.assign(size_t(out * in), 0);
+    assign_zeroed(qw.qu, size_t(out * in));
     qw.zeros.assign(size_t(out * ng), 0);
   }
   parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
@@ -129,10 +140,17 @@ QuantizedWeight quantize_int_rtn(const float* w, int64_t out, int64_t in, int bi
         }
         qw.scales[r * ng + g] = s;
         if (!symmetric) qw.zeros[r * ng + g] = z;
-        for (int64_t i = 0; i < n; ++i) {
-          const int32_t q = int_quantize_value(v[i], s, z, bits, symmetric);
-          if (symmetric) qw.q8[r * in + g * gs + i] = int8_t(q);
-          else qw.qu[r * in + g * gs + i] = uint8_t(q);
+        // int_quantize_value inlined (the same arithmetic) so the loops vectorize.
+        const IntGrid gr = grid(bits, symmetric);
+        const float lo_q = float(gr.qmin), hi_q = float(gr.qmax), zf = float(z);
+        if (symmetric) {
+          int8_t* dst = qw.q8.data() + r * in + g * gs;
+          for (int64_t i = 0; i < n; ++i)
+            dst[i] = int8_t(int32_t(std::clamp(std::nearbyint(v[i] / s) + zf, lo_q, hi_q)));
+        } else {
+          uint8_t* dst = qw.qu.data() + r * in + g * gs;
+          for (int64_t i = 0; i < n; ++i)
+            dst[i] = uint8_t(int32_t(std::clamp(std::nearbyint(v[i] / s) + zf, lo_q, hi_q)));
         }
       }
     }
@@ -150,22 +168,25 @@ QuantizedWeight quantize_fp8_rtn(const float* w, int64_t out, int64_t in, int64_
   qw.out = out;
   qw.in = in;
   qw.group = group;
-  qw.q8.assign(size_t(out * in), 0);
+  assign_zeroed(qw.q8, size_t(out * in));
   auto scale_of = [](float amax) {
     const float s = amax / 448.0f;
     return (s > 0.0f && std::isfinite(s)) ? s : 1.0f;
   };
   if (group == 0) {
     float amax = 0.0f;
-    for (int64_t i = 0; i < out * in; ++i) amax = std::max(amax, std::fabs(w[i]));
+    if (!(tensor_scale > 0.0f))
+      for (int64_t i = 0; i < out * in; ++i) amax = std::max(amax, std::fabs(w[i]));
     qw.scales = {tensor_scale > 0.0f ? tensor_scale : scale_of(amax)};
   } else {
     qw.scales.assign(size_t(out), 1.0f);
-    for (int64_t r = 0; r < out; ++r) {
-      float amax = 0.0f;
-      for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[r * in + i]));
-      qw.scales[r] = scale_of(amax);
-    }
+    parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+      for (size_t r = r0; r < r1; ++r) {
+        float amax = 0.0f;
+        for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[r * in + i]));
+        qw.scales[r] = scale_of(amax);
+      }
+    });
   }
   parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r) {
