@@ -1223,6 +1223,57 @@ TEST(CudaGptq, MatchesCpuOnRandomProblems) {
   }
 }
 
+// fp8's use of the layer solver: H + diag(d) for the solve, errors against other weights and
+// their plain rounding, per row range (GptqOptions h_add, error_ref, report_rows).
+TEST(CudaGptq, SolveDiagonalAndReportReferenceMatchCpu) {
+  REQUIRE_GPU();
+  const int64_t in = 1024, out = 1536;
+  const auto H = random_hessian(in, 2 * in, 31);
+  const auto w = randn(size_t(out * in), 32, 0.02f);
+  auto ref = randn(size_t(out * in), 33, 0.002f);
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] += w[i];
+  for (int64_t group : {int64_t(0), int64_t(-1)}) {
+    GptqOptions o;
+    o.grid = fp8_e4m3_grid();
+    o.group = group;
+    o.fixed_scales = quantize_fp8_rtn(w.data(), out, in, group).scales;
+    o.act_order = ActOrder::None;
+    o.block_size = int(in);
+    o.weighted_search = false;
+    o.h_add.resize(size_t(in));
+    for (int64_t i = 0; i < in; ++i) o.h_add[size_t(i)] = 0.05 * double(i % 5) * H[size_t(i * in + i)];
+    o.error_ref = ref.data();
+    o.error_ref_scales = quantize_fp8_rtn(ref.data(), out, in, group).scales;
+    o.report_rows = {0, 1024, 1280, out};
+    const SolverComparison r = compare_solvers(w, out, in, H, o);
+    print_comparison("fp8 h_add/error_ref group " + std::to_string(group), r);
+    EXPECT_LT(r.code_diff, 2e-2);
+    EXPECT_LT(std::fabs(r.rel_gpu - r.rel_cpu), 2e-2 * r.rel_cpu);
+    EXPECT_LT(std::fabs(r.rel_rtn_gpu - r.rel_rtn_cpu), 1e-4 * r.rel_rtn_cpu);
+    ASSERT_EQ(r.gpu.report.rel_errors.size(), 3u);
+    ASSERT_EQ(r.gpu.report.rel_errors_rtn.size(), 3u);
+    ASSERT_EQ(r.cpu.report.rel_errors.size(), 3u);
+    for (size_t k = 0; k < 3; ++k) {
+      EXPECT_LT(std::fabs(r.gpu.report.rel_errors[k] - r.cpu.report.rel_errors[k]),
+                2e-2 * r.cpu.report.rel_errors[k]) << k;
+      EXPECT_LT(std::fabs(r.gpu.report.rel_errors_rtn[k] - r.cpu.report.rel_errors_rtn[k]),
+                1e-4 * r.cpu.report.rel_errors_rtn[k]) << k;
+    }
+    // The same solve as H + diag(d) given directly (the report then differs: w, not ref).
+    std::vector<double> Hd = H;
+    for (int64_t i = 0; i < in; ++i) Hd[size_t(i * in + i)] += o.h_add[size_t(i)];
+    GptqOptions od = o;
+    od.h_add.clear();
+    od.error_ref = nullptr;
+    od.error_ref_scales.clear();
+    od.report_rows.clear();
+    od.solver = GptqSolver::Cuda;
+    DeviceGuard g(be::Device::CUDA);
+    const GptqResult direct = gptq_quantize(w.data(), out, in, Hd.data(), od);
+    EXPECT_EQ(direct.qw.q8, r.gpu.qw.q8);
+  }
+}
+
 TEST(CudaGptq, DampingRetriesFallbackAndDeadColumns) {
   REQUIRE_GPU();
   const int64_t n = 256, out = 64;

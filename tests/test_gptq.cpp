@@ -496,6 +496,67 @@ TEST(Gptq, HessianQuadTraceMatchesDefinition) {
 }
 
 
+// h_add: the solve sees H + diag(d) (the same codes as solving with that matrix), the report the
+// H given. error_ref + error_ref_scales: the report measures against those weights and their
+// plain rounding. report_rows: the same ratios per row range (the whole still reported).
+TEST(Gptq, SolveDiagonalAndReportReferenceOptions) {
+  const QuantGrid g = fp8_e4m3_grid();
+  const int64_t n = 64, out = 30;
+  const auto x = correlated_inputs(400, n, 51);
+  const auto w = random_weight(out, n, 52);
+  auto ref = random_weight(out, n, 53);
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = w[i] + 0.1f * ref[i];
+  const auto H = hessian_of(x, n);
+  std::vector<double> d(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) d[size_t(i)] = 0.01 * double(i % 7) * H[size_t(i * n + i)];
+  std::vector<double> Hd = H;
+  for (int64_t i = 0; i < n; ++i) Hd[size_t(i * n + i)] += d[size_t(i)];
+  GptqOptions o;
+  o.grid = g;
+  o.group = 0;
+  o.fixed_scales = quantize_fp8_rtn(w.data(), out, n, 0).scales;
+  o.act_order = ActOrder::None;
+  o.block_size = int(n);
+  o.weighted_search = false;
+  o.solver = GptqSolver::Cpu;
+  const GptqResult plain = gptq_quantize(w.data(), out, n, Hd.data(), o);
+  GptqOptions oa = o;
+  oa.h_add = d;
+  oa.error_ref = ref.data();
+  oa.error_ref_scales = quantize_fp8_rtn(ref.data(), out, n, 0).scales;
+  oa.report_rows = {0, 7, 19, out};
+  const GptqResult r = gptq_quantize(w.data(), out, n, H.data(), oa);
+  EXPECT_EQ(r.qw.q8, plain.qw.q8);
+  EXPECT_EQ(r.report.damp, plain.report.damp);
+  const std::vector<float> dq = r.qw.dequantize();
+  const std::vector<float> dr = quantize_fp8_rtn(ref.data(), out, n, 0).dequantize();
+  EXPECT_NEAR(r.report.rel_error, relative_output_error(ref.data(), dq.data(), out, n, H.data()),
+              1e-6 * r.report.rel_error);
+  EXPECT_NEAR(r.report.rel_error_rtn,
+              relative_output_error(ref.data(), dr.data(), out, n, H.data()),
+              1e-6 * r.report.rel_error_rtn);
+  EXPECT_GT(std::fabs(r.report.rel_error - plain.report.rel_error), 1e-4);  // ref, not w
+  ASSERT_EQ(r.report.rel_errors.size(), 3u);
+  ASSERT_EQ(r.report.rel_errors_rtn.size(), 3u);
+  for (size_t k = 0; k < 3; ++k) {
+    const int64_t r0 = oa.report_rows[k], r1 = oa.report_rows[k + 1];
+    const double e = relative_output_error(ref.data() + r0 * n, dq.data() + r0 * n, r1 - r0, n, H.data());
+    const double er = relative_output_error(ref.data() + r0 * n, dr.data() + r0 * n, r1 - r0, n, H.data());
+    EXPECT_NEAR(r.report.rel_errors[k], e, 1e-6 * e) << k;
+    EXPECT_NEAR(r.report.rel_errors_rtn[k], er, 1e-6 * er) << k;
+  }
+  // Bad options are refused.
+  GptqOptions bad = oa;
+  bad.report_rows = {0, 10};
+  EXPECT_THROW(gptq_quantize(w.data(), out, n, H.data(), bad), Error);
+  bad = oa;
+  bad.h_add.resize(3);
+  EXPECT_THROW(gptq_quantize(w.data(), out, n, H.data(), bad), Error);
+  bad = oa;
+  bad.error_ref_scales.clear();
+  EXPECT_THROW(gptq_quantize(w.data(), out, n, H.data(), bad), Error);
+}
+
 // ---- block level ----------------------------------------------------------------------------
 
 template <typename F>

@@ -179,9 +179,18 @@ struct GptqLayerJob {
   bool static_groups = false;     // group > 0: natural groups' parameters before the solve
   const float* fixed_scales = nullptr;  // fp8 grid: 1 (group 0) or out (group -1) scales
   bool report = false, report_rtn = false;
+  // Optional (quant/gptq.h GptqOptions h_add, error_ref, report_rows): the solver uses
+  // H + diag(h_add) (the report H); the report measures against w_ref (fp8 grids; its RTN
+  // baseline rounds w_ref with ref_scales) and also per row range of report_rows.
+  const double* h_add = nullptr;     // [n]
+  const float* w_ref = nullptr;      // [out, n]
+  const float* ref_scales = nullptr; // as fixed_scales
+  const int64_t* report_rows = nullptr;
+  int n_report_rows = 0;             // boundaries (ranges + 1)
   uint8_t* code_bytes = nullptr;  // [out, n] out, natural order
   // solve.scales / solve.zeros: out (the layout of the result, see gptq_quantize).
   double rel_error = 0, rel_error_rtn = -1;  // out
+  std::vector<double> rel_errors, rel_errors_rtn;  // out, per report_rows range
 };
 bool cuda_gptq_layer(GptqLayerJob& job);
 

@@ -177,6 +177,54 @@ std::vector<double> relative_output_errors(const float* w, const std::vector<con
   return r;
 }
 
+namespace {
+
+// The report's errors of dq (and of the RTN baseline dr, when not null) against ref: whole, and
+// per row range when `rows` (boundaries) is given — then in one pass over the stacked rows
+// [ref; dq - ref; dr - ref].
+void fill_error_report(const float* ref, const float* dq, const float* dr, int64_t out, int64_t n,
+                       const double* H, const std::vector<int64_t>& rows, GptqReport& rep) {
+  if (rows.empty()) {
+    if (dr) {
+      const std::vector<double> e = relative_output_errors(ref, {dq, dr}, out, n, H);
+      rep.rel_error = e[0];
+      rep.rel_error_rtn = e[1];
+    } else {
+      rep.rel_error = relative_output_error(ref, dq, out, n, H);
+    }
+    return;
+  }
+  const int parts = dr ? 3 : 2;
+  const size_t m = size_t(out * n);
+  std::vector<float> x(m * size_t(parts));
+  parallel_for(0, m, size_t(1) << 16, [&](size_t a, size_t b) {
+    for (size_t i = a; i < b; ++i) {
+      x[i] = ref[i];
+      x[m + i] = dq[i] - ref[i];
+      if (dr) x[2 * m + i] = dr[i] - ref[i];
+    }
+  });
+  const std::vector<double> q = quad_rows(x.data(), out * parts, n, to_f32(H, n));
+  const size_t k = rows.size() - 1;
+  std::vector<double> sum(size_t(parts) * k, 0.0), tot(size_t(parts), 0.0);
+  for (int p = 0; p < parts; ++p)
+    for (size_t i = 0; i < k; ++i) {
+      for (int64_t r = rows[i]; r < rows[i + 1]; ++r) sum[size_t(p) * k + i] += q[size_t(p * out + r)];
+      tot[size_t(p)] += sum[size_t(p) * k + i];
+    }
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  rep.rel_error = ratio(tot[1], tot[0]);
+  if (dr) rep.rel_error_rtn = ratio(tot[2], tot[0]);
+  rep.rel_errors.assign(k, 0.0);
+  if (dr) rep.rel_errors_rtn.assign(k, 0.0);
+  for (size_t i = 0; i < k; ++i) {
+    rep.rel_errors[i] = ratio(sum[k + i], sum[i]);
+    if (dr) rep.rel_errors_rtn[i] = ratio(sum[2 * k + i], sum[i]);
+  }
+}
+
+}  // namespace
+
 std::vector<int32_t> diag_order(const double* H, int64_t n) {
   std::vector<int32_t> perm(static_cast<size_t>(n));
   std::iota(perm.begin(), perm.end(), 0);
@@ -516,6 +564,19 @@ void check_options(const GptqOptions& opt, int64_t out, int64_t in) {
       seen[size_t(c)] = 1;
     }
   }
+  LLMC_CHECK(opt.h_add.empty() || int64_t(opt.h_add.size()) == in, "gptq h_add of ",
+             opt.h_add.size(), " for ", in, " columns");
+  if (!opt.report_rows.empty()) {
+    LLMC_CHECK(opt.report_rows.front() == 0 && opt.report_rows.back() == out,
+               "gptq report_rows must run from 0 to ", out);
+    for (size_t i = 1; i < opt.report_rows.size(); ++i)
+      LLMC_CHECK(opt.report_rows[i] > opt.report_rows[i - 1], "gptq report_rows must increase");
+  }
+  if (opt.error_ref) {
+    LLMC_CHECK(opt.grid.kind == QKind::FP8, "gptq error_ref is for fp8 grids");
+    LLMC_CHECK(opt.error_ref_scales.size() == opt.fixed_scales.size(),
+               "gptq error_ref_scales must match fixed_scales");
+  }
   if (opt.grid.kind == QKind::FP8) {
     LLMC_CHECK(opt.group == 0 || opt.group == -1, "fp8 gptq group ", opt.group);
     LLMC_CHECK(opt.fixed_scales.size() == size_t(opt.group == 0 ? 1 : out),
@@ -549,6 +610,8 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   });
   for (uint8_t b : bad)
     if (b) return std::nullopt;
+  for (double v : opt.h_add)
+    if (!std::isfinite(v)) return std::nullopt;
   GptqResult res;
   GptqReport& rep = res.report;
   std::vector<uint8_t> dead(size_t(n), 0);
@@ -556,7 +619,7 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   std::vector<float> impn(static_cast<size_t>(n));
   double mean_diag = 0;
   for (int64_t i = 0; i < n; ++i) {
-    double d = H[size_t(i * n + i)];
+    double d = H[size_t(i * n + i)] + (opt.h_add.empty() ? 0.0 : opt.h_add[size_t(i)]);
     if (d == 0.0) {
       d = 1.0;
       dead[size_t(i)] = 1;
@@ -591,6 +654,11 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   job.fixed_scales = s.fp8 ? opt.fixed_scales.data() : nullptr;
   job.report = opt.report_errors;
   job.report_rtn = opt.report_errors && opt.report_rtn;
+  job.h_add = opt.h_add.empty() ? nullptr : opt.h_add.data();
+  job.w_ref = opt.error_ref;
+  job.ref_scales = opt.error_ref ? opt.error_ref_scales.data() : nullptr;
+  job.report_rows = opt.report_rows.empty() ? nullptr : opt.report_rows.data();
+  job.n_report_rows = int(opt.report_rows.size());
   job.code_bytes = qw.q8.empty() ? qw.qu.data() : reinterpret_cast<uint8_t*>(qw.q8.data());
   rep.seconds_prepare = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
@@ -600,6 +668,8 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   if (opt.report_errors) {
     rep.rel_error = job.rel_error;
     if (opt.report_rtn) rep.rel_error_rtn = job.rel_error_rtn;
+    rep.rel_errors = std::move(job.rel_errors);
+    if (opt.report_rtn) rep.rel_errors_rtn = std::move(job.rel_errors_rtn);
   }
   rep.seconds_solve = since(t1);  // the device's report included
   return res;
@@ -626,7 +696,12 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
   auto since = [](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
-  Layer L = prepare_layer(w, out, n, H, opt.act_order, opt.order, rep);
+  std::vector<double> hs;  // H + diag(h_add) for the solver
+  if (!opt.h_add.empty()) {
+    hs.assign(H, H + size_t(n * n));
+    for (int64_t i = 0; i < n; ++i) hs[size_t(i * n + i)] += opt.h_add[size_t(i)];
+  }
+  Layer L = prepare_layer(w, out, n, hs.empty() ? H : hs.data(), opt.act_order, opt.order, rep);
   rep.seconds_prepare = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
 
@@ -667,15 +742,15 @@ GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* 
   if (!L.finite) {
     rep.rel_error = -1;
   } else if (opt.report_errors) {
+    const float* ref = opt.error_ref ? opt.error_ref : w;
     const std::vector<float> dq = qw.dequantize();
-    if (opt.report_rtn) {
-      const std::vector<float> dr = rtn_on_grid(L, opt, opt.weighted_search).dequantize();
-      const std::vector<double> e = relative_output_errors(w, {dq.data(), dr.data()}, out, n, H);
-      rep.rel_error = e[0];
-      rep.rel_error_rtn = e[1];
-    } else {
-      rep.rel_error = relative_output_error(w, dq.data(), out, n, H);
-    }
+    std::vector<float> dr;
+    if (opt.report_rtn)
+      dr = (opt.error_ref ? quantize_grid_fixed(ref, out, n, opt.group, opt.grid,
+                                                opt.error_ref_scales)
+                          : rtn_on_grid(L, opt, opt.weighted_search)).dequantize();
+    fill_error_report(ref, dq.data(), dr.empty() ? nullptr : dr.data(), out, n, H,
+                      opt.report_rows, rep);
   }
   rep.seconds_report = since(t2);
   return res;

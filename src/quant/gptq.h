@@ -71,10 +71,16 @@ struct GptqOptions {
   // descending; empty: diag order.
   std::vector<int32_t> order;
   GptqSolver solver = GptqSolver::Auto;
+  std::vector<double> h_add;             // empty or [in] (see the header comment)
+  const float* error_ref = nullptr;      // [out, in] or null (fp8 grid only)
+  std::vector<float> error_ref_scales;   // with error_ref: as fixed_scales
+  // Row boundaries 0 = b_0 < ... < b_k = out: rel_errors[_rtn] per [b_i, b_i+1) in the report.
+  std::vector<int64_t> report_rows;
 };
 
 struct GptqReport {
   double rel_error = 0, rel_error_rtn = -1;  // -1: not measured
+  std::vector<double> rel_errors, rel_errors_rtn;  // per report_rows range (when asked)
   double damp = 0;                           // fraction actually used
   int64_t dead_columns = 0;
   bool fallback = false;

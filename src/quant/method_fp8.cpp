@@ -175,12 +175,44 @@ class Fp8Quantizer : public BlockQuantizer {
   }
 
  private:
+  // max |v| (in parallel).
+  static float abs_max(const std::vector<float>& v) {
+    constexpr size_t kChunk = size_t(1) << 16;
+    const size_t nc = (v.size() + kChunk - 1) / kChunk;
+    std::vector<float> m(nc, 0.0f);
+    parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
+      for (size_t c = c0; c < c1; ++c) {
+        float x = 0.0f;
+        for (size_t i = c * kChunk; i < std::min(v.size(), (c + 1) * kChunk); ++i)
+          x = std::max(x, std::fabs(v[i]));
+        m[c] = x;
+      }
+    });
+    float x = 0.0f;
+    for (float y : m) x = std::max(x, y);
+    return x;
+  }
   // absmax / 448 of the group's original weights (the RTN reference scale).
   static float wscale(const BlockJob& job, const std::vector<LinearSlot>& slots) {
     float m = 0.0f;
-    for (LinearSlot s : slots)
-      for (float v : job.dense(s).weight()) m = std::max(m, std::fabs(v));
+    for (LinearSlot s : slots) m = std::max(m, abs_max(job.dense(s).weight()));
     return m > 0.0f ? m / 448.0f : 1.0f;
+  }
+  // The scales rtn() gives w [out, in] (fp8_static: the group's tensor scale; fp8_dynamic:
+  // per row).
+  std::vector<float> rtn_scales(const std::vector<float>& w, int64_t out, int64_t in,
+                                float tensor_scale) const {
+    if (static_) return {tensor_scale};
+    std::vector<float> s(size_t(out), 1.0f);
+    parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+      for (size_t r = r0; r < r1; ++r) {
+        float m = 0.0f;
+        for (int64_t i = 0; i < in; ++i) m = std::max(m, std::fabs(w[r * size_t(in) + size_t(i)]));
+        const float v = m / 448.0f;
+        s[r] = (v > 0.0f && std::isfinite(v)) ? v : 1.0f;
+      }
+    });
+    return s;
   }
   // Weight scale(s) of `w` [out, in]: the group's shared per-tensor scale, or per row.
   QuantizedWeight rtn(const float* w, int64_t out, int64_t in, float tensor_scale) const {
@@ -253,10 +285,8 @@ class Fp8Quantizer : public BlockQuantizer {
 
     // 2. Weights (targets: W, or the activation-aware W̃).
     const auto t_weights = std::chrono::steady_clock::now();
-    std::vector<double> H, H0;  // H0: the undamped H of the report when aa_ changes H
+    std::vector<double> H;
     if (gram) H = gram->sum();
-    if (gram && report_errors_ && aa_) H0 = H;
-    const std::vector<double>& Hrep = aa_ ? H0 : H;
     // The group's linears share H: their rows are stacked into one target [out_total, in],
     // solved once (one factorization of H + D, one GPTQ solve) and split again.
     std::vector<int64_t> row0(slots.size() + 1, 0);
@@ -267,32 +297,37 @@ class Fp8Quantizer : public BlockQuantizer {
     for (size_t k = 0; k < slots.size(); ++k)
       std::copy(job.dense(slots[k]).weight().begin(), job.dense(slots[k]).weight().end(),
                 wcat.begin() + row0[k] * in);
-    std::vector<float> target = wcat;
+    std::vector<float> target;  // empty: the original weights (wcat)
+    std::vector<double> d;      // the input rounding energy added to diag(H) for the solve
     if (aa_) {
       // Input rounding energy per channel (at the abs-max static scale, or per token), from
       // the subsample, scaled to the row count of H.
       std::vector<float> xq = sub;
       quantize_activations(act_, base_scale, xq.data(), n, in);
-      std::vector<double> d(size_t(in), 0.0);
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t i = 0; i < in; ++i) {
-          const double e = double(xq[size_t(r * in + i)]) - sub[size_t(r * in + i)];
-          d[size_t(i)] += e * e;
-        }
+      d.assign(size_t(in), 0.0);
+      parallel_for(0, size_t(in), 64, [&](size_t c0, size_t c1) {
+        for (int64_t r = 0; r < n; ++r)
+          for (size_t i = c0; i < c1; ++i) {
+            const double e = double(xq[size_t(r * in) + i]) - sub[size_t(r * in) + i];
+            d[i] += e * e;
+          }
+      });
       const double f = n > 0 ? double(gram->count()) / double(n) : 0.0;
       for (auto& v : d) v *= f;
       std::vector<float> t;
       if (wiener_weights(wcat.data(), out_total, in, H, d, &t)) target = std::move(t);
-      for (int64_t i = 0; i < in; ++i) H[size_t(i * in + i)] += d[size_t(i)];
     }
-    float tmax = 0.0f;
-    for (float v : target) tmax = std::max(tmax, std::fabs(v));
+    const std::vector<float>& tw = target.empty() ? wcat : target;
+    const float tmax = abs_max(tw);
     const float tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
-    QuantizedWeight qcat = rtn(target.data(), out_total, in, tscale);
+    QuantizedWeight qcat = rtn(tw.data(), out_total, in, tscale);
     nlohmann::json r = {{"weights", "rtn"}};
+    std::vector<double> err, err_rtn;
     if (gram) {
       // quant/gptq.h on the fp8 grid with the RTN scales fixed; one lazy batch spanning all
-      // columns (rank-1 updates only, the rounding order fp8 GPTQ has always had).
+      // columns (rank-1 updates only, the rounding order fp8 GPTQ has always had). The solve
+      // sees H + D; the report the undamped H, the original weights and their plain rounding
+      // (the RTN reference scale), per linear.
       GptqOptions o;
       o.grid = fp8_e4m3_grid();
       o.group = qcat.group;
@@ -301,37 +336,32 @@ class Fp8Quantizer : public BlockQuantizer {
       o.act_order = ActOrder::None;
       o.block_size = int(in);
       o.weighted_search = false;
-      o.report_errors = false;
-      o.report_rtn = false;
-      GptqResult g = gptq_quantize(target.data(), out_total, in, H.data(), o,
+      o.h_add = d;
+      o.report_errors = report_errors_;
+      o.report_rtn = report_errors_;
+      o.error_ref = wcat.data();
+      o.error_ref_scales = rtn_scales(wcat, out_total, in, wscale(job, slots));
+      o.report_rows = row0;
+      GptqResult g = gptq_quantize(tw.data(), out_total, in, H.data(), o,
                                    job.module_name(slots[0]));
       qcat = std::move(g.qw);
       if (!g.report.fallback) r = {{"weights", aa_ ? "gptq_aa" : "gptq"}, {"damp", g.report.damp}};
       else r = {{"weights", "rtn"}, {"fallback", true}};
       if (g.report.dead_columns > 0) r["dead_columns"] = g.report.dead_columns;
+      err = std::move(g.report.rel_errors);
+      err_rtn = std::move(g.report.rel_errors_rtn);
     }
-    const float wsc = wscale(job, slots);
     std::vector<QuantizedWeight> qws;
     std::vector<nlohmann::json> wrep;
     for (size_t k = 0; k < slots.size(); ++k) {
-      const int64_t out = row0[k + 1] - row0[k];
       QuantizedWeight qw = slice_rows(qcat, row0[k], row0[k + 1]);
       nlohmann::json rk = r;
-      if (gram && report_errors_) {
-        // Output error of these codes and of plain rounding, on the calibration inputs.
-        const float* w = job.dense(slots[k]).weight().data();
-        const std::vector<float> dq = qw.dequantize();
-        const std::vector<float> dr = rtn(w, out, in, wsc).dequantize();
-        const std::vector<double> e =
-            relative_output_errors(w, {dq.data(), dr.data()}, out, in, Hrep.data());
-        rk["rel_output_error"] = e[0];
-        rk["rel_output_error_rtn"] = e[1];
-      }
+      if (err.size() == slots.size()) rk["rel_output_error"] = err[k];
+      if (err_rtn.size() == slots.size()) rk["rel_output_error_rtn"] = err_rtn[k];
       qws.push_back(std::move(qw));
       wrep.push_back(std::move(rk));
     }
     H.clear();
-    H0.clear();
     const double weights_s = seconds_since(t_weights);
 
     // 3. fp8_static: the input scale (abs-max, or the clipping search).

@@ -179,13 +179,14 @@ __global__ void prep_w_kernel(const float* W, int64_t out, int64_t n, const int3
 
 // hp[j, k] = H[perm j, perm k], a dead column's diagonal 1.
 __global__ void perm_h_kernel(const double* H, int64_t n, const int32_t* perm,
-                              const uint8_t* dead, double* hp) {
+                              const uint8_t* dead, const double* hadd, double* hp) {
   const int64_t total = n * n;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = e / n, k = e % n;
     const int32_t pj = perm[j];
-    hp[e] = (j == k && dead[pj]) ? 1.0 : H[int64_t(pj) * n + perm[k]];
+    const double h = H[int64_t(pj) * n + perm[k]];
+    hp[e] = (j == k && dead[pj]) ? 1.0 : (j == k && hadd) ? h + hadd[pj] : h;
   }
 }
 
@@ -276,7 +277,7 @@ __global__ void row_dot_kernel(const float* x, const float* m, int64_t rows, int
 // deliberately never destroyed (the process' exit releases the device).
 struct SolverBufs {
   DevBuf H, HP, A, U, W, Wn, Wz, E, codes, scales, zeros, gidx, imp, impn, perm, dead, work, info,
-      bytes, rs, rz, Hf, X, M, q;
+      bytes, rs, rz, Hf, X, M, q, hadd, Wr;
 };
 SolverBufs& bufs() {
   static SolverBufs* b = new SolverBufs;
@@ -447,6 +448,8 @@ bool gptq_layer(GptqLayerJob& job) {
   const double* H = upload_to(b.H, job.h, n * n, st);
   const int32_t* perm = upload_to(b.perm, job.perm, n, st);
   const uint8_t* dead = upload_to(b.dead, job.dead, n, st);
+  const double* hadd = job.h_add ? upload_to(b.hadd, job.h_add, n, st) : nullptr;
+  const float* Wr = job.w_ref ? upload_to(b.Wr, job.w_ref, on, st) : Wn;
   const float* impn = job.imp_nat ? upload_to(b.impn, job.imp_nat, n, st) : nullptr;
 
   // Processing order.
@@ -455,7 +458,7 @@ bool gptq_layer(GptqLayerJob& job) {
   prep_w_kernel<<<elem_grid(on), 256, 0, st>>>(Wn, out, n, perm, dead, Wz, Wp);
   LLMC_CU_LAUNCH("prep_w_kernel");
   double* hp = b.HP.as<double>(size_t(n * n));
-  perm_h_kernel<<<elem_grid(n * n), 256, 0, st>>>(H, n, perm, dead, hp);
+  perm_h_kernel<<<elem_grid(n * n), 256, 0, st>>>(H, n, perm, dead, hadd, hp);
   LLMC_CU_LAUNCH("perm_h_kernel");
 
   // Parameters known before the solve.
@@ -506,7 +509,7 @@ bool gptq_layer(GptqLayerJob& job) {
   float* X = rows_x ? b.X.as<float>(size_t(rows_x * on)) : nullptr;
   uint8_t* bytes = b.bytes.as<uint8_t>(size_t(on));
   decode_kernel<<<elem_grid(on), 256, 0, st>>>(g, a.codes, out, n, perm, scales, zeros, stride,
-                                               a.params_given, gidx, s.group, Wn, bytes,
+                                               a.params_given, gidx, s.group, Wr, bytes,
                                                X ? X + on : nullptr);
   LLMC_CU_LAUNCH("decode_kernel");
   LLMC_CU(cudaMemcpyAsync(job.code_bytes, bytes, size_t(on), cudaMemcpyDeviceToHost, st));
@@ -517,20 +520,22 @@ bool gptq_layer(GptqLayerJob& job) {
                             cudaMemcpyDeviceToHost, st));
 
   if (X) {
-    LLMC_CU(cudaMemcpyAsync(X, Wn, size_t(on) * sizeof(float), cudaMemcpyDeviceToDevice, st));
+    LLMC_CU(cudaMemcpyAsync(X, Wr, size_t(on) * sizeof(float), cudaMemcpyDeviceToDevice, st));
     if (job.report_rtn) {
-      // Plain RTN on the same grid: quant/gptq.cpp rtn_on_grid.
+      // Plain RTN on the same grid: quant/gptq.cpp rtn_on_grid (of w_ref with ref_scales).
       float* rs = b.rs.as<float>(size_t(nparams));
       int32_t* rz = zeros ? b.rz.as<int32_t>(size_t(nparams)) : nullptr;
-      if (s.fp8) {
+      if (job.w_ref) {
+        upload_to(b.rs, job.ref_scales, nparams, st);
+      } else if (s.fp8) {
         upload_to(b.rs, job.fixed_scales, nparams, st);
       } else {
         params_kernel<<<warp_grid(out * ((n + gs - 1) / gs)), 256, 0, st>>>(g, Wz, out, n, gs,
                                                                             impn, rs, rz);
         LLMC_CU_LAUNCH("params_kernel");
       }
-      rtn_diff_kernel<<<elem_grid(on), 256, 0, st>>>(g, Wz, Wn, out, n, gs, stride, rs, rz,
-                                                     X + 2 * on);
+      rtn_diff_kernel<<<elem_grid(on), 256, 0, st>>>(g, job.w_ref ? Wr : Wz, Wr, out, n, gs,
+                                                     stride, rs, rz, X + 2 * on);
       LLMC_CU_LAUNCH("rtn_diff_kernel");
     }
     // q_r = x_r H x_rᵀ: x · H (fp32 GEMM, H symmetric), then fp64 row dots.
@@ -550,11 +555,29 @@ bool gptq_layer(GptqLayerJob& job) {
     std::vector<double> hq(static_cast<size_t>(R));
     LLMC_CU(cudaMemcpyAsync(hq.data(), q, size_t(R) * sizeof(double), cudaMemcpyDeviceToHost, st));
     LLMC_CU(cudaStreamSynchronize(st));
-    double part[3] = {0, 0, 0};
+    // Sums per report range (one range: the whole layer), in row order as before.
+    const int64_t whole[2] = {0, out};
+    const int64_t* rb = job.n_report_rows > 0 ? job.report_rows : whole;
+    const int nr = job.n_report_rows > 0 ? job.n_report_rows - 1 : 1;
+    std::vector<double> part(size_t(3 * nr), 0.0);
+    double tot[3] = {0, 0, 0};
     for (int k = 0; k < rows_x; ++k)
-      for (int64_t r = 0; r < out; ++r) part[k] += hq[size_t(k * out + r)];
-    job.rel_error = part[0] > 0 ? part[1] / part[0] : 0.0;
-    if (job.report_rtn) job.rel_error_rtn = part[0] > 0 ? part[2] / part[0] : 0.0;
+      for (int i = 0; i < nr; ++i) {
+        for (int64_t r = rb[i]; r < rb[i + 1]; ++r) part[size_t(k * nr + i)] += hq[size_t(k * out + r)];
+        tot[k] += part[size_t(k * nr + i)];
+      }
+    auto ratio = [](double a, double d) { return d > 0 ? a / d : 0.0; };
+    job.rel_error = ratio(tot[1], tot[0]);
+    if (job.report_rtn) job.rel_error_rtn = ratio(tot[2], tot[0]);
+    if (job.n_report_rows > 0) {
+      job.rel_errors.assign(size_t(nr), 0.0);
+      for (int i = 0; i < nr; ++i) job.rel_errors[size_t(i)] = ratio(part[size_t(nr + i)], part[size_t(i)]);
+      if (job.report_rtn) {
+        job.rel_errors_rtn.assign(size_t(nr), 0.0);
+        for (int i = 0; i < nr; ++i)
+          job.rel_errors_rtn[size_t(i)] = ratio(part[size_t(2 * nr + i)], part[size_t(i)]);
+      }
+    }
   }
   LLMC_CU(cudaStreamSynchronize(st));
   return true;
