@@ -153,6 +153,10 @@ std::vector<float> nasty_activations(int64_t rows, int64_t cols, uint32_t seed) 
   return x;
 }
 
+// The GPU-vs-CPU comparisons below hold at fp32 tolerances: TF32 (the default for forwards) is
+// switched off for the whole binary; the tests that exercise TF32 switch it on themselves.
+const bool kTestsInFp32 = (be::set_cuda_tf32(false), true);
+
 // RAII device selection for a test.
 struct DeviceGuard {
   be::Device prev;
@@ -253,6 +257,12 @@ TEST(Backend, Tf32Flag) {
   be::set_cuda_tf32(false);
   EXPECT_FALSE(be::cuda_tf32());
   be::set_cuda_tf32(prev);
+  EXPECT_TRUE(kTestsInFp32);
+  std::string out;
+  EXPECT_EQ(test::run_cli("--cuda-fp32 inspect " + test::model_dir("qwen3-tiny").string(), &out), 0)
+      << out;
+  EXPECT_EQ(test::run_cli("--help", &out), 0);
+  EXPECT_NE(out.find("--cuda-fp32"), std::string::npos) << out;
 }
 
 // =============================================================================================
@@ -1614,6 +1624,10 @@ TEST(CudaSearch, MethodChoicesMatchCpu) {
     }
     int same = 0, total = 0;
     if (std::string(k.method) == "fp8_static") {
+      // True-sequential: a group's inputs come through the groups (and blocks) quantized before
+      // it, so one flipped choice moves every later Hessian. Block 0's q/k/v see the same
+      // inputs on both devices (up to fp32 summation order): their RTN baseline and choice must
+      // agree closely; later groups only within the search's tolerance, most choices equal.
       for (const auto& [name, l] : rep[0]["layers"].items()) {
         const auto& lg = rep[1]["layers"][name];
         ++total;
@@ -1621,8 +1635,17 @@ TEST(CudaSearch, MethodChoicesMatchCpu) {
         EXPECT_NEAR(lg["group_out_rel_error"].get<double>(), l["group_out_rel_error"].get<double>(),
                     2e-2 * l["group_out_rel_error"].get<double>()) << name;
         EXPECT_NEAR(lg["rel_output_error_rtn"].get<double>(), l["rel_output_error_rtn"].get<double>(),
-                    1e-3 * l["rel_output_error_rtn"].get<double>()) << name;
+                    2e-2 * l["rel_output_error_rtn"].get<double>()) << name;
+        if (name.rfind("model.layers.0.self_attn.", 0) == 0 && name.find("o_proj") == std::string::npos) {
+          EXPECT_NEAR(lg["rel_output_error_rtn"].get<double>(),
+                      l["rel_output_error_rtn"].get<double>(),
+                      1e-4 * l["rel_output_error_rtn"].get<double>()) << name;
+          EXPECT_EQ(l["input_clip_ratio"], lg["input_clip_ratio"]) << name;
+        }
       }
+      std::printf("  fp8_static: %d of %d input clip ratios identical\n", same, total);
+      EXPECT_GE(same, total / 2);
+      continue;
     } else {
       for (const auto& [layer, m] : rep[0]["summary"]["awq"]["alphas"].items())
         for (const auto& [map, a] : m.items()) {

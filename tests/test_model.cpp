@@ -928,6 +928,53 @@ TEST(EdgeCases, BatchOfOneTokenEqualsFirstPosition) {
   }
 }
 
+// load_for_calibration: embed() equals load()'s, rows converted from the checkpoint's tensor
+// (bf16 here); the embedding, norm and lm_head get load()'s checks up front and nothing else.
+TEST(LoadForCalibration, EmbedsLikeLoadAndChecksTheRest) {
+  for (bool tied : {true, false}) {
+    json cfg = tiny_config_v5();
+    cfg["tie_word_embeddings"] = tied;
+    Checkpoint ck = synthetic_checkpoint(cfg);
+    const int64_t V = cfg["vocab_size"].get<int64_t>(), H = cfg["hidden_size"].get<int64_t>();
+    std::vector<float> e(size_t(V * H));
+    for (size_t i = 0; i < e.size(); ++i) e[i] = 0.01f * float(int(i % 97) - 48);
+    mem_of(ck).put("model.embed_tokens.weight", {V, H}, e, DType::BF16);
+    if (!tied) mem_of(ck).put("lm_head.weight", {V, H}, e, DType::BF16);
+    auto full = Model::load(ck);
+    auto cal = Model::load_for_calibration(ck);
+    const std::vector<int32_t> ids = {0, 5, int32_t(V - 1), 5};
+    std::vector<float> a(ids.size() * size_t(H)), b(a.size());
+    full->embed(ids.data(), int64_t(ids.size()), a.data());
+    cal->embed(ids.data(), int64_t(ids.size()), b.data());
+    EXPECT_EQ(a, b);
+    const int32_t bad_id = int32_t(V);
+    EXPECT_THROW(cal->embed(&bad_id, 1, b.data()), Error);
+    const std::string msg = error_of([&] { cal->forward({1, 2}, 1, 2); });
+    EXPECT_NE(msg.find("loaded for calibration"), std::string::npos) << msg;
+    // Block runs work as with load().
+    std::vector<float> x1 = a, x2 = a;
+    full->run_block(0, x1.data(), 1, int(ids.size()));
+    cal->run_block(0, x2.data(), 1, int(ids.size()));
+    EXPECT_EQ(x1, x2);
+    // Non-finite values anywhere in the embedding, norm or an untied lm_head are refused.
+    for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
+      if (tied && std::string(name) == "lm_head.weight") continue;
+      Checkpoint bad = synthetic_checkpoint(cfg);
+      const bool norm = std::string(name) == "model.norm.weight";
+      std::vector<float> v(norm ? size_t(H) : e.size(), 0.25f);
+      v[v.size() - 3] = NAN;
+      mem_of(bad).put(name, norm ? Shape{H} : Shape{V, H}, v, DType::BF16);
+      const std::string m = error_of([&] { Model::load_for_calibration(bad); });
+      EXPECT_NE(m.find(std::string(name) + " holds a non-finite value (nan at element " +
+                       std::to_string(v.size() - 3) + ")"), std::string::npos) << m;
+    }
+    Checkpoint missing = synthetic_checkpoint(cfg);
+    mem_of(missing).erase("model.norm.weight");
+    EXPECT_NE(error_of([&] { Model::load_for_calibration(missing); }).find("model.norm.weight is missing"),
+              std::string::npos);
+  }
+}
+
 TEST(LoadErrors, MissingWrongShapeNanAndMissingBias) {
   {
     Checkpoint ck = synthetic_checkpoint(tiny_config_v5());

@@ -122,7 +122,7 @@ bool cuda_tf32() {
   int t = g_tf32.load(std::memory_order_relaxed);
   if (t < 0) {
     const char* e = std::getenv("LLMC_CUDA_TF32");
-    t = (e && (std::strcmp(e, "1") == 0 || std::strcmp(e, "on") == 0)) ? 1 : 0;
+    t = (e && (std::strcmp(e, "0") == 0 || std::strcmp(e, "off") == 0)) ? 0 : 1;
     g_tf32.store(t);
   }
   return t == 1;

@@ -9,7 +9,9 @@
 //  * Every operation below computes the same function on either device. Integer/fp8 decoding and
 //    activation fake-quantization are bit-exact across devices (a NaN stays NaN, its payload may
 //    differ); GEMM and Xᵀ·X differ from the
-//    CPU only by float32 summation order (TF32 is off unless set_cuda_tf32(true)).
+//    CPU only by float32 summation order — except where TF32 applies (cuda_tf32(): the block
+//    forwards' GEMMs and attention, and the dense GEMM of eval/generate; never statistics,
+//    solvers, searches or error reports).
 //  * GPU entry points are safe to call from any thread (calls are serialized). Host buffers are
 //    ordinary memory; every call returns with its outputs written (no asynchrony leaks out).
 //  * Weights used by try_gemm_xwt / try_qlinear_forward stay resident on the GPU in a bounded
@@ -46,8 +48,10 @@ Device device();
 // Called lazily by device(); the CLI calls it explicitly so the error surfaces early.
 void init_device_from_env();
 
-// TF32 tensor-core math for GPU GEMMs (faster, ~1e-3 relative error). Off by default; env
-// LLMC_CUDA_TF32=1 turns it on.
+// TF32 tensor-core math for the GPU's forward GEMMs and attention (~3x faster, ~1e-3 relative
+// error per product; heldout ppl/KL of quantized qwen3-small unchanged beyond the noise of
+// rounding choices, bench/results/cuda_quality.json). On by default; env LLMC_CUDA_TF32=0 (or
+// off) or the CLI's --cuda-fp32 turns it off.
 void set_cuda_tf32(bool on);
 bool cuda_tf32();
 

@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
                  "compute device for GEMMs, Hessians and dequantization: cpu, cuda or auto "
                  "(default: $LLMC_DEVICE, else cpu)")
       ->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
+  bool cuda_fp32 = false;
+  app.add_flag("--cuda-fp32", cuda_fp32,
+               "GPU forwards and attention in full fp32 (default: TF32 tensor cores, or "
+               "$LLMC_CUDA_TF32=0 for fp32; statistics, solvers and searches are always fp32)");
   app.fallthrough();
 
   auto& table = cli::command_table();
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   install_signal_cleanup();
+  if (cuda_fp32) backend::set_cuda_tf32(false);
   try {
     if (device_opt.empty()) backend::init_device_from_env();
     else backend::set_device(backend::parse_device(device_opt));

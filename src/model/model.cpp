@@ -8,14 +8,18 @@
 
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/progress.h"
 #include "core/threads.h"
 #include "model/arch.h"
 
 namespace llmc {
 
-std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string& name,
-                                   const Shape& expect) {
+namespace {
+
+// The tensor `name` after the checks every weight read gets: present, a float dtype, `expect`.
+TensorRef checked_float_tensor(const TensorReader& reader, const std::string& name,
+                               const Shape& expect) {
   if (!reader.has(name)) fail(reader.origin(), ": tensor ", name, " is missing");
   TensorRef ref = reader.get(name);
   if (!dtype_traits(ref.info.dtype).is_float)
@@ -24,9 +28,13 @@ std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string
   if (ref.info.shape != expect)
     fail(reader.origin(), ": tensor ", name, " has shape ", shape_str(ref.info.shape),
          ", expected ", shape_str(expect));
-  std::vector<float> v = ref.to_f32();
+  return ref;
+}
+
+// Element index of the first non-finite value of v[0, n) plus `base`, or -1.
+int64_t first_non_finite(const float* v, size_t n, int64_t base) {
   std::atomic<int64_t> bad{-1};
-  parallel_for(0, v.size(), 1 << 16, [&](size_t b, size_t e) {
+  parallel_for(0, n, 1 << 16, [&](size_t b, size_t e) {
     for (size_t i = b; i < e; ++i)
       if (!std::isfinite(v[i])) {
         int64_t expected = -1;
@@ -34,10 +42,42 @@ std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string
         return;
       }
   });
-  if (bad >= 0)
-    fail(reader.origin(), ": tensor ", name, " holds a non-finite value (", v[bad.load()],
-         " at element ", bad.load(), ")");
+  return bad < 0 ? -1 : base + bad.load();
+}
+
+[[noreturn]] void fail_non_finite(const TensorReader& reader, const std::string& name, float v,
+                                  int64_t at) {
+  fail(reader.origin(), ": tensor ", name, " holds a non-finite value (", v, " at element ", at,
+       ")");
+}
+
+}  // namespace
+
+std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string& name,
+                                   const Shape& expect) {
+  std::vector<float> v = checked_float_tensor(reader, name, expect).to_f32();
+  const int64_t bad = first_non_finite(v.data(), v.size(), 0);
+  if (bad >= 0) fail_non_finite(reader, name, v[size_t(bad)], bad);
   return v;
+}
+
+TensorRef check_f32_tensor(const TensorReader& reader, const std::string& name,
+                           const Shape& expect) {
+  TensorRef ref = checked_float_tensor(reader, name, expect);
+  const size_t es = dtype_size(ref.info.dtype), n = size_t(ref.info.numel());
+  constexpr size_t kChunk = size_t(1) << 22;  // elements converted at a time
+  std::vector<float> buf(std::min(n, kChunk));
+  const uint8_t* base = static_cast<const uint8_t*>(ref.data);
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const size_t m = std::min(kChunk, n - i0);
+    parallel_for(0, m, 1 << 16, [&](size_t b, size_t e) {
+      to_f32(ref.info.dtype, base + (i0 + b) * es, buf.data() + b, e - b);
+    });
+    const int64_t bad = first_non_finite(buf.data(), m, int64_t(i0));
+    if (bad >= 0) fail_non_finite(reader, name, buf[size_t(bad) - i0], bad);
+    release_mapped_pages(base + i0 * es, m * es);
+  }
+  return ref;
 }
 
 std::shared_ptr<Linear> LinearFactory::make(const TensorReader& tensors, const std::string& prefix,
@@ -79,10 +119,14 @@ struct Buf {
   }
 };
 
+// What a TransformerModel reads besides the blocks: embeddings, final norm and lm_head (load),
+// nothing (load_blocks_only), or embedding rows on demand (load_for_calibration).
+enum class Io { Full, BlocksOnly, EmbedRows };
+
 class TransformerModel final : public Model {
  public:
   TransformerModel(const Checkpoint& ckpt, std::shared_ptr<const LinearFactory> factory,
-                   bool blocks_only)
+                   Io io)
       : ckpt_(ckpt), factory_(std::move(factory)) {
     if (!ckpt.tensors) fail(ckpt.path.string(), ": checkpoint has no tensors");
     const std::string origin = ckpt.format == CheckpointFormat::HF
@@ -96,7 +140,21 @@ class TransformerModel final : public Model {
     routed_.resize(size_t(cfg_.num_layers));
     for (int l = 0; l < cfg_.num_layers; ++l) routed_[size_t(l)].assign(size_t(layouts_[size_t(l)].num_experts), 0);
     inv_freq_ = cpu::rope_inv_freq(cfg_.rope, cfg_.head_dim);
-    if (!blocks_only) load_io();
+    if (io == Io::Full) load_io();
+    if (io == Io::EmbedRows) check_io();
+  }
+
+  // Load's checks of the embedding, final norm and lm_head, keeping only the embedding's view.
+  void check_io() {
+    const TensorReader& t = *ckpt_.tensors;
+    const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+    embed_ref_ = check_f32_tensor(t, arch_->embed, {V, H});
+    check_f32_tensor(t, arch_->final_norm, {H});
+    if (!cfg_.tie_word_embeddings) {
+      const std::string head = arch_->lm_head;
+      check_f32_tensor(t, head + ".weight", {V, H});
+      if (t.has(head + ".bias")) check_f32_tensor(t, head + ".bias", {V});
+    }
   }
 
   // Embeddings, final norm and lm_head (Model::load; skipped for blocks_only).
@@ -114,18 +172,29 @@ class TransformerModel final : public Model {
     io_ = true;
   }
   void need_io() const {
-    if (!io_) fail("model loaded with blocks only: no embeddings or lm_head");
+    if (!io_)
+      fail(embed_ref_.data ? "model loaded for calibration: no final norm or lm_head"
+                           : "model loaded with blocks only: no embeddings or lm_head");
   }
 
   const ModelConfig& config() const override { return cfg_; }
 
   void embed(const int32_t* ids, int64_t rows, float* hidden) const override {
-    need_io();
+    if (!embed_ref_.data) need_io();
     const int64_t H = cfg_.hidden_size;
     for (int64_t r = 0; r < rows; ++r)
       if (ids[r] < 0 || ids[r] >= cfg_.vocab_size)
         fail("token id ", ids[r], " at position ", r, " is outside the vocabulary [0, ",
              cfg_.vocab_size, ")");
+    if (!io_) {  // calibration: the rows from the checkpoint's embedding, converted as in load()
+      const DType dt = embed_ref_.info.dtype;
+      const size_t row_bytes = size_t(H) * dtype_size(dt);
+      parallel_for(0, size_t(rows), 64, [&](size_t r0, size_t r1) {
+        for (size_t r = r0; r < r1; ++r)
+          to_f32(dt, embed_ref_.data + size_t(ids[r]) * row_bytes, hidden + r * H, size_t(H));
+      });
+      return;
+    }
     parallel_for(0, size_t(rows), 64, [&](size_t r0, size_t r1) {
       for (size_t r = r0; r < r1; ++r)
         std::memcpy(hidden + r * H, embed_.data() + size_t(ids[r]) * H, H * sizeof(float));
@@ -734,6 +803,7 @@ class TransformerModel final : public Model {
   ModelConfig cfg_;
   const ArchSpec* arch_ = nullptr;
   std::vector<float> embed_, norm_;
+  TensorRef embed_ref_;  // Io::EmbedRows: the checkpoint's embedding
   std::shared_ptr<Linear> head_;
   bool io_ = false;
   std::vector<std::unique_ptr<BlockWeights>> blocks_;
@@ -751,11 +821,15 @@ class TransformerModel final : public Model {
 
 std::unique_ptr<Model> Model::load(const Checkpoint& ckpt,
                                    std::shared_ptr<const LinearFactory> factory) {
-  return std::make_unique<TransformerModel>(ckpt, std::move(factory), false);
+  return std::make_unique<TransformerModel>(ckpt, std::move(factory), Io::Full);
 }
 
 std::unique_ptr<Model> Model::load_blocks_only(const Checkpoint& ckpt) {
-  return std::make_unique<TransformerModel>(ckpt, nullptr, true);
+  return std::make_unique<TransformerModel>(ckpt, nullptr, Io::BlocksOnly);
+}
+
+std::unique_ptr<Model> Model::load_for_calibration(const Checkpoint& ckpt) {
+  return std::make_unique<TransformerModel>(ckpt, nullptr, Io::EmbedRows);
 }
 
 }  // namespace llmc

@@ -65,6 +65,10 @@ struct KVCache {
 // only finite values; errors name the tensor and reader.origin().
 std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string& name,
                                    const Shape& expect);
+// The same checks with the same errors, streaming (a few MB converted at a time, the tensor's
+// mapped pages released after), keeping nothing: returns the reader's view of the tensor.
+TensorRef check_f32_tensor(const TensorReader& reader, const std::string& name,
+                           const Shape& expect);
 
 class Model {
  public:
@@ -75,6 +79,11 @@ class Model {
   // Config and lazily read decoder blocks only (no embeddings, final norm or lm_head: embed,
   // forward and lm_head throw llmc::Error): what quantizing without calibration needs.
   static std::unique_ptr<Model> load_blocks_only(const Checkpoint& ckpt);
+  // What calibration needs: config, lazily read blocks and embed(), which converts the rows it
+  // looks up from the checkpoint's (mapped) embedding — no fp32 copy of the vocabulary matrix.
+  // The embedding, final norm and lm_head get load()'s checks (dtype, shape, finite) up front
+  // but are not kept; forward and lm_head throw llmc::Error.
+  static std::unique_ptr<Model> load_for_calibration(const Checkpoint& ckpt);
   virtual ~Model() = default;
 
   virtual const ModelConfig& config() const = 0;

@@ -61,8 +61,7 @@ QuantizedWeight awq_decode(const TensorReader& r, const std::string& prefix, int
     fail(origin, ": awq without zero points is not supported");
   TensorRef qt = need(r, prefix + ".qweight");
   expect_dtype(r, qt, {DType::I32});
-  if (qt.info.shape.size() != 2)
-    fail(origin, ": tensor ", qt.info.name, " has shape ", shape_str(qt.info.shape), ", expected 2-D");
+  two_d(r, qt);
   QuantizedWeight w;
   w.kind = QKind::INT;
   w.bits = 4;
@@ -72,13 +71,8 @@ QuantizedWeight awq_decode(const TensorReader& r, const std::string& prefix, int
   w.group = gs;
   if (w.in % gs) fail(origin, ": ", prefix, ": in_features ", w.in, " not divisible by group ", gs);
   const int64_t ng = w.n_groups(), oc = w.out / 8;
-  TensorRef zt = need(r, prefix + ".qzeros");
-  expect_dtype(r, zt, {DType::I32});
-  expect_shape(r, zt, {ng, oc});
-  TensorRef st = need(r, prefix + ".scales");
-  expect_shape(r, st, {ng, w.out});
-  std::vector<float> s = read_floats(r, st);
-  std::vector<uint32_t> qw = read_words(r, qt), qz = read_words(r, zt);
+  auto [s, qz] = read_group_params(r, prefix, ng, oc, w.out);
+  std::vector<uint32_t> qw = read_words(r, qt);
   std::vector<int32_t> row(size_t(w.out));
   {
     // Unpack to [in, out], then transpose to [out, in] in tiles.

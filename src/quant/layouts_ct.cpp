@@ -323,14 +323,7 @@ QuantizedWeight ct_decode(const TensorReader& r, const std::string& prefix, int6
       }
     }
     const std::string gname = prefix + ".weight_g_idx";
-    if (r.has(gname)) {
-      TensorRef gt = r.get(gname);
-      expect_dtype(r, gt, {DType::I32, DType::I64});
-      expect_shape(r, gt, {w.in});
-      w.g_idx.resize(size_t(w.in));
-      for (int64_t i = 0; i < w.in; ++i)
-        w.g_idx[size_t(i)] = load_index(gt, size_t(i));
-    }
+    if (r.has(gname)) w.g_idx = read_g_idx(r, gname, w.in);
   } else {
     TensorRef wt = need(r, prefix + ".weight");
     if (wt.info.shape.size() != 2) expect_shape(r, wt, {std::max<int64_t>(out, 0), std::max<int64_t>(in, 0)});

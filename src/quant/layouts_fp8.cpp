@@ -20,8 +20,7 @@ QuantizedWeight fp8_decode(const TensorReader& r, const std::string& prefix, int
   const std::string origin = r.origin();
   TensorRef wt = need(r, prefix + ".weight");
   expect_dtype(r, wt, {DType::F8_E4M3});
-  if (wt.info.shape.size() != 2)
-    fail(origin, ": tensor ", wt.info.name, " has shape ", shape_str(wt.info.shape), ", expected 2-D");
+  two_d(r, wt);
   QuantizedWeight w;
   w.kind = QKind::FP8;
   w.bits = 8;

@@ -73,8 +73,7 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
   const int32_t zoff = fmt == "gptq" ? 1 : 0;  // v1 stores zero - 1
   TensorRef qt = need(r, prefix + ".qweight");
   expect_dtype(r, qt, {DType::I32});
-  if (qt.info.shape.size() != 2)
-    fail(origin, ": tensor ", qt.info.name, " has shape ", shape_str(qt.info.shape), ", expected 2-D");
+  two_d(r, qt);
   QuantizedWeight w;
   w.kind = QKind::INT;
   w.bits = b;
@@ -88,13 +87,8 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
   w.group = gs > 0 ? gs : -1;
   const int64_t ng = w.n_groups();
   const int64_t zc = w.out * b / 32;
-  TensorRef zt = need(r, prefix + ".qzeros");
-  expect_dtype(r, zt, {DType::I32});
-  expect_shape(r, zt, {ng, zc});
-  TensorRef st = need(r, prefix + ".scales");
-  expect_shape(r, st, {ng, w.out});
-  std::vector<float> s = read_floats(r, st);
-  std::vector<uint32_t> qw = read_words(r, qt), qz = read_words(r, zt);
+  auto [s, qz] = read_group_params(r, prefix, ng, zc, w.out);
+  std::vector<uint32_t> qw = read_words(r, qt);
   std::vector<int32_t> z(size_t(w.out * ng)), row(size_t(w.out));
   bool all_mid = true;
   for (int64_t g = 0; g < ng; ++g) {
@@ -147,12 +141,7 @@ QuantizedWeight gptq_decode(const TensorReader& r, const std::string& prefix, in
   }
   const std::string gname = prefix + ".g_idx";
   if (r.has(gname)) {
-    TensorRef gt = r.get(gname);
-    expect_dtype(r, gt, {DType::I32, DType::I64});
-    expect_shape(r, gt, {w.in});
-    w.g_idx.resize(size_t(w.in));
-    for (int64_t i = 0; i < w.in; ++i)
-      w.g_idx[size_t(i)] = load_index(gt, size_t(i));
+    w.g_idx = read_g_idx(r, gname, w.in);
     if (w.group < 0) {  // per-channel: g_idx must be all zero
       for (int32_t v : w.g_idx)
         if (v != 0) fail(origin, ": tensor ", gname, " refers to groups, but group_size is -1");

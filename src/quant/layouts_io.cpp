@@ -182,6 +182,25 @@ std::string regex_escape(const std::string& s) {
   return o;
 }
 
+GroupParams read_group_params(const TensorReader& r, const std::string& prefix, int64_t ng,
+                              int64_t zcols, int64_t out) {
+  TensorRef zt = need(r, prefix + ".qzeros");
+  expect_dtype(r, zt, {DType::I32});
+  expect_shape(r, zt, {ng, zcols});
+  TensorRef st = need(r, prefix + ".scales");
+  expect_shape(r, st, {ng, out});
+  return {read_floats(r, st), read_words(r, zt)};
+}
+
+std::vector<int32_t> read_g_idx(const TensorReader& r, const std::string& name, int64_t in) {
+  TensorRef gt = r.get(name);
+  expect_dtype(r, gt, {DType::I32, DType::I64});
+  expect_shape(r, gt, {in});
+  std::vector<int32_t> g(static_cast<size_t>(in));
+  for (int64_t i = 0; i < in; ++i) g[size_t(i)] = load_index(gt, size_t(i));
+  return g;
+}
+
 Shape two_d(const TensorReader& r, const TensorRef& t) {
   if (t.info.shape.size() != 2)
     fail(r.origin(), ": tensor ", t.info.name, " has shape ", shape_str(t.info.shape), ", expected 2-D");

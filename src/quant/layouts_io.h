@@ -57,6 +57,16 @@ void read_block_scales(const TensorReader& r, const TensorRef& t, int64_t bo, in
 void read_bias(const TensorReader& r, const std::string& prefix, QuantizedWeight& w);
 // Clears a trivial g_idx and validates the weight (errors prefixed with r.origin()).
 void finish_decode(const TensorReader& r, const std::string& prefix, QuantizedWeight& w);
+// "<prefix>.scales" [ng, out] (floats) and "<prefix>.qzeros" [ng, zcols] (int32 words), as the
+// gptq and awq layouts store them.
+struct GroupParams {
+  std::vector<float> scales;
+  std::vector<uint32_t> zero_words;
+};
+GroupParams read_group_params(const TensorReader& r, const std::string& prefix, int64_t ng,
+                              int64_t zcols, int64_t out);
+// An act-order index tensor (int32/int64, shape [in]).
+std::vector<int32_t> read_g_idx(const TensorReader& r, const std::string& name, int64_t in);
 // The 2-D shape of t, else an error.
 Shape two_d(const TensorReader& r, const TensorRef& t);
 // [out, in] of an unpacked "<prefix>.weight".

@@ -140,15 +140,12 @@ class Fp8Quantizer : public BlockQuantizer {
  public:
   Fp8Quantizer(const QuantSpec& spec, bool is_static)
       : static_(is_static), true_sequential_(spec.true_sequential), damp_(spec.damp) {
-    if (static_) check_method_opts(spec, {"search", "search_rows", "weights", "report_errors"});
-    else check_method_opts(spec, {"search_rows", "weights", "report_errors"});
-    report_errors_ = spec.extra.value("report_errors", true);
-    search_ = static_ && spec.extra.value("search", true);
-    max_rows_ = spec.extra.value("search_rows", int64_t(2048));
-    if (max_rows_ < 1) fail(spec.method, ": search_rows must be positive");
-    const std::string wm = spec.extra.value("weights", std::string("gptq_aa"));
-    if (wm != "gptq" && wm != "rtn" && wm != "gptq_aa")
-      fail(spec.method, ": --method-opt weights must be gptq, gptq_aa or rtn, got '", wm, "'");
+    // Values checked against the row's opts by resolve_spec (quant/method.h); defaults there.
+    check_method_options(find_method(spec.method), spec.extra);
+    report_errors_ = method_opt<bool>(spec, "report_errors");
+    search_ = static_ && method_opt<bool>(spec, "search");
+    max_rows_ = method_opt<int64_t>(spec, "search_rows");
+    const std::string wm = method_opt<std::string>(spec, "weights");
     gptq_ = wm != "rtn";
     aa_ = wm == "gptq_aa";
     act_ = static_ ? ActQuant::FP8StaticTensor : ActQuant::FP8DynamicToken;
@@ -287,6 +284,7 @@ class Fp8Quantizer : public BlockQuantizer {
     const auto t_weights = std::chrono::steady_clock::now();
     std::vector<double> H;
     if (gram) H = gram->sum();
+    const double hsum_s = seconds_since(t_weights);
     // The group's linears share H: their rows are stacked into one target [out_total, in],
     // solved once (one factorization of H + D, one GPTQ solve) and split again.
     std::vector<int64_t> row0(slots.size() + 1, 0);
@@ -317,6 +315,8 @@ class Fp8Quantizer : public BlockQuantizer {
       std::vector<float> t;
       if (wiener_weights(wcat.data(), out_total, in, H, d, &t)) target = std::move(t);
     }
+    const double target_s = seconds_since(t_weights) - hsum_s;
+    const auto t_gptq = std::chrono::steady_clock::now();
     const std::vector<float>& tw = target.empty() ? wcat : target;
     const float tmax = abs_max(tw);
     const float tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
@@ -351,6 +351,7 @@ class Fp8Quantizer : public BlockQuantizer {
       err = std::move(g.report.rel_errors);
       err_rtn = std::move(g.report.rel_errors_rtn);
     }
+    const double gptq_s = seconds_since(t_gptq);
     std::vector<QuantizedWeight> qws;
     std::vector<nlohmann::json> wrep;
     for (size_t k = 0; k < slots.size(); ++k) {
@@ -406,7 +407,9 @@ class Fp8Quantizer : public BlockQuantizer {
                       {"group_out_rel_error_absmax", std::sqrt(base_loss / yden)},
                       {"group_out_rel_error", std::sqrt(best / yden)}});
       }
-      rep["seconds"] = {{"collect", collect_s}, {"weights", weights_s}, {"search", search_s}};
+      // weights = h_sum (H read back) + target (D, Wiener) + gptq (solve and error report) + split.
+      rep["seconds"] = {{"collect", collect_s}, {"weights", weights_s}, {"h_sum", hsum_s},
+                        {"target", target_s}, {"gptq", gptq_s}, {"search", search_s}};
       job.commit(slots[i], std::move(qw), std::move(rep));
     }
   }
@@ -430,7 +433,7 @@ std::unique_ptr<BlockQuantizer> make_fp8_dynamic_quantizer(const QuantSpec& spec
 }
 
 bool fp8_dynamic_needs_calibration(const QuantSpec& spec) {
-  return !(spec.extra.is_object() && spec.extra.value("weights", std::string()) == "rtn");
+  return method_opt<std::string>(spec, "weights") != "rtn";
 }
 
 }  // namespace llmc

@@ -72,10 +72,6 @@ class DenseQuantizer : public BlockQuantizer {
 
 }  // namespace
 
-void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*>) {
-  check_method_options(find_method(spec.method), spec.extra);
-}
-
 std::unique_ptr<BlockQuantizer> make_int_rtn_quantizer(const QuantSpec& spec) {
   const int bits = spec.bits;
   const int64_t group = spec.group;

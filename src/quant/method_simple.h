@@ -26,9 +26,5 @@ std::unique_ptr<BlockQuantizer> make_dense_quantizer(const QuantSpec& spec);
 // layer (see docs/methods.md).
 std::unique_ptr<BlockQuantizer> make_fp8_static_quantizer(const QuantSpec& spec);
 
-// Kept for method_fp8.cpp's constructor: checks spec.extra against the method's row
-// (check_method_options in quant/method.h, what resolve_spec runs); the list is not used — the
-// row's `opts` is the one list of keys. To be removed once method_fp8.cpp no longer calls it.
-void check_method_opts(const QuantSpec& spec, std::initializer_list<const char*> known);
 
 }  // namespace llmc

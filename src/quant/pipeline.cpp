@@ -377,7 +377,8 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
     return quantize_gguf(opt, ck, method, spec);
   }
   // Without calibration nothing needs the embeddings or lm_head: only blocks are read.
-  std::unique_ptr<Model> model = calibrate ? Model::load(ck) : Model::load_blocks_only(ck);
+  std::unique_ptr<Model> model =
+      calibrate ? Model::load_for_calibration(ck) : Model::load_blocks_only(ck);
   const ModelConfig& cfg = model->config();
   const ArchSpec& arch = arch_for(cfg.architecture, opt.input.string());
   for (const std::string& name : {std::string(arch.embed), std::string(arch.lm_head) + ".weight"})

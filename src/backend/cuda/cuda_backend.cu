@@ -1,7 +1,5 @@
 // backend/cuda/cuda_backend.cu — CUDA context, staging pipeline, resident-weight cache, cuBLAS
 // GEMM and Xᵀ·X accumulation (backend/cuda/cuda_backend.h).
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -9,32 +7,30 @@
 #include <string>
 
 #include "backend/cuda/cuda_context.cuh"
+#include "backend/cuda/dynlib.h"
 #include "core/error.h"
 
 namespace llmc::backend::cuda {
 
 void throw_cuda(const char* what, const char* msg) { fail("CUDA error: ", msg, " in ", what); }
 
-namespace {
-template <typename F>
-void load_symbol(void* lib, const std::string& lib_name, const char* name, F* fn) {
-  *fn = reinterpret_cast<F>(dlsym(lib, name));
-  if (!*fn) fail("CUDA backend: ", lib_name, " has no symbol ", name);
+void* open_cuda_library(const std::string& soname, const char* what) {
+  void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
+#ifdef LLMC_CUDA_LIBRARY_DIR
+  if (!lib) lib = dlopen((std::string(LLMC_CUDA_LIBRARY_DIR) + "/" + soname).c_str(), RTLD_NOW | RTLD_LOCAL);
+#endif
+  if (!lib) {
+    const char* why = dlerror();
+    fail("CUDA backend: cannot load ", soname, " (", why ? why : "not found", "); install ", what,
+         " or use --device cpu");
+  }
+  return lib;
 }
-}  // namespace
 
 const CublasApi& cublas() {
   static const CublasApi api = [] {
     const std::string name = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
-    void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
-#ifdef LLMC_CUDA_LIBRARY_DIR
-    if (!lib) lib = dlopen((std::string(LLMC_CUDA_LIBRARY_DIR) + "/" + name).c_str(), RTLD_NOW | RTLD_LOCAL);
-#endif
-    if (!lib) {
-      const char* why = dlerror();
-      fail("CUDA backend: cannot load ", name, " (", why ? why : "not found",
-           "); install cuBLAS or use --device cpu");
-    }
+    void* lib = open_cuda_library(name, "cuBLAS");
     CublasApi a{};
     load_symbol(lib, name, "cublasCreate_v2", &a.create);
     load_symbol(lib, name, "cublasSetStream_v2", &a.set_stream);
