@@ -8,6 +8,7 @@
 
 #include "backend/cpu/kernels.h"
 #include "core/error.h"
+#include "core/fs.h"
 #include "core/threads.h"
 
 namespace llmc {
@@ -84,7 +85,8 @@ std::vector<double> HessianAccumulator::hessian() const {
 std::vector<double> HessianAccumulator::sum() const { return scaled(1.0); }
 
 std::vector<double> HessianAccumulator::scaled(double f) const {
-  std::vector<double> h(size_t(n_ * n_), 0.0);
+  std::vector<double> h;
+  assign_zeroed(h, size_t(n_ * n_));  // huge pages: an 8B down_proj H is 1.2 GB
   if (count_ == 0) return h;
   if (gpu_) {
     gpu_->read(h.data(), f);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_context.cuh"
+#include "backend/cuda/reduce_device.cuh"
 #include "core/error.h"
 
 namespace llmc::backend::cuda {
@@ -28,23 +29,6 @@ enum Scratch { kAttnScores = 0, kReduce = 1, kColSums = 2, kNumScratch = 3 };
 DevBuf& scratch(Scratch which) {
   static DevBuf* b = new DevBuf[kNumScratch];
   return b[which];
-}
-
-// fp64 block reduction (blockDim.x a multiple of 32, <= 1024).
-__device__ double block_sum(double v) {
-  __shared__ double red[32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0;
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const double r = red[0];
-  __syncthreads();
-  return r;
 }
 
 __device__ float block_max(float v) {

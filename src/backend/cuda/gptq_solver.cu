@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_context.cuh"
+#include "backend/cuda/reduce_device.cuh"
 #include "backend/cuda/cusolver_api.h"
 #include "backend/cuda/grid_device.cuh"
 #include "core/error.h"
@@ -36,15 +37,8 @@ __device__ double group_error_warp(const GridDev& g, const float* v, int64_t len
 // quant/grid.cpp group_params for one group, computed by one warp.
 __device__ void group_params_warp(const GridDev& g, const float* v, int64_t len,
                                   const float* imp, int lane, float* scale, int32_t* zero) {
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = lane; i < len; i += 32) {
-    lo = fminf(lo, v[i]);
-    hi = fmaxf(hi, v[i]);
-  }
-  for (int m = 16; m > 0; m >>= 1) {
-    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, m));
-    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, m));
-  }
+  float lo, hi;
+  warp_range(len, lane, [&](int64_t i) { return v[i]; }, &lo, &hi);
   params_for_shrink(g, lo, hi, 1.0, scale, zero);
   if (g.search_steps <= 0 || !(hi > lo)) return;
   double best = group_error_warp(g, v, len, imp, *scale, *zero, lane);

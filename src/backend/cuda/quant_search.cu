@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_context.cuh"
+#include "backend/cuda/reduce_device.cuh"
 #include "backend/cuda/cusolver_api.h"
 #include "backend/cuda/grid_device.cuh"
 #include "core/error.h"
@@ -26,18 +27,6 @@ constexpr int64_t kSegChunk = 1 << 16;  // elements per block of a long segment
 DevBuf& partial_buf() {
   static DevBuf* b = new DevBuf;
   return *b;
-}
-
-__device__ double block_sum_d(double v) {
-  __shared__ double red[32];
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0;
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  }
-  return v;  // valid in thread 0
 }
 
 // Block (x, y): segment y, elements [x·kSegChunk, (x+1)·kSegChunk) of it.
@@ -58,7 +47,7 @@ __global__ void seg_sum_kernel(int op, const float* a, int64_t sa, const float* 
       acc += d * d;
     }
   }
-  const double t = block_sum_d(acc);
+  const double t = block_sum(acc);
   if (threadIdx.x == 0) part[s * gridDim.x + blockIdx.x] = t;
 }
 
@@ -95,16 +84,8 @@ __global__ void fake_quant_kernel(const float* w, int64_t out, int64_t in, const
   const int64_t len = gs < in - c0 ? gs : in - c0;
   const float* wr = w + r * in + c0;
   const float* s = sc + c0;
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = lane; i < len; i += 32) {
-    const float v = wr[i] * s[i];
-    lo = fminf(lo, v);
-    hi = fmaxf(hi, v);
-  }
-  for (int m = 16; m > 0; m >>= 1) {
-    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, m));
-    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, m));
-  }
+  float lo, hi;
+  warp_range(len, lane, [&](int64_t i) { return wr[i] * s[i]; }, &lo, &hi);
   float qs;
   int32_t z;
   params_for_shrink(g, lo, hi, 1.0, &qs, &z);
@@ -129,15 +110,8 @@ __global__ void shrink_residual_kernel(const float* w, int64_t out, int64_t in, 
   const int64_t r = rem / ng, c0 = (rem % ng) * gs;
   const int64_t len = gs < in - c0 ? gs : in - c0;
   const float* v = w + r * in + c0;
-  float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = lane; i < len; i += 32) {
-    lo = fminf(lo, v[i]);
-    hi = fmaxf(hi, v[i]);
-  }
-  for (int m = 16; m > 0; m >>= 1) {
-    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, m));
-    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, m));
-  }
+  float lo, hi;
+  warp_range(len, lane, [&](int64_t i) { return v[i]; }, &lo, &hi);
   const double shrink = 1.0 - max_shrink * double(k0 + kk) / double(steps);
   float s;
   int32_t z;
