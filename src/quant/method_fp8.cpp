@@ -153,17 +153,24 @@ class Fp8Quantizer : public BlockQuantizer {
 
   void quantize_block(BlockJob& job) override {
     // Input groups in layout order (q/k/v, o, MLP inputs (per expert), down (per expert)).
-    // True-sequential: each group's inputs are collected with the earlier groups quantized (one
-    // partial block run per group); otherwise one run collects every group's inputs from the
+    // True-sequential: each stage's inputs are collected with the earlier stages quantized (one
+    // partial block run per stage); otherwise one run collects every group's inputs from the
     // unquantized block.
     const BlockLayout& L = job.layout();
     std::vector<int> groups;
     for (int g = 0; g < int(L.groups.size()); ++g)
       if (!job.active(L.groups[size_t(g)]).empty()) groups.push_back(g);
     if (true_sequential_) {
-      for (int g : groups) {
-        std::map<int, Collected> c = collect(job, {g});
-        finish_group(job, job.active(L.groups[size_t(g)]), c.at(g));
+      // One partial block run per true-sequential stage (q/k/v, o, MLP inputs, down): the groups
+      // of one stage (e.g. every expert's gate/up) do not feed each other, so their inputs are
+      // the same whether collected together or one group at a time.
+      for (int st = 0; st < BlockLayout::kStages; ++st) {
+        std::vector<int> stage;
+        for (int g : groups)
+          if (L.groups[size_t(g)].stage == st) stage.push_back(g);
+        if (stage.empty()) continue;
+        std::map<int, Collected> c = collect(job, stage);
+        for (int g : stage) finish_group(job, job.active(L.groups[size_t(g)]), c.at(g));
       }
     } else {
       std::map<int, Collected> c = collect(job, groups);
