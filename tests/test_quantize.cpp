@@ -919,7 +919,8 @@ TEST(BlockJobTest, StreamsSlotInputsAndCommitChecksShapes) {
   QuantizedWeight wrong = quantize_int_rtn(job.dense(LinearSlot::Q).weight().data(), 64, 256, 8, -1, true);
   EXPECT_NE(error_of([&] { job.commit(LinearSlot::Q, wrong); }).find("quantized weight is [64, 256]"),
             std::string::npos);
-  const auto& w = job.dense(LinearSlot::Q).weight();
+  // A copy: commit() replaces Q's dense Linear (its weight is freed), and w is used again below.
+  const std::vector<float> w = job.dense(LinearSlot::Q).weight();
   job.commit(LinearSlot::Q, quantize_int_rtn(w.data(), 128, 128, 8, -1, true), {{"x", 1}});
   EXPECT_TRUE(job.quantized[int(LinearSlot::Q)].has_value());
   EXPECT_EQ(job.report[int(LinearSlot::Q)]["x"], 1);
