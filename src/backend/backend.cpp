@@ -225,16 +225,18 @@ bool worth_gpu(int64_t rows, int64_t k, int64_t n) {
 }
 }  // namespace
 
-bool try_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y) {
+bool try_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+                  bool allow_tf32) {
   if (device() != Device::CUDA || !worth_gpu(rows, k, n)) return false;
-  cuda_gemm_xwt(x, rows, k, w, n, y);
+  cuda_gemm_xwt(x, rows, k, w, n, y, allow_tf32);
   return true;
 }
 
-void cuda_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y) {
+void cuda_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+                   bool allow_tf32) {
   if (device() != Device::CUDA) fail("cuda_gemm_xwt: the current device is ", device_name(device()));
 #ifdef LLMC_HAVE_CUDA
-  cuda::gemm_xwt(x, rows, k, w, n, y, cuda_tf32());
+  cuda::gemm_xwt(x, rows, k, w, n, y, allow_tf32 && cuda_tf32());
 #endif
 }
 
@@ -554,8 +556,8 @@ void upload_async(float* dst, const float* host, int64_t n) {
   LLMC_DEV("dev::upload", cuda::dev_upload(dst, host, n));
 }
 void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
-              const float* bias) {
-  LLMC_DEV("dev::gemm_xwt", cuda::blk_gemm(x, rows, k, w, n, y, bias, cuda_tf32()));
+              const float* bias, bool allow_tf32) {
+  LLMC_DEV("dev::gemm_xwt", cuda::blk_gemm(x, rows, k, w, n, y, bias, allow_tf32 && cuda_tf32()));
 }
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y) {
   LLMC_DEV("dev::rms_norm", cuda::blk_rms_norm(x, w, rows, dim, eps, y));

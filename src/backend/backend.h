@@ -11,7 +11,8 @@
 //    differ); GEMM and Xᵀ·X differ from the
 //    CPU only by float32 summation order — except where TF32 applies (cuda_tf32(): the block
 //    forwards' GEMMs and attention, and the dense GEMM of eval/generate; never statistics,
-//    solvers, searches or error reports).
+//    solvers, error reports or the loss GEMMs of searches, which pass allow_tf32 = false — AWQ's
+//    attention loss compares partial block runs, which are forwards).
 //  * GPU entry points are safe to call from any thread (calls are serialized). Host buffers are
 //    ordinary memory; every call returns with its outputs written (no asynchrony leaks out).
 //  * Weights used by try_gemm_xwt / try_qlinear_forward stay resident on the GPU in a bounded
@@ -58,10 +59,13 @@ bool cuda_tf32();
 // ---- dense GEMM offload (model/linear.cpp's gemm_xwt calls this first) ----
 // y[rows, n] = x[rows, k] · w[n, k]ᵀ on the GPU when device() == CUDA and the product is large
 // enough to gain from it (rows >= 16 and 2·rows·n·k >= 2^24 flops; decode-sized GEMVs stay on
-// the CPU). Returns false, touching nothing, when the caller should run its CPU path.
-bool try_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
+// the CPU). Returns false, touching nothing, when the caller should run its CPU path. TF32 when
+// cuda_tf32() and `allow_tf32` (forwards); allow_tf32 = false for losses and error reports.
+bool try_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+                  bool allow_tf32 = true);
 // The GPU GEMM unconditionally (tests, benchmarks). Requires device() == CUDA.
-void cuda_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
+void cuda_gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+                   bool allow_tf32 = true);
 
 struct CacheStats {
   uint64_t hits = 0, misses = 0, evictions = 0;
@@ -258,8 +262,9 @@ namespace dev {
 void copy(float* dst, const float* src, int64_t n);               // device -> device
 void upload_async(float* dst, const float* host, int64_t n);       // waits for the copy itself
 // y[rows, n] = x[rows, k] · w[n, k]ᵀ (+ bias[n]), all device pointers.
+// TF32 when cuda_tf32() and allow_tf32 (forwards); false for search losses.
 void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
-              const float* bias = nullptr);
+              const float* bias = nullptr, bool allow_tf32 = true);
 // As cpu::rms_norm (fp64 sum of squares, HF rounding order); y may alias x.
 void rms_norm(const float* x, const float* w, int64_t rows, int64_t dim, double eps, float* y);
 // As cpu::rope_apply with pos0 = 0; cos/sin: device tables [seq, hd/2].

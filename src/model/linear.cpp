@@ -40,13 +40,14 @@ std::mutex g_stats_mu;
 double g_flops = 0, g_seconds = 0;
 }  // namespace
 
-void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y) {
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              bool allow_tf32) {
   if (rows <= 0 || n <= 0) return;
   cpu::blas_init();
   const auto t0 = std::chrono::steady_clock::now();
   const double flops = 2.0 * double(rows) * double(k) * double(n);
   const int nt = num_threads();
-  if (backend::try_gemm_xwt(x, rows, k, w, n, y)) {
+  if (backend::try_gemm_xwt(x, rows, k, w, n, y, allow_tf32)) {
     // Ran on the GPU (backend/backend.h: device() == CUDA and the product is large enough).
   } else if (nt == 1 || flops < 4e6) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(n), int(k), 1.0f, x,

@@ -62,7 +62,10 @@ class DenseLinear : public Linear {
 // splits large products into tiles over the core/threads.h pool itself, so BLAS threads never
 // compete with pool threads; called from inside parallel_for it runs serially on that thread.
 // Prefer gemm_xwt to calling cblas directly when the product is large.
-void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y);
+// allow_tf32 = false keeps an offloaded GEMM in fp32 whatever backend::cuda_tf32() says (the
+// losses searches compare); forwards leave it true.
+void gemm_xwt(const float* x, int64_t rows, int64_t k, const float* w, int64_t n, float* y,
+              bool allow_tf32 = true);
 
 // Process-wide counters of gemm_xwt calls (for benchmarks): calls, floating-point operations
 // (2·rows·k·n) and wall seconds spent inside gemm_xwt (summed over concurrent callers).

@@ -76,9 +76,10 @@ std::vector<double> quad_rows(const float* x, int64_t rows, int64_t n, const std
   constexpr int64_t kRows = 32;
   const int64_t nchunks = (rows + kRows - 1) / kRows;
   if (backend::device() == backend::Device::CUDA) {
-    // x · H on the GPU (H symmetric, so x · Hᵀ), the fp64 dot products here.
+    // x · H on the GPU (H symmetric, so x · Hᵀ; fp32 whatever TF32 says: losses and reports),
+    // the fp64 dot products here.
     std::vector<float> m(size_t(rows * n));
-    if (backend::try_gemm_xwt(x, rows, n, hf.data(), n, m.data())) {
+    if (backend::try_gemm_xwt(x, rows, n, hf.data(), n, m.data(), /*allow_tf32=*/false)) {
       parallel_for(0, size_t(nchunks), 1, [&](size_t c0, size_t c1) {
         for (size_t c = c0; c < c1; ++c) {
           const int64_t r0 = int64_t(c) * kRows;

@@ -427,11 +427,11 @@ void AwqQuantizer::quantize_block(BlockJob& job) {
     const int64_t F = g.out_features(), Hd = g.in_features();
     std::vector<float> a(size_t(rows * F)), b(size_t(rows * F));
     auto mlp = [&](const float* wg, const float* wu, std::vector<float>& y) {
-      gemm_xwt(mlp_x.data(), rows, Hd, wg, F, a.data());
-      gemm_xwt(mlp_x.data(), rows, Hd, wu, F, b.data());
+      gemm_xwt(mlp_x.data(), rows, Hd, wg, F, a.data(), /*allow_tf32=*/false);
+      gemm_xwt(mlp_x.data(), rows, Hd, wu, F, b.data(), false);
       cpu::silu_mul(a.data(), b.data(), a.data(), rows * F);
       y.resize(size_t(rows * dn.out_features()));
-      gemm_xwt(a.data(), rows, F, dn.weight().data(), dn.out_features(), y.data());
+      gemm_xwt(a.data(), rows, F, dn.weight().data(), dn.out_features(), y.data(), false);
     };
     std::vector<float> ref, cur;
     mlp(g.weight().data(), u.weight().data(), ref);
@@ -718,10 +718,10 @@ void AwqQuantizer::awq_moe_block(BlockJob& job) {
         a.resize(size_t(n * F));
         b.resize(size_t(n * F));
         ye.resize(size_t(n * Hd));
-        gemm_xwt(xe.data(), n, Hd, wg.data(), F, a.data());
-        gemm_xwt(xe.data(), n, Hd, wu.data(), F, b.data());
+        gemm_xwt(xe.data(), n, Hd, wg.data(), F, a.data(), /*allow_tf32=*/false);
+        gemm_xwt(xe.data(), n, Hd, wu.data(), F, b.data(), false);
         cpu::silu_mul(a.data(), b.data(), a.data(), n * F);
-        gemm_xwt(a.data(), n, F, dd.weight().data(), Hd, ye.data());
+        gemm_xwt(a.data(), n, F, dd.weight().data(), Hd, ye.data(), false);
         for (int64_t j = 0; j < n; ++j) {
           const int64_t r = shared ? j : tok[size_t(e)][size_t(j)];
           const float c = shared ? sgate[size_t(r)] : wt[size_t(e)][size_t(j)];

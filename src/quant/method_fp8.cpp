@@ -82,7 +82,8 @@ class InputScaleSearch {
       dy_ = backend::DeviceArray(n * out);
       dxq_ = backend::DeviceArray(n * in);
       backend::DeviceArray dwo = upload(w);
-      backend::dev::gemm_xwt(dx_.data(), n, in, dwo.data(), out, dref_.data());
+      backend::dev::gemm_xwt(dx_.data(), n, in, dwo.data(), out, dref_.data(), nullptr,
+                             /*allow_tf32=*/false);
     } else {
       ref_.resize(size_t(n * out));
       y_.resize(ref_.size());
@@ -93,7 +94,7 @@ class InputScaleSearch {
     if (gpu_) {
       backend::dev::copy(dxq_.data(), dx_.data(), n_ * in_);
       backend::dev::quantize_activations(ActQuant::FP8StaticTensor, scale, dxq_.data(), n_, in_);
-      backend::dev::gemm_xwt(dxq_.data(), n_, in_, dw_.data(), out_, dy_.data());
+      backend::dev::gemm_xwt(dxq_.data(), n_, in_, dw_.data(), out_, dy_.data(), nullptr, false);
       double e = 0;
       backend::dev::seg_sums(backend::dev::SegOp::SqDiff, dy_.data(), 0, dref_.data(), 0,
                              n_ * out_, 1, &e);
