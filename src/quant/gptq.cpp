@@ -103,7 +103,9 @@ std::vector<double> quad_rows(const float* x, int64_t rows, int64_t n, const std
 
 std::vector<float> to_f32(const double* H, int64_t n) {
   std::vector<float> hf(size_t(n * n));
-  for (size_t k = 0; k < hf.size(); ++k) hf[k] = float(H[k]);
+  parallel_for(0, hf.size(), 1 << 16, [&](size_t a, size_t b) {
+    for (size_t k = a; k < b; ++k) hf[k] = float(H[k]);
+  });
   return hf;
 }
 
@@ -117,19 +119,34 @@ double hessian_quad_trace(const float* x, int64_t rows, int64_t n, const double*
 
 namespace {
 
-// relative_output_errors on the host: one pass over the stacked rows [W; Wq_1 - W; ...], H
-// converted to fp32 once (x · H by the GPU GEMM offload when it takes it).
-std::vector<double> relative_output_errors_host(const float* w, const std::vector<const float*>& wq,
-                                                int64_t out, int64_t in, const double* H) {
-  // One pass over the stacked rows [W; Wq_1 - W; ...]: H converted (and uploaded) once.
+// The stacked rows [W; Wq_1 - W; ...] ([(1 + wq.size()) · out, in]) whose x H xᵀ the errors are.
+std::vector<float> stack_differences(const float* w, const std::vector<const float*>& wq,
+                                     int64_t out, int64_t in) {
   const size_t m = size_t(out * in);
   std::vector<float> x(m * (wq.size() + 1));
   std::copy_n(w, m, x.begin());
   for (size_t k = 0; k < wq.size(); ++k) {
     float* d = x.data() + (k + 1) * m;
-    for (size_t i = 0; i < m; ++i) d[i] = wq[k][i] - w[i];
+    const float* q = wq[k];
+    parallel_for(0, m, size_t(1) << 16, [&](size_t a, size_t b) {
+      for (size_t i = a; i < b; ++i) d[i] = q[i] - w[i];
+    });
   }
-  const std::vector<double> q = quad_rows(x.data(), out * int64_t(wq.size() + 1), in, to_f32(H, in));
+  return x;
+}
+
+// x_r H x_rᵀ of every stacked row: one pass, H converted to fp32 once (x · H by the GPU GEMM
+// offload when it takes it).
+std::vector<double> stacked_quad_rows(const float* w, const std::vector<const float*>& wq,
+                                      int64_t out, int64_t in, const double* H) {
+  const std::vector<float> x = stack_differences(w, wq, out, in);
+  return quad_rows(x.data(), out * int64_t(wq.size() + 1), in, to_f32(H, in));
+}
+
+// relative_output_errors on the host.
+std::vector<double> relative_output_errors_host(const float* w, const std::vector<const float*>& wq,
+                                                int64_t out, int64_t in, const double* H) {
+  const std::vector<double> q = stacked_quad_rows(w, wq, out, in, H);
   auto seg = [&](size_t k) {
     return std::accumulate(q.begin() + ptrdiff_t(k * size_t(out)), q.begin() + ptrdiff_t((k + 1) * size_t(out)), 0.0);
   };
@@ -153,18 +170,8 @@ std::vector<double> relative_output_errors(const float* w, const std::vector<con
   if (backend::device() != backend::Device::CUDA || out * in < (int64_t(1) << 16))
     return relative_output_errors_host(w, wqs, out, in, H);
   const int64_t sz = out * in, parts = int64_t(wqs.size()) + 1;
-  std::vector<float> hf(size_t(in * in)), x(size_t(parts * sz));
-  parallel_for(0, hf.size(), 1 << 16, [&](size_t a, size_t b) {
-    for (size_t k = a; k < b; ++k) hf[k] = float(H[k]);
-  });
-  std::copy(w, w + sz, x.begin());
-  for (size_t k = 0; k < wqs.size(); ++k) {
-    float* d = x.data() + int64_t(k + 1) * sz;
-    const float* q = wqs[k];
-    parallel_for(0, size_t(sz), 1 << 16, [&](size_t a, size_t b) {
-      for (size_t i = a; i < b; ++i) d[i] = q[i] - w[i];
-    });
-  }
+  const std::vector<float> hf = to_f32(H, in);
+  const std::vector<float> x = stack_differences(w, wqs, out, in);
   backend::DeviceArray dh(in * in), dx(parts * sz), dm(parts * sz);
   dh.upload(hf.data(), in * in);
   dx.upload(x.data(), parts * sz);
@@ -196,16 +203,9 @@ void fill_error_report(const float* ref, const float* dq, const float* dr, int64
     return;
   }
   const int parts = dr ? 3 : 2;
-  const size_t m = size_t(out * n);
-  std::vector<float> x(m * size_t(parts));
-  parallel_for(0, m, size_t(1) << 16, [&](size_t a, size_t b) {
-    for (size_t i = a; i < b; ++i) {
-      x[i] = ref[i];
-      x[m + i] = dq[i] - ref[i];
-      if (dr) x[2 * m + i] = dr[i] - ref[i];
-    }
-  });
-  const std::vector<double> q = quad_rows(x.data(), out * parts, n, to_f32(H, n));
+  std::vector<const float*> wq = {dq};
+  if (dr) wq.push_back(dr);
+  const std::vector<double> q = stacked_quad_rows(ref, wq, out, n, H);
   const size_t k = rows.size() - 1;
   std::vector<double> sum(size_t(parts) * k, 0.0), tot(size_t(parts), 0.0);
   for (int p = 0; p < parts; ++p)
