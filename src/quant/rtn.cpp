@@ -31,15 +31,6 @@ void check_finite(const float* w, int64_t n, const std::string& name) {
 
 namespace {
 
-struct IntGrid {
-  int32_t qmin, qmax;  // code range
-};
-
-IntGrid grid(int bits, bool sym) {
-  if (sym) return {-(1 << (bits - 1)), (1 << (bits - 1)) - 1};
-  return {0, (1 << bits) - 1};
-}
-
 // Scale/zero for a range [lo, hi] (lo <= 0 <= hi for asymmetric).
 void params_for_range(float lo, float hi, int bits, bool sym, float* scale, int32_t* zero) {
   if (sym) {
@@ -73,13 +64,6 @@ double group_sq_error(const float* v, int64_t n, float s, int32_t z, int bits, b
 }
 
 }  // namespace
-
-int32_t int_quantize_value(float v, float scale, int32_t zero, int bits, bool symmetric) {
-  const IntGrid g = grid(bits, symmetric);
-  const float r = std::nearbyint(v / scale);
-  const float q = r + float(zero);
-  return int32_t(std::clamp(q, float(g.qmin), float(g.qmax)));
-}
 
 void int_group_params(const float* v, int64_t n, int bits, bool symmetric, float* scale,
                       int32_t* zero) {
@@ -140,17 +124,15 @@ QuantizedWeight quantize_int_rtn(const float* w, int64_t out, int64_t in, int bi
         }
         qw.scales[r * ng + g] = s;
         if (!symmetric) qw.zeros[r * ng + g] = z;
-        // int_quantize_value inlined (the same arithmetic) so the loops vectorize.
-        const IntGrid gr = grid(bits, symmetric);
-        const float lo_q = float(gr.qmin), hi_q = float(gr.qmax), zf = float(z);
+        float qmin, qmax;
+        int_code_range(bits, symmetric, &qmin, &qmax);
+        const float zf = float(z);
         if (symmetric) {
           int8_t* dst = qw.q8.data() + r * in + g * gs;
-          for (int64_t i = 0; i < n; ++i)
-            dst[i] = int8_t(int32_t(std::clamp(std::nearbyint(v[i] / s) + zf, lo_q, hi_q)));
+          for (int64_t i = 0; i < n; ++i) dst[i] = int8_t(int_round_code(v[i], s, zf, qmin, qmax));
         } else {
           uint8_t* dst = qw.qu.data() + r * in + g * gs;
-          for (int64_t i = 0; i < n; ++i)
-            dst[i] = uint8_t(int32_t(std::clamp(std::nearbyint(v[i] / s) + zf, lo_q, hi_q)));
+          for (int64_t i = 0; i < n; ++i) dst[i] = uint8_t(int_round_code(v[i], s, zf, qmin, qmax));
         }
       }
     }

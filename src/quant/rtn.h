@@ -14,6 +14,8 @@
 //  * Rounding is to nearest, ties to even (std::nearbyint in the default FE mode).
 //  * check_finite throws llmc::Error naming `name` at the first NaN/Inf.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -32,7 +34,21 @@ QuantizedWeight quantize_fp8_rtn(const float* w, int64_t out, int64_t in, int64_
 // Scale (and zero for asymmetric) of one group of n values with the conventions above.
 void int_group_params(const float* v, int64_t n, int bits, bool symmetric, float* scale,
                       int32_t* zero);
+// The code range of the INT grid: [-2^(b-1), 2^(b-1) - 1] (symmetric) or [0, 2^b - 1].
+inline void int_code_range(int bits, bool symmetric, float* qmin, float* qmax) {
+  *qmin = symmetric ? -float(1 << (bits - 1)) : 0.0f;
+  *qmax = symmetric ? float((1 << (bits - 1)) - 1) : float((1 << bits) - 1);
+}
+// clamp(rint(v / scale) + zero, qmin, qmax): the one rounding rule (inline, with the range
+// hoisted by the caller, so row loops vectorize).
+inline int32_t int_round_code(float v, float scale, float zero, float qmin, float qmax) {
+  return int32_t(std::clamp(std::nearbyint(v / scale) + zero, qmin, qmax));
+}
 // One value quantized with (scale, zero): returns the integer code.
-int32_t int_quantize_value(float v, float scale, int32_t zero, int bits, bool symmetric);
+inline int32_t int_quantize_value(float v, float scale, int32_t zero, int bits, bool symmetric) {
+  float qmin, qmax;
+  int_code_range(bits, symmetric, &qmin, &qmax);
+  return int_round_code(v, scale, float(zero), qmin, qmax);
+}
 
 }  // namespace llmc
