@@ -180,44 +180,14 @@ class Fp8Quantizer : public BlockQuantizer {
   }
 
  private:
-  // max |v| (in parallel).
-  static float abs_max(const std::vector<float>& v) {
-    constexpr size_t kChunk = size_t(1) << 16;
-    const size_t nc = (v.size() + kChunk - 1) / kChunk;
-    std::vector<float> m(nc, 0.0f);
-    parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
-      for (size_t c = c0; c < c1; ++c) {
-        float x = 0.0f;
-        for (size_t i = c * kChunk; i < std::min(v.size(), (c + 1) * kChunk); ++i)
-          x = std::max(x, std::fabs(v[i]));
-        m[c] = x;
-      }
-    });
-    float x = 0.0f;
-    for (float y : m) x = std::max(x, y);
-    return x;
-  }
   // absmax / 448 of the group's original weights (the RTN reference scale).
   static float wscale(const BlockJob& job, const std::vector<LinearSlot>& slots) {
     float m = 0.0f;
-    for (LinearSlot s : slots) m = std::max(m, abs_max(job.dense(s).weight()));
+    for (LinearSlot s : slots) {
+      const std::vector<float>& w = job.dense(s).weight();
+      m = std::max(m, abs_max(w.data(), w.size()));
+    }
     return m > 0.0f ? m / 448.0f : 1.0f;
-  }
-  // The scales rtn() gives w [out, in] (fp8_static: the group's tensor scale; fp8_dynamic:
-  // per row).
-  std::vector<float> rtn_scales(const std::vector<float>& w, int64_t out, int64_t in,
-                                float tensor_scale) const {
-    if (static_) return {tensor_scale};
-    std::vector<float> s(size_t(out), 1.0f);
-    parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
-      for (size_t r = r0; r < r1; ++r) {
-        float m = 0.0f;
-        for (int64_t i = 0; i < in; ++i) m = std::max(m, std::fabs(w[r * size_t(in) + size_t(i)]));
-        const float v = m / 448.0f;
-        s[r] = (v > 0.0f && std::isfinite(v)) ? v : 1.0f;
-      }
-    });
-    return s;
   }
   // Weight scale(s) of `w` [out, in]: the group's shared per-tensor scale, or per row.
   QuantizedWeight rtn(const float* w, int64_t out, int64_t in, float tensor_scale) const {
@@ -326,7 +296,7 @@ class Fp8Quantizer : public BlockQuantizer {
     const double target_s = seconds_since(t_weights) - hsum_s;
     const auto t_gptq = std::chrono::steady_clock::now();
     const std::vector<float>& tw = target.empty() ? wcat : target;
-    const float tmax = abs_max(tw);
+    const float tmax = abs_max(tw.data(), tw.size());
     const float tscale = tmax > 0.0f ? tmax / 448.0f : 1.0f;
     QuantizedWeight qcat = rtn(tw.data(), out_total, in, tscale);
     nlohmann::json r = {{"weights", "rtn"}};
@@ -348,7 +318,8 @@ class Fp8Quantizer : public BlockQuantizer {
       o.report_errors = report_errors_;
       o.report_rtn = report_errors_;
       o.error_ref = wcat.data();
-      o.error_ref_scales = rtn_scales(wcat, out_total, in, wscale(job, slots));
+      o.error_ref_scales = fp8_rtn_scales(wcat.data(), out_total, in, static_ ? 0 : -1,
+                                          static_ ? wscale(job, slots) : 0.0f);
       o.report_rows = row0;
       GptqResult g = gptq_quantize(tw.data(), out_total, in, H.data(), o,
                                    job.module_name(slots[0]));

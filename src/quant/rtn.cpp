@@ -140,6 +140,42 @@ QuantizedWeight quantize_int_rtn(const float* w, int64_t out, int64_t in, int bi
   return qw;
 }
 
+float abs_max(const float* w, size_t n) {
+  constexpr size_t kChunk = size_t(1) << 16;
+  const size_t nc = (n + kChunk - 1) / kChunk;
+  std::vector<float> m(nc, 0.0f);
+  parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
+    for (size_t c = c0; c < c1; ++c) {
+      float x = 0.0f;
+      for (size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) x = std::max(x, std::fabs(w[i]));
+      m[c] = x;
+    }
+  });
+  float x = 0.0f;
+  for (float y : m) x = std::max(x, y);
+  return x;
+}
+
+std::vector<float> fp8_rtn_scales(const float* w, int64_t out, int64_t in, int64_t group,
+                                  float tensor_scale) {
+  LLMC_CHECK(group == 0 || group == -1, "fp8 group ", group);
+  auto scale_of = [](float amax) {
+    const float s = amax / 448.0f;
+    return (s > 0.0f && std::isfinite(s)) ? s : 1.0f;
+  };
+  if (group == 0)
+    return {tensor_scale > 0.0f ? tensor_scale : scale_of(abs_max(w, size_t(out * in)))};
+  std::vector<float> s(size_t(out), 1.0f);
+  parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) {
+      float amax = 0.0f;
+      for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[r * in + i]));
+      s[r] = scale_of(amax);
+    }
+  });
+  return s;
+}
+
 QuantizedWeight quantize_fp8_rtn(const float* w, int64_t out, int64_t in, int64_t group,
                                  float tensor_scale) {
   LLMC_CHECK(group == 0 || group == -1, "fp8 group ", group);
@@ -151,25 +187,7 @@ QuantizedWeight quantize_fp8_rtn(const float* w, int64_t out, int64_t in, int64_
   qw.in = in;
   qw.group = group;
   assign_zeroed(qw.q8, size_t(out * in));
-  auto scale_of = [](float amax) {
-    const float s = amax / 448.0f;
-    return (s > 0.0f && std::isfinite(s)) ? s : 1.0f;
-  };
-  if (group == 0) {
-    float amax = 0.0f;
-    if (!(tensor_scale > 0.0f))
-      for (int64_t i = 0; i < out * in; ++i) amax = std::max(amax, std::fabs(w[i]));
-    qw.scales = {tensor_scale > 0.0f ? tensor_scale : scale_of(amax)};
-  } else {
-    qw.scales.assign(size_t(out), 1.0f);
-    parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
-      for (size_t r = r0; r < r1; ++r) {
-        float amax = 0.0f;
-        for (int64_t i = 0; i < in; ++i) amax = std::max(amax, std::fabs(w[r * in + i]));
-        qw.scales[r] = scale_of(amax);
-      }
-    });
-  }
+  qw.scales = fp8_rtn_scales(w, out, in, group, tensor_scale);
   parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; ++r) {
       const float s = qw.scales[group == 0 ? 0 : r];

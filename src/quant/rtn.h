@@ -27,6 +27,12 @@ void check_finite(const float* w, int64_t n, const std::string& name);
 
 QuantizedWeight quantize_int_rtn(const float* w, int64_t out, int64_t in, int bits, int64_t group,
                                  bool symmetric, bool clip_search = false);
+// max |w_i| over w[0, n) (in parallel; exact, so independent of the thread count).
+float abs_max(const float* w, size_t n);
+// The scales of quantize_fp8_rtn: group 0 {tensor_scale when > 0, else absmax/448}; group -1
+// absmax/448 of each row. A zero (or non-finite) scale becomes 1.
+std::vector<float> fp8_rtn_scales(const float* w, int64_t out, int64_t in, int64_t group,
+                                  float tensor_scale = 0.0f);
 // group 0: per tensor (scale = tensor_scale when > 0, else absmax/448); -1: per channel.
 QuantizedWeight quantize_fp8_rtn(const float* w, int64_t out, int64_t in, int64_t group,
                                  float tensor_scale = 0.0f);
