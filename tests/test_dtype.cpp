@@ -251,3 +251,21 @@ TEST(Threads, ConcurrentCallersEachRunEveryChunkOnce) {
   EXPECT_EQ(bad.load(), 0);
   set_num_threads(0);
 }
+
+namespace llmc {
+namespace {
+// The lowest index of a NaN/Inf, also across the scan's chunks (2^18 elements), or -1.
+TEST(FirstNonFinite, FindsTheLowestIndexAcrossChunks) {
+  std::vector<float> v((size_t(1) << 19) + 77, 0.5f);
+  EXPECT_EQ(first_non_finite(v.data(), v.size()), -1);
+  EXPECT_EQ(first_non_finite(v.data(), 0), -1);
+  v[v.size() - 1] = INFINITY;
+  EXPECT_EQ(first_non_finite(v.data(), v.size()), int64_t(v.size() - 1));
+  v[(size_t(1) << 18) + 5] = NAN;
+  EXPECT_EQ(first_non_finite(v.data(), v.size()), int64_t((size_t(1) << 18) + 5));
+  v[3] = -INFINITY;
+  EXPECT_EQ(first_non_finite(v.data(), v.size()), 3);
+  EXPECT_EQ(first_non_finite(v.data(), 3), -1);
+}
+}  // namespace
+}  // namespace llmc

@@ -1,8 +1,10 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -305,5 +307,27 @@ void convert(DType st, const void* src, DType dt, void* dst, size_t n) {
 }
 
 void to_f32(DType st, const void* src, float* dst, size_t n) { convert(st, src, DType::F32, dst, n); }
+
+int64_t first_non_finite(const float* v, size_t n) {
+  constexpr size_t kChunk = size_t(1) << 18;
+  const size_t nc = (n + kChunk - 1) / kChunk;
+  std::vector<int64_t> first(nc, -1);
+  parallel_for(0, nc, 1, [&](size_t c0, size_t c1) {
+    for (size_t c = c0; c < c1; ++c) {
+      const size_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+      float acc = 0.0f;  // x - x is 0 for finite x, NaN otherwise
+      for (size_t i = lo; i < hi; ++i) acc += v[i] - v[i];
+      if (acc == 0.0f) continue;
+      for (size_t i = lo; i < hi; ++i)
+        if (!std::isfinite(v[i])) {
+          first[c] = int64_t(i);
+          break;
+        }
+    }
+  });
+  for (int64_t f : first)
+    if (f >= 0) return f;
+  return -1;
+}
 
 }  // namespace llmc

@@ -66,5 +66,8 @@ void store_from_f32(DType t, void* p, size_t i, float v);
 // Bulk conversion of n elements, multithreaded for large n. src and dst must not overlap.
 void convert(DType src_t, const void* src, DType dst_t, void* dst, size_t n);
 void to_f32(DType src_t, const void* src, float* dst, size_t n);
+// Index of the first NaN/Inf of v[0, n), or -1 (a parallel branch-free scan; the exact index
+// is searched only inside the chunk that has one).
+int64_t first_non_finite(const float* v, size_t n);
 
 }  // namespace llmc

@@ -2,7 +2,6 @@
 #include "model/model.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -31,20 +30,6 @@ TensorRef checked_float_tensor(const TensorReader& reader, const std::string& na
   return ref;
 }
 
-// Element index of the first non-finite value of v[0, n) plus `base`, or -1.
-int64_t first_non_finite(const float* v, size_t n, int64_t base) {
-  std::atomic<int64_t> bad{-1};
-  parallel_for(0, n, 1 << 16, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i)
-      if (!std::isfinite(v[i])) {
-        int64_t expected = -1;
-        bad.compare_exchange_strong(expected, int64_t(i));
-        return;
-      }
-  });
-  return bad < 0 ? -1 : base + bad.load();
-}
-
 [[noreturn]] void fail_non_finite(const TensorReader& reader, const std::string& name, float v,
                                   int64_t at) {
   fail(reader.origin(), ": tensor ", name, " holds a non-finite value (", v, " at element ", at,
@@ -56,7 +41,7 @@ int64_t first_non_finite(const float* v, size_t n, int64_t base) {
 std::vector<float> read_f32_tensor(const TensorReader& reader, const std::string& name,
                                    const Shape& expect) {
   std::vector<float> v = checked_float_tensor(reader, name, expect).to_f32();
-  const int64_t bad = first_non_finite(v.data(), v.size(), 0);
+  const int64_t bad = first_non_finite(v.data(), v.size());
   if (bad >= 0) fail_non_finite(reader, name, v[size_t(bad)], bad);
   return v;
 }
@@ -73,8 +58,8 @@ TensorRef check_f32_tensor(const TensorReader& reader, const std::string& name,
     parallel_for(0, m, 1 << 16, [&](size_t b, size_t e) {
       to_f32(ref.info.dtype, base + (i0 + b) * es, buf.data() + b, e - b);
     });
-    const int64_t bad = first_non_finite(buf.data(), m, int64_t(i0));
-    if (bad >= 0) fail_non_finite(reader, name, buf[size_t(bad) - i0], bad);
+    const int64_t bad = first_non_finite(buf.data(), m);
+    if (bad >= 0) fail_non_finite(reader, name, buf[size_t(bad)], int64_t(i0) + bad);
     release_mapped_pages(base + i0 * es, m * es);
   }
   return ref;

@@ -2,7 +2,6 @@
 #include "quant/rtn.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 
 #include "core/dtype.h"
@@ -13,20 +12,10 @@
 namespace llmc {
 
 void check_finite(const float* w, int64_t n, const std::string& name) {
-  // A parallel scan without branches (x - x is 0 for finite x, NaN otherwise); the first bad
-  // index is searched for serially only when there is one.
-  std::atomic<bool> bad{false};
-  parallel_for(0, size_t(n), size_t(1) << 18, [&](size_t lo, size_t hi) {
-    float acc = 0.0f;
-    for (size_t i = lo; i < hi; ++i) acc += w[i] - w[i];
-    if (acc != 0.0f || std::isnan(acc)) bad = true;
-  });
-  if (!bad) return;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(w[i]))
-      fail(name, ": weight element ", i, " is ", std::isnan(w[i]) ? "NaN" : "Inf",
-           " (non-finite weights cannot be quantized)");
-  }
+  const int64_t i = first_non_finite(w, size_t(n));
+  if (i >= 0)
+    fail(name, ": weight element ", i, " is ", std::isnan(w[i]) ? "NaN" : "Inf",
+         " (non-finite weights cannot be quantized)");
 }
 
 namespace {
