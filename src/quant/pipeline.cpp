@@ -381,8 +381,6 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
       calibrate ? Model::load_for_calibration(ck) : Model::load_blocks_only(ck);
   const ModelConfig& cfg = model->config();
   const ArchSpec& arch = arch_for(cfg.architecture, opt.input.string());
-  for (const std::string& name : {std::string(arch.embed), std::string(arch.lm_head) + ".weight"})
-    if (ck.tensors->has(name)) release_input_pages(*ck.tensors, name);  // read into fp32
   const IgnoreRules ignore_rules(opt.ignore);
   if (layout) check_group_size(spec, cfg);
 
@@ -445,6 +443,8 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
       x.resize(w.ids.size() * size_t(cfg.hidden_size));
       model->embed(w.ids.data(), int64_t(w.ids.size()), x.data());
     }
+    // The embedding rows looked up came from the mapped checkpoint: those pages can go.
+    release_input_pages(*ck.tensors, arch.embed);
   }
   res.seconds_load = now_s() - t0;
 
