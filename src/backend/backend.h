@@ -173,9 +173,10 @@ bool cuda_gptq_solve(GptqSolveJob& job);
 // to W and H (dead diagonals set to 1), compute the parameters known before the solve (static
 // natural groups, or per channel, by the INT rule weighted by imp_nat; or the fixed fp8
 // scales), run cuda_gptq_solve's steps 1-3 on device arrays, decode the codes to natural order,
-// and — when `report` — the relative output errors of the result and of plain RTN on the same
-// grid (‖ΔW X‖² / ‖W X‖² with H = XᵀX in fp32, fp64 row sums). Only the natural-order code
-// bytes (uint8(code), the QuantizedWeight q8/qu byte), the parameters and the errors come back.
+// and — when `report` — the terms of the relative output errors of the result and of plain RTN
+// on the same grid: x_r H x_rᵀ (H in fp32, fp64 row dots) of every row of [W; Wq - W; RTN - W]
+// (quant/gptq.cpp sums them). Only the natural-order code bytes (uint8(code), the
+// QuantizedWeight q8/qu byte), the parameters and those row terms come back.
 // False when every damping fails (outputs other than damp_used untouched).
 struct GptqLayerJob {
   GptqSolveJob solve;             // out, n, grid, group, block, damp*, search_steps; w/h unused
@@ -187,18 +188,17 @@ struct GptqLayerJob {
   bool static_groups = false;     // group > 0: natural groups' parameters before the solve
   const float* fixed_scales = nullptr;  // fp8 grid: 1 (group 0) or out (group -1) scales
   bool report = false, report_rtn = false;
-  // Optional (quant/gptq.h GptqOptions h_add, error_ref, report_rows): the solver uses
-  // H + diag(h_add) (the report H); the report measures against w_ref (fp8 grids; its RTN
-  // baseline rounds w_ref with ref_scales) and also per row range of report_rows.
+  // Optional (quant/gptq.h GptqOptions h_add, error_ref): the solver uses H + diag(h_add) (the
+  // report H); the report measures against w_ref (fp8 grids; its RTN baseline rounds w_ref with
+  // ref_scales).
   const double* h_add = nullptr;     // [n]
   const float* w_ref = nullptr;      // [out, n]
   const float* ref_scales = nullptr; // as fixed_scales
-  const int64_t* report_rows = nullptr;
-  int n_report_rows = 0;             // boundaries (ranges + 1)
   uint8_t* code_bytes = nullptr;  // [out, n] out, natural order
   // solve.scales / solve.zeros: out (the layout of the result, see gptq_quantize).
-  double rel_error = 0, rel_error_rtn = -1;  // out
-  std::vector<double> rel_errors, rel_errors_rtn;  // out, per report_rows range
+  // out (when report): x_r H x_rᵀ of the rows of [W_ref; Wq - W_ref] (+ [RTN - W_ref] when
+  // report_rtn), [(2 or 3) · out].
+  std::vector<double> row_quads;
 };
 bool cuda_gptq_layer(GptqLayerJob& job);
 

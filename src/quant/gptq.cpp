@@ -187,6 +187,32 @@ std::vector<double> relative_output_errors(const float* w, const std::vector<con
 
 namespace {
 
+// The report's ratios from the row terms q = x_r H x_rᵀ of [ref; dq - ref (; dr - ref)]: whole
+// (the rows summed in order) and, when `rows` (boundaries) is given, per row range.
+void errors_from_row_quads(const std::vector<double>& q, bool rtn, int64_t out,
+                           const std::vector<int64_t>& rows, GptqReport& rep) {
+  const int parts = rtn ? 3 : 2;
+  const std::vector<int64_t> whole = {0, out};
+  const std::vector<int64_t>& rb = rows.empty() ? whole : rows;
+  const size_t k = rb.size() - 1;
+  std::vector<double> sum(size_t(parts) * k, 0.0), tot(size_t(parts), 0.0);
+  for (int p = 0; p < parts; ++p)
+    for (size_t i = 0; i < k; ++i) {
+      for (int64_t r = rb[i]; r < rb[i + 1]; ++r) sum[size_t(p) * k + i] += q[size_t(p * out + r)];
+      tot[size_t(p)] += sum[size_t(p) * k + i];
+    }
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  rep.rel_error = ratio(tot[1], tot[0]);
+  if (rtn) rep.rel_error_rtn = ratio(tot[2], tot[0]);
+  if (rows.empty()) return;
+  rep.rel_errors.assign(k, 0.0);
+  if (rtn) rep.rel_errors_rtn.assign(k, 0.0);
+  for (size_t i = 0; i < k; ++i) {
+    rep.rel_errors[i] = ratio(sum[k + i], sum[i]);
+    if (rtn) rep.rel_errors_rtn[i] = ratio(sum[2 * k + i], sum[i]);
+  }
+}
+
 // The report's errors of dq (and of the RTN baseline dr, when not null) against ref: whole, and
 // per row range when `rows` (boundaries) is given — then in one pass over the stacked rows
 // [ref; dq - ref; dr - ref].
@@ -202,26 +228,9 @@ void fill_error_report(const float* ref, const float* dq, const float* dr, int64
     }
     return;
   }
-  const int parts = dr ? 3 : 2;
   std::vector<const float*> wq = {dq};
   if (dr) wq.push_back(dr);
-  const std::vector<double> q = stacked_quad_rows(ref, wq, out, n, H);
-  const size_t k = rows.size() - 1;
-  std::vector<double> sum(size_t(parts) * k, 0.0), tot(size_t(parts), 0.0);
-  for (int p = 0; p < parts; ++p)
-    for (size_t i = 0; i < k; ++i) {
-      for (int64_t r = rows[i]; r < rows[i + 1]; ++r) sum[size_t(p) * k + i] += q[size_t(p * out + r)];
-      tot[size_t(p)] += sum[size_t(p) * k + i];
-    }
-  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
-  rep.rel_error = ratio(tot[1], tot[0]);
-  if (dr) rep.rel_error_rtn = ratio(tot[2], tot[0]);
-  rep.rel_errors.assign(k, 0.0);
-  if (dr) rep.rel_errors_rtn.assign(k, 0.0);
-  for (size_t i = 0; i < k; ++i) {
-    rep.rel_errors[i] = ratio(sum[k + i], sum[i]);
-    if (dr) rep.rel_errors_rtn[i] = ratio(sum[2 * k + i], sum[i]);
-  }
+  errors_from_row_quads(stacked_quad_rows(ref, wq, out, n, H), dr != nullptr, out, rows, rep);
 }
 
 }  // namespace
@@ -658,20 +667,14 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
   job.h_add = opt.h_add.empty() ? nullptr : opt.h_add.data();
   job.w_ref = opt.error_ref;
   job.ref_scales = opt.error_ref ? opt.error_ref_scales.data() : nullptr;
-  job.report_rows = opt.report_rows.empty() ? nullptr : opt.report_rows.data();
-  job.n_report_rows = int(opt.report_rows.size());
   job.code_bytes = qw.q8.empty() ? qw.qu.data() : reinterpret_cast<uint8_t*>(qw.q8.data());
   rep.seconds_prepare = since(t0);
   const auto t1 = std::chrono::steady_clock::now();
   if (!backend::cuda_gptq_layer(job)) return std::nullopt;
   rep.damp = s.damp_used;
   set_g_idx(opt, perm, qw);
-  if (opt.report_errors) {
-    rep.rel_error = job.rel_error;
-    if (opt.report_rtn) rep.rel_error_rtn = job.rel_error_rtn;
-    rep.rel_errors = std::move(job.rel_errors);
-    if (opt.report_rtn) rep.rel_errors_rtn = std::move(job.rel_errors_rtn);
-  }
+  if (opt.report_errors)
+    errors_from_row_quads(job.row_quads, job.report_rtn, out, opt.report_rows, rep);
   rep.seconds_solve = since(t1);  // the device's report included
   return res;
 }

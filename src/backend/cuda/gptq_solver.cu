@@ -546,32 +546,9 @@ bool gptq_layer(GptqLayerJob& job) {
     double* q = b.q.as<double>(size_t(R));
     row_dot_kernel<<<warp_grid(R), 256, 0, st>>>(X, M, R, n, q);
     LLMC_CU_LAUNCH("row_dot_kernel");
-    std::vector<double> hq(static_cast<size_t>(R));
-    LLMC_CU(cudaMemcpyAsync(hq.data(), q, size_t(R) * sizeof(double), cudaMemcpyDeviceToHost, st));
-    LLMC_CU(cudaStreamSynchronize(st));
-    // Sums per report range (one range: the whole layer), in row order as before.
-    const int64_t whole[2] = {0, out};
-    const int64_t* rb = job.n_report_rows > 0 ? job.report_rows : whole;
-    const int nr = job.n_report_rows > 0 ? job.n_report_rows - 1 : 1;
-    std::vector<double> part(size_t(3 * nr), 0.0);
-    double tot[3] = {0, 0, 0};
-    for (int k = 0; k < rows_x; ++k)
-      for (int i = 0; i < nr; ++i) {
-        for (int64_t r = rb[i]; r < rb[i + 1]; ++r) part[size_t(k * nr + i)] += hq[size_t(k * out + r)];
-        tot[k] += part[size_t(k * nr + i)];
-      }
-    auto ratio = [](double a, double d) { return d > 0 ? a / d : 0.0; };
-    job.rel_error = ratio(tot[1], tot[0]);
-    if (job.report_rtn) job.rel_error_rtn = ratio(tot[2], tot[0]);
-    if (job.n_report_rows > 0) {
-      job.rel_errors.assign(size_t(nr), 0.0);
-      for (int i = 0; i < nr; ++i) job.rel_errors[size_t(i)] = ratio(part[size_t(nr + i)], part[size_t(i)]);
-      if (job.report_rtn) {
-        job.rel_errors_rtn.assign(size_t(nr), 0.0);
-        for (int i = 0; i < nr; ++i)
-          job.rel_errors_rtn[size_t(i)] = ratio(part[size_t(2 * nr + i)], part[size_t(i)]);
-      }
-    }
+    job.row_quads.assign(static_cast<size_t>(R), 0.0);
+    LLMC_CU(cudaMemcpyAsync(job.row_quads.data(), q, size_t(R) * sizeof(double),
+                            cudaMemcpyDeviceToHost, st));
   }
   LLMC_CU(cudaStreamSynchronize(st));
   return true;
