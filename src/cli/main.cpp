@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   bool cuda_fp32 = false;
   app.add_flag("--cuda-fp32", cuda_fp32,
                "GPU forwards and attention in full fp32 (default: TF32 tensor cores, or "
-               "$LLMC_CUDA_TF32=0 for fp32; statistics, solvers and searches are always fp32)");
+               "$LLMC_CUDA_TF32=0 for fp32; statistics, solvers and error reports are always fp32)");
   app.fallthrough();
 
   auto& table = cli::command_table();
