@@ -14,6 +14,7 @@
 #include "core/fs.h"
 #include "eval/quality.h"
 #include "formats/checkpoint.h"
+#include "formats/ggml_types.h"
 #include "model/model.h"
 #include "quant/gptq.h"
 #include "quant/layouts.h"
@@ -209,6 +210,58 @@ INSTANTIATE_TEST_SUITE_P(AllWidths, GptqBits,
                                            Case{4, true, 128}, Case{4, false, 128},
                                            Case{4, true, -1}, Case{8, true, -1},
                                            Case{4, true, 32}, Case{3, true, 100}));
+
+// GPTQ on each quantized ggml type's grid: the rows' bytes decode to a weight whose measured
+// output error is below the type's encoder alone (weighted by the same diag(H)), and the report's
+// H-based errors equal the measured ones.
+TEST(Gptq, GgmlGridsBeatTheirEncoders) {
+  const int64_t n = 512, out = 24, rows = 2048;
+  const auto x = correlated_inputs(rows, n, 9);
+  const auto w = random_weight(out, n, 10);
+  const auto H = hessian_of(x, n);
+  std::vector<float> dh(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) dh[size_t(j)] = float(H[size_t(j * n + j)]);
+  int checked = 0;
+  for (int k = 0; k < ggml_type_count(); ++k) {
+    const GgmlTypeTraits& t = ggml_type_at(k);
+    if (!t.grid) continue;
+    GptqOptions o;
+    o.ggml = &t;
+    const GptqResult r = gptq_quantize(w.data(), out, n, H.data(), o);
+    EXPECT_FALSE(r.report.fallback) << t.name;
+    EXPECT_TRUE(r.qw.q8.empty() && r.qw.qu.empty()) << t.name;
+    const int64_t rb = int64_t(ggml_row_bytes(t.type, uint64_t(n)));
+    ASSERT_EQ(int64_t(r.ggml.size()), out * rb) << t.name;
+    std::vector<float> wq(size_t(out * n)), wr(wq.size());
+    std::vector<uint8_t> q(static_cast<size_t>(rb));
+    for (int64_t row = 0; row < out; ++row) {
+      t.decode(r.ggml.data() + row * rb, n, wq.data() + row * n);
+      t.encode(w.data() + row * n, dh.data(), n, q.data());
+      t.decode(q.data(), n, wr.data() + row * n);
+    }
+    const double eg = measured_output_error(x, n, w, wq, out), er = measured_output_error(x, n, w, wr, out);
+    std::printf("%-5s gptq %.6f encoder %.6f\n", t.name, eg, er);
+    EXPECT_LT(eg, er * 0.9) << t.name;
+    EXPECT_NEAR(r.report.rel_error, eg, 1e-3 * eg + 1e-12) << t.name;
+    EXPECT_NEAR(r.report.rel_error_rtn, er, 1e-3 * er + 1e-12) << t.name;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 10);
+  // Rows must be whole blocks; act order is refused.
+  GptqOptions o;
+  o.ggml = &ggml_traits(GgmlType::Q4_K);
+  EXPECT_THROW(gptq_quantize(w.data(), out * 4, n / 4, H.data(), o), Error);
+  o.ggml = &ggml_traits(GgmlType::Q4_0);
+  o.act_order = ActOrder::Dynamic;
+  EXPECT_THROW(gptq_quantize(w.data(), out, n, H.data(), o), Error);
+  // A non-finite Hessian falls back to the encoder (rel_error -1: not measurable).
+  std::vector<double> bad = H;
+  bad[5] = NAN;
+  o.act_order = ActOrder::None;
+  const GptqResult f = gptq_quantize(w.data(), out, n, bad.data(), o);
+  EXPECT_TRUE(f.report.fallback);
+  EXPECT_EQ(f.ggml.size(), size_t(out) * ggml_row_bytes(GgmlType::Q4_0, uint64_t(n)));
+}
 
 TEST(Gptq, MseSearchedScalesReduceError) {
   const int64_t n = 256, out = 64;

@@ -4,6 +4,7 @@
 // --angelslim-method M), mapped onto the one method table (quant/method.h): a row's
 // aios_backend column says which backend spells it.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -47,7 +48,28 @@ struct Args {
   std::string moe_calib = "routed";
   std::optional<int64_t> moe_min_tokens;
   uint64_t seed = 0;
+  std::string target_size;
+  std::optional<double> bpw;
 };
+
+// "25%" or "0.25" -> 0.25; anything else (or outside (0, 1]) is an error naming the option.
+double parse_share(const std::string& v) {
+  std::string t = v;
+  const bool pct = !t.empty() && t.back() == '%';
+  if (pct) t.pop_back();
+  size_t used = 0;
+  double x = -1;
+  try {
+    x = std::stod(t, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != t.size() || !std::isfinite(x))
+    fail("--target-size '", v, "' is not a share of the bf16 model (e.g. 25% or 0.25)");
+  if (pct) x /= 100.0;
+  if (!(x > 0 && x <= 1)) fail("--target-size '", v, "' must be in (0, 100%]");
+  return x;
+}
 
 // Resolves --method / --backend spellings to one table name.
 std::string resolve_method(const Args& a) {
@@ -165,6 +187,11 @@ RunFn setup(CLI::App& app) {
       ->check(cli::at_least(1));
   app.add_option("--eval-seq-len", a->eval_seq, "window of the quality check (default 256)")
       ->check(cli::in_range(2, 1 << 20));
+  app.add_option("--target-size", a->target_size,
+                 "GGUF: choose a type per tensor so that the whole file is at most this share of the bf16 "
+                 "model (e.g. 25% or 0.25), by measured sensitivity");
+  app.add_option("--bpw", a->bpw, "GGUF: choose a type per tensor for this average of bits per weight over the "
+                 "quantized tensors (e.g. 3.9)");
   app.add_flag("--json", a->json, "print the summary as JSON");
   add_overwrite_flag(app, a->overwrite);
   return [a, &app]() {
@@ -180,6 +207,11 @@ RunFn setup(CLI::App& app) {
     o.overrides.layout = a->layout;
     o.overrides.extra = parse_method_opts(a->method_opts);
     o.overrides.seed = a->seed;
+    if (!a->target_size.empty()) o.target_size = parse_share(a->target_size);
+    if (a->bpw) {
+      if (!(*a->bpw > 0 && *a->bpw <= 16)) fail("--bpw ", *a->bpw, " must be in (0, 16]");
+      o.target_bpw = *a->bpw;
+    }
     o.overrides.damp = a->damp;
     if (a->act_order && a->no_act_order) fail("--act-order and --no-act-order contradict each other");
     if (a->act_order) o.overrides.act_order = true;

@@ -23,6 +23,19 @@ inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v;
 inline int nearest(float f) { return int(std::lrintf(f)); }
 inline float wt(const float* w, int i) { return w ? w[i] : 1.0f; }
 
+// Code packers (one per layout; the encoders and GPTQ's set_codes share them) and the 2-bit /
+// K-nibble packings several layouts use.
+void codes_q8_0(uint8_t* o, const int* c);
+void codes_q4_0(uint8_t* o, const int* c);
+void codes_q4_1(uint8_t* o, const int* c);
+void codes_q5_0(uint8_t* o, const int* c);
+void codes_q5_1(uint8_t* o, const int* c);
+void codes_q2_k(uint8_t* o, const int* c);
+void codes_q3_k(uint8_t* o, const int* c);
+void codes_q4_k(uint8_t* o, const int* c);
+void codes_q5_k(uint8_t* o, const int* c);
+void codes_q6_k(uint8_t* o, const int* c);
+
 // ---- scale searches (shared by every encoder) ----
 
 // x ≈ d*q, q integer in [lo, hi]. Tries scales mapping the extreme value onto either end of the
@@ -111,8 +124,17 @@ void enc_q8_0(const float* x, const float* w, int64_t n, uint8_t* o) {
     const float d = rt16(search_sym(x, w, 32, -127, 127, L));
     requant(x, 32, d, 0, -127, 127, L);
     f2h(o, d);
-    for (int i = 0; i < 32; ++i) o[2 + i] = uint8_t(int8_t(L[i]));
+    for (int& l : L) l += 128;
+    codes_q8_0(o, L);
   }
+}
+void codes_q8_0(uint8_t* o, const int* c) {
+  for (int i = 0; i < 32; ++i) o[2 + i] = uint8_t(int8_t(c[i] - 128));
+}
+void grid_q8_0(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in);
+  std::fill(a, a + 32, d);
+  std::fill(b, b + 32, -128.0f * d);
 }
 void dec_q8_0(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 34, y += 32) {
@@ -140,8 +162,14 @@ void enc_q4_0(const float* x, const float* w, int64_t n, uint8_t* o) {
     requant(x, 32, d, 0, -8, 7, L);
     for (int& l : L) l += 8;
     f2h(o, d);
-    pack_nibbles(L, o + 2);
+    codes_q4_0(o, L);
   }
+}
+void codes_q4_0(uint8_t* o, const int* c) { pack_nibbles(c, o + 2); }
+void grid_q4_0(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in);
+  std::fill(a, a + 32, d);
+  std::fill(b, b + 32, -8.0f * d);
 }
 void dec_q4_0(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 18, y += 32) {
@@ -158,8 +186,13 @@ void enc_q4_1(const float* x, const float* w, int64_t n, uint8_t* o) {
     requant(x, 32, d, m, 0, 15, L);
     f2h(o, d);
     f2h(o + 2, m);
-    pack_nibbles(L, o + 4);
+    codes_q4_1(o, L);
   }
+}
+void codes_q4_1(uint8_t* o, const int* c) { pack_nibbles(c, o + 4); }
+void grid_q4_1(const uint8_t* in, float* a, float* b) {
+  std::fill(a, a + 32, h2f(in));
+  std::fill(b, b + 32, h2f(in + 2));
 }
 void dec_q4_1(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 20, y += 32) {
@@ -174,9 +207,17 @@ void enc_q5_0(const float* x, const float* w, int64_t n, uint8_t* o) {
     requant(x, 32, d, 0, -16, 15, L);
     for (int& l : L) l += 16;
     f2h(o, d);
-    pack_qh(L, o + 2);
-    pack_nibbles(L, o + 6);
+    codes_q5_0(o, L);
   }
+}
+void codes_q5_0(uint8_t* o, const int* c) {
+  pack_qh(c, o + 2);
+  pack_nibbles(c, o + 6);
+}
+void grid_q5_0(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in);
+  std::fill(a, a + 32, d);
+  std::fill(b, b + 32, -16.0f * d);
 }
 void dec_q5_0(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 22, y += 32) {
@@ -193,9 +234,16 @@ void enc_q5_1(const float* x, const float* w, int64_t n, uint8_t* o) {
     requant(x, 32, d, m, 0, 31, L);
     f2h(o, d);
     f2h(o + 2, m);
-    pack_qh(L, o + 4);
-    pack_nibbles(L, o + 8);
+    codes_q5_1(o, L);
   }
+}
+void codes_q5_1(uint8_t* o, const int* c) {
+  pack_qh(c, o + 4);
+  pack_nibbles(c, o + 8);
+}
+void grid_q5_1(const uint8_t* in, float* a, float* b) {
+  std::fill(a, a + 32, h2f(in));
+  std::fill(b, b + 32, h2f(in + 2));
 }
 void dec_q5_1(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / 32; ++b, in += 24, y += 32) {
@@ -253,13 +301,24 @@ void enc_q2_k(const float* x, const float* w, int64_t n, uint8_t* o) {
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, o += 84, w = w ? w + QK_K : w) {
     const ScaleMin r = kquant_scale_min(x, w, 16, 16, 3, 15, L);
     for (int j = 0; j < 16; ++j) o[j] = uint8_t(r.ls[j] | (r.lm[j] << 4));
-    uint8_t* qs = o + 16;
-    for (int h = 0; h < 2; ++h)          // two halves of 128
-      for (int l = 0; l < 32; ++l)
-        qs[h * 32 + l] = uint8_t(L[h * 128 + l] | (L[h * 128 + l + 32] << 2) | (L[h * 128 + l + 64] << 4) |
-                                 (L[h * 128 + l + 96] << 6));
+    codes_q2_k(o, L);
     f2h(o + 80, r.d);
     f2h(o + 82, r.dmin);
+  }
+}
+// 2-bit codes of 256 values: two halves of 128, byte l of a half holds values l, l+32, l+64, l+96.
+void pack_2bit(const int* c, uint8_t* qs) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l)
+      qs[h * 32 + l] = uint8_t(c[h * 128 + l] | (c[h * 128 + l + 32] << 2) | (c[h * 128 + l + 64] << 4) |
+                               (c[h * 128 + l + 96] << 6));
+}
+void codes_q2_k(uint8_t* o, const int* c) { pack_2bit(c, o + 16); }
+void grid_q2_k(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in + 80), dmin = h2f(in + 82);
+  for (int i = 0; i < QK_K; ++i) {
+    a[i] = d * float(in[i / 16] & 0xF);
+    b[i] = -(dmin * float(in[i / 16] >> 4));
   }
 }
 void dec_q2_k(const uint8_t* in, int64_t n, float* y) {
@@ -281,9 +340,23 @@ void enc_q4_k(const float* x, const float* w, int64_t n, uint8_t* o) {
     f2h(o, r.d);
     f2h(o + 2, r.dmin);
     pack_k4(r.ls, r.lm, o + 4);
-    uint8_t* qs = o + 16;
-    for (int c = 0; c < 4; ++c)  // chunks of 64: low nibbles sub-block 2c, high nibbles 2c+1
-      for (int l = 0; l < 32; ++l) qs[c * 32 + l] = uint8_t(L[c * 64 + l] | (L[c * 64 + 32 + l] << 4));
+    codes_q4_k(o, L);
+  }
+}
+// chunks of 64: low nibbles hold sub-block 2c, high nibbles 2c+1
+void pack_k_nibbles(const int* c, uint8_t* qs) {
+  for (int k = 0; k < 4; ++k)
+    for (int l = 0; l < 32; ++l) qs[k * 32 + l] = uint8_t((c[k * 64 + l] & 15) | ((c[k * 64 + 32 + l] & 15) << 4));
+}
+void codes_q4_k(uint8_t* o, const int* c) { pack_k_nibbles(c, o + 16); }
+// Q4_K/Q5_K: value = d*sc*q - dmin*m per sub-block of 32.
+void grid_k4(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in), dmin = h2f(in + 2);
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    unpack_k4(j, in + 4, &sc, &m);
+    std::fill(a + 32 * j, a + 32 * j + 32, d * float(sc));
+    std::fill(b + 32 * j, b + 32 * j + 32, -(dmin * float(m)));
   }
 }
 void dec_q4_k(const uint8_t* in, int64_t n, float* y) {
@@ -307,14 +380,15 @@ void enc_q5_k(const float* x, const float* w, int64_t n, uint8_t* o) {
     f2h(o, r.d);
     f2h(o + 2, r.dmin);
     pack_k4(r.ls, r.lm, o + 4);
-    uint8_t* qh = o + 16;
-    uint8_t* qs = o + 48;
-    std::memset(qh, 0, 32);
-    for (int i = 0; i < QK_K; ++i)  // sub-block s's 5th bits are bit s of qh[l]
-      if (L[i] & 16) qh[i % 32] |= uint8_t(1 << (i / 32));
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l) qs[c * 32 + l] = uint8_t((L[c * 64 + l] & 15) | ((L[c * 64 + 32 + l] & 15) << 4));
+    codes_q5_k(o, L);
   }
+}
+void codes_q5_k(uint8_t* o, const int* c) {
+  uint8_t* qh = o + 16;
+  std::memset(qh, 0, 32);
+  for (int i = 0; i < QK_K; ++i)  // sub-block s's 5th bits are bit s of qh[l]
+    if (c[i] & 16) qh[i % 32] |= uint8_t(1 << (i / 32));
+  pack_k_nibbles(c, o + 48);
 }
 void dec_q5_k(const uint8_t* in, int64_t n, float* y) {
   for (int64_t b = 0; b < n / QK_K; ++b, in += 176, y += QK_K) {
@@ -351,10 +425,7 @@ void enc_q3_k(const float* x, const float* w, int64_t n, uint8_t* o) {
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, o += 110, w = w ? w + QK_K : w) {
     float d;
     ksym_scales(x, w, -4, 3, -32, 31, ls, &d, L);
-    uint8_t* hm = o;
-    uint8_t* qs = o + 32;
     uint8_t* sc = o + 96;
-    std::memset(hm, 0, 32);
     std::memset(sc, 0, 12);
     for (int j = 0; j < 16; ++j) {
       const int l = ls[j] + 32;
@@ -362,16 +433,31 @@ void enc_q3_k(const float* x, const float* w, int64_t n, uint8_t* o) {
       else sc[j - 8] |= uint8_t((l & 0xF) << 4);
       sc[j % 4 + 8] |= uint8_t((l >> 4) << (2 * (j / 4)));
     }
-    for (int i = 0; i < QK_K; ++i) {
-      int q = L[i] + 4;
-      if (q > 3) { hm[i % 32] |= uint8_t(1 << (i / 32)); q -= 4; }
-      L[i] = q;
-    }
-    for (int h = 0; h < 2; ++h)
-      for (int l = 0; l < 32; ++l)
-        qs[h * 32 + l] = uint8_t(L[h * 128 + l] | (L[h * 128 + l + 32] << 2) | (L[h * 128 + l + 64] << 4) |
-                                 (L[h * 128 + l + 96] << 6));
+    for (int& l : L) l += 4;
+    codes_q3_k(o, L);
     f2h(o + 108, d);
+  }
+}
+// Codes 0..7: bit 2 in hmask (set: no -4), bits 0-1 in qs.
+void codes_q3_k(uint8_t* o, const int* c) {
+  uint8_t* hm = o;
+  std::memset(hm, 0, 32);
+  int low[QK_K];
+  for (int i = 0; i < QK_K; ++i) {
+    if (c[i] > 3) hm[i % 32] |= uint8_t(1 << (i / 32));
+    low[i] = c[i] & 3;
+  }
+  pack_2bit(low, o + 32);
+}
+void grid_q3_k(const uint8_t* in, float* a, float* b) {
+  const uint8_t* sc = in + 96;
+  const float d = h2f(in + 108);
+  for (int j = 0; j < 16; ++j) {
+    const int low = j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4;
+    const int high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+    const float s = d * float((low | (high << 4)) - 32);
+    std::fill(a + 16 * j, a + 16 * j + 16, s);
+    std::fill(b + 16 * j, b + 16 * j + 16, -4.0f * s);
   }
 }
 void dec_q3_k(const uint8_t* in, int64_t n, float* y) {
@@ -397,19 +483,31 @@ void enc_q6_k(const float* x, const float* w, int64_t n, uint8_t* o) {
   for (int64_t b = 0; b < n / QK_K; ++b, x += QK_K, o += 210, w = w ? w + QK_K : w) {
     float d;
     ksym_scales(x, w, -32, 31, -128, 127, ls, &d, L);
-    uint8_t* ql = o;
-    uint8_t* qh = o + 128;
-    std::memset(ql, 0, 128);
-    std::memset(qh, 0, 64);
-    for (int i = 0; i < QK_K; ++i) {
-      const int q = L[i] + 32, h = i / 128, r = i % 128, l = r % 32, k = r / 32;  // k: which of 4 quarters
-      // quarters 0,1 use low nibbles of ql[l], ql[l+32]; quarters 2,3 the high nibbles
-      const int qli = h * 64 + l + (k & 1) * 32;
-      ql[qli] |= uint8_t((q & 0xF) << ((k >> 1) * 4));
-      qh[h * 32 + l] |= uint8_t((q >> 4) << (2 * k));
-    }
+    for (int& l : L) l += 32;
+    codes_q6_k(o, L);
     for (int j = 0; j < 16; ++j) o[192 + j] = uint8_t(int8_t(ls[j]));
     f2h(o + 208, d);
+  }
+}
+void codes_q6_k(uint8_t* o, const int* c) {
+  uint8_t* ql = o;
+  uint8_t* qh = o + 128;
+  std::memset(ql, 0, 128);
+  std::memset(qh, 0, 64);
+  for (int i = 0; i < QK_K; ++i) {
+    const int q = c[i], h = i / 128, r = i % 128, l = r % 32, k = r / 32;  // k: which of 4 quarters
+    // quarters 0,1 use low nibbles of ql[l], ql[l+32]; quarters 2,3 the high nibbles
+    const int qli = h * 64 + l + (k & 1) * 32;
+    ql[qli] |= uint8_t((q & 0xF) << ((k >> 1) * 4));
+    qh[h * 32 + l] |= uint8_t((q >> 4) << (2 * k));
+  }
+}
+void grid_q6_k(const uint8_t* in, float* a, float* b) {
+  const float d = h2f(in + 208);
+  for (int j = 0; j < 16; ++j) {
+    const float s = d * float(int8_t(in[192 + j]));
+    std::fill(a + 16 * j, a + 16 * j + 16, s);
+    std::fill(b + 16 * j, b + 16 * j + 16, -32.0f * s);
   }
 }
 void dec_q6_k(const uint8_t* in, int64_t n, float* y) {
@@ -427,19 +525,19 @@ void dec_q6_k(const uint8_t* in, int64_t n, float* y) {
 }
 
 const GgmlTypeTraits kTypes[] = {
-    {GgmlType::F32, "F32", 1, 4, enc_f32, dec_f32},
-    {GgmlType::F16, "F16", 1, 2, enc_f16, dec_f16},
-    {GgmlType::BF16, "BF16", 1, 2, enc_bf16, dec_bf16},
-    {GgmlType::Q8_0, "Q8_0", 32, 34, enc_q8_0, dec_q8_0},
-    {GgmlType::Q4_0, "Q4_0", 32, 18, enc_q4_0, dec_q4_0},
-    {GgmlType::Q4_1, "Q4_1", 32, 20, enc_q4_1, dec_q4_1},
-    {GgmlType::Q5_0, "Q5_0", 32, 22, enc_q5_0, dec_q5_0},
-    {GgmlType::Q5_1, "Q5_1", 32, 24, enc_q5_1, dec_q5_1},
-    {GgmlType::Q2_K, "Q2_K", 256, 84, enc_q2_k, dec_q2_k},
-    {GgmlType::Q3_K, "Q3_K", 256, 110, enc_q3_k, dec_q3_k},
-    {GgmlType::Q4_K, "Q4_K", 256, 144, enc_q4_k, dec_q4_k},
-    {GgmlType::Q5_K, "Q5_K", 256, 176, enc_q5_k, dec_q5_k},
-    {GgmlType::Q6_K, "Q6_K", 256, 210, enc_q6_k, dec_q6_k},
+    {GgmlType::F32, "F32", 1, 4, enc_f32, dec_f32, 0, 0, nullptr, nullptr},
+    {GgmlType::F16, "F16", 1, 2, enc_f16, dec_f16, 0, 0, nullptr, nullptr},
+    {GgmlType::BF16, "BF16", 1, 2, enc_bf16, dec_bf16, 0, 0, nullptr, nullptr},
+    {GgmlType::Q8_0, "Q8_0", 32, 34, enc_q8_0, dec_q8_0, 1, 255, grid_q8_0, codes_q8_0},
+    {GgmlType::Q4_0, "Q4_0", 32, 18, enc_q4_0, dec_q4_0, 0, 15, grid_q4_0, codes_q4_0},
+    {GgmlType::Q4_1, "Q4_1", 32, 20, enc_q4_1, dec_q4_1, 0, 15, grid_q4_1, codes_q4_1},
+    {GgmlType::Q5_0, "Q5_0", 32, 22, enc_q5_0, dec_q5_0, 0, 31, grid_q5_0, codes_q5_0},
+    {GgmlType::Q5_1, "Q5_1", 32, 24, enc_q5_1, dec_q5_1, 0, 31, grid_q5_1, codes_q5_1},
+    {GgmlType::Q2_K, "Q2_K", 256, 84, enc_q2_k, dec_q2_k, 0, 3, grid_q2_k, codes_q2_k},
+    {GgmlType::Q3_K, "Q3_K", 256, 110, enc_q3_k, dec_q3_k, 0, 7, grid_q3_k, codes_q3_k},
+    {GgmlType::Q4_K, "Q4_K", 256, 144, enc_q4_k, dec_q4_k, 0, 15, grid_k4, codes_q4_k},
+    {GgmlType::Q5_K, "Q5_K", 256, 176, enc_q5_k, dec_q5_k, 0, 31, grid_k4, codes_q5_k},
+    {GgmlType::Q6_K, "Q6_K", 256, 210, enc_q6_k, dec_q6_k, 0, 63, grid_q6_k, codes_q6_k},
 };
 
 }  // namespace

@@ -18,6 +18,14 @@
 //    weights (e.g. a Hessian diagonal) that the scale/min search minimises sum w*(x-x̂)^2 with
 //    (uniform when null). Writes n/block_size*type_size bytes. decode is its exact inverse on the
 //    layout: decode(encode(x)) is what ggml's dequantize_row gives for those bytes.
+//  * Every quantized type's grid is affine per value: value_i = a_i * c_i + b_i with an unsigned
+//    code c_i in [code_min, code_max]. grid(block, a, b) reads a_i, b_i (block_size each) from an
+//    encoded block's scales; set_codes(block, c) rewrites the block's codes, keeping its scales,
+//    so that decode gives a_i * c_i + b_i (up to the fp32 rounding of that product and sum).
+//    Codes: Q8_0 int8 + 128 (1..255), Q4_0/Q5_0 as stored (value d*(c-8) / d*(c-16)), Q3_K
+//    q + 4 (0..7), Q6_K q + 32 (0..63), the others as stored. GPTQ on ggml grids
+//    (quant/gptq.h) encodes a block of its running weights, then rounds column by column onto
+//    that grid. null for F32/F16/BF16.
 //  * Encoders are llmc's own (search over candidate scales), not llama.cpp's; the bytes they write
 //    follow the layout, so llama.cpp decodes them identically.
 //  * ggml_type_by_id/name return nullptr for types not in the table.
@@ -35,6 +43,8 @@ enum class GgmlType : uint32_t {
 
 using GgmlEncodeFn = void (*)(const float* x, const float* w, int64_t n, uint8_t* out);
 using GgmlDecodeFn = void (*)(const uint8_t* in, int64_t n, float* y);
+using GgmlGridFn = void (*)(const uint8_t* block, float* a, float* b);
+using GgmlSetCodesFn = void (*)(uint8_t* block, const int* codes);
 
 struct GgmlTypeTraits {
   GgmlType type;
@@ -43,6 +53,9 @@ struct GgmlTypeTraits {
   int type_size;          // bytes per block
   GgmlEncodeFn encode;
   GgmlDecodeFn decode;
+  int code_min, code_max;  // quantized types: the unsigned code range of set_codes
+  GgmlGridFn grid;         // null for F32/F16/BF16
+  GgmlSetCodesFn set_codes;
   double bits_per_weight() const { return 8.0 * type_size / block_size; }
 };
 

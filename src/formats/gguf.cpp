@@ -301,9 +301,13 @@ void put_value(std::string& b, const GgufValue& v) {
 
 }  // namespace
 
-GgufWriter::GgufWriter(const std::filesystem::path& path, const std::vector<std::pair<std::string, GgufValue>>& kv,
-                       const std::vector<GgufTensorDecl>& tensors, uint32_t alignment)
-    : path_(path), alignment_(alignment) {
+namespace {
+
+// The header (magic ... tensor infos, padded to the alignment) of a file with these keys and
+// tensors; the tensor infos (offsets, sizes) into *infos; `origin` names the file in errors.
+std::string serialize_header(const std::string& origin, const std::vector<std::pair<std::string, GgufValue>>& kv,
+                             const std::vector<GgufTensorDecl>& tensors, uint32_t alignment,
+                             std::vector<GgufTensorInfo>* infos) {
   LLMC_CHECK(alignment && (alignment & (alignment - 1)) == 0);
   std::string b = "GGUF";
   put_pod<uint32_t>(b, 3);
@@ -313,9 +317,9 @@ GgufWriter::GgufWriter(const std::filesystem::path& path, const std::vector<std:
   put_pod<uint64_t>(b, kv.size() + (add_align ? 1 : 0));
   std::set<std::string> keys;
   for (const auto& [k, v] : kv) {
-    if (!keys.insert(k).second) fail(path_.string(), ": metadata key '", k, "' given twice");
+    if (!keys.insert(k).second) fail(origin, ": metadata key '", k, "' given twice");
     if (k == "general.alignment" && (v.type != GgufType::U32 || v.u != alignment))
-      fail(path_.string(), ": general.alignment disagrees with the writer's alignment ", alignment);
+      fail(origin, ": general.alignment disagrees with the writer's alignment ", alignment);
     put_str(b, k);
     put_pod<uint32_t>(b, uint32_t(v.type));
     put_value(b, v);
@@ -329,9 +333,9 @@ GgufWriter::GgufWriter(const std::filesystem::path& path, const std::vector<std:
   std::set<std::string> names;
   for (const auto& d : tensors) {
     const GgmlTypeTraits* tt = ggml_type_by_id(d.type);
-    if (!tt) fail(path_.string(), ": tensor '", d.name, "': unknown ggml type ", d.type);
-    if (!names.insert(d.name).second) fail(path_.string(), ": tensor '", d.name, "' declared twice");
-    if (d.ne.empty() || d.ne.size() > 4) fail(path_.string(), ": tensor '", d.name, "': needs 1..4 dimensions");
+    if (!tt) fail(origin, ": tensor '", d.name, "': unknown ggml type ", d.type);
+    if (!names.insert(d.name).second) fail(origin, ": tensor '", d.name, "' declared twice");
+    if (d.ne.empty() || d.ne.size() > 4) fail(origin, ": tensor '", d.name, "': needs 1..4 dimensions");
     GgufTensorInfo t;
     t.name = d.name;
     t.type = d.type;
@@ -344,9 +348,26 @@ GgufWriter::GgufWriter(const std::filesystem::path& path, const std::vector<std:
     for (uint64_t n : t.ne) put_pod<uint64_t>(b, n);
     put_pod<uint32_t>(b, t.type);
     put_pod<uint64_t>(b, t.offset);
-    infos_.push_back(std::move(t));
+    infos->push_back(std::move(t));
   }
   b.resize((b.size() + alignment - 1) / alignment * alignment, '\0');
+  return b;
+}
+
+}  // namespace
+
+uint64_t gguf_file_bytes(const std::vector<std::pair<std::string, GgufValue>>& kv,
+                         const std::vector<GgufTensorDecl>& tensors, uint32_t alignment) {
+  std::vector<GgufTensorInfo> infos;
+  uint64_t n = serialize_header("gguf", kv, tensors, alignment, &infos).size();
+  for (const GgufTensorInfo& t : infos) n += (t.nbytes + alignment - 1) / alignment * alignment;  // as data() pads
+  return n;
+}
+
+GgufWriter::GgufWriter(const std::filesystem::path& path, const std::vector<std::pair<std::string, GgufValue>>& kv,
+                       const std::vector<GgufTensorDecl>& tensors, uint32_t alignment)
+    : path_(path), alignment_(alignment) {
+  const std::string b = serialize_header(path_.string(), kv, tensors, alignment, &infos_);
   fd_ = ::open(path_.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path_.string(), ": cannot create: ", std::strerror(errno));
   put(b.data(), b.size());

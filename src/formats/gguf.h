@@ -112,6 +112,10 @@ struct GgufTensorDecl {
   std::vector<uint64_t> ne;
 };
 
+// The size of the file a GgufWriter with these arguments writes (header + padded tensor data).
+uint64_t gguf_file_bytes(const std::vector<std::pair<std::string, GgufValue>>& kv,
+                         const std::vector<GgufTensorDecl>& tensors, uint32_t alignment = kGgufDefaultAlignment);
+
 class GgufWriter {
  public:
   GgufWriter(const std::filesystem::path& path, const std::vector<std::pair<std::string, GgufValue>>& kv,

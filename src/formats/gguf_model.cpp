@@ -336,14 +336,41 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
     for (auto it = p.info.shape.rbegin(); it != p.info.shape.rend(); ++it) d.ne.push_back(uint64_t(*it));
     decls.push_back(std::move(d));
   }
-  GgufWriter w(out, kv, decls);
   GgufWriteStats st;
+  if (o.dry_run) {  // the size only: nothing is read or written
+    st.bytes = gguf_file_bytes(kv, decls);
+    for (const Plan& p : plans) {
+      st.type_counts[p.type->name]++;
+      st.types[p.site.gguf_name] = p.type->name;
+    }
+    st.tensors = plans.size();
+    st.seconds = now_s() - t0;
+    return st;
+  }
+  GgufWriter w(out, kv, decls);
   Progress prog("gguf", plans.size(), "tensors");
   for (const Plan& p : plans) {
-    const TensorRef ref = in.tensors->get(p.info.name);
-    std::vector<float> x = ref.to_f32();
     const int64_t rows = p.info.shape.size() == 1 ? 1 : p.info.shape[0];
     const int64_t cols = p.info.shape.back();
+    const std::vector<uint8_t>* pre = o.encoded && p.type->block_size > 1 ? o.encoded(p.site, p.type->type) : nullptr;
+    if (pre) {
+      const uint64_t row_bytes = ggml_row_bytes(p.type->type, uint64_t(cols));
+      LLMC_CHECK(pre->size() == row_bytes * uint64_t(rows), p.site.gguf_name, ": ", pre->size(),
+                 " pre-encoded bytes, expected ", row_bytes * uint64_t(rows));
+      std::vector<uint8_t> y;
+      if (p.permute_heads) {
+        y.resize(pre->size());
+        permute_rows(pre->data(), y.data(), rows, row_bytes, p.permute_heads, true);
+      }
+      w.data(p.site.gguf_name, y.empty() ? pre->data() : y.data(), pre->size());
+      st.type_counts[p.type->name]++;
+      st.types[p.site.gguf_name] = p.type->name;
+      ++st.tensors;
+      if (o.progress) prog.step();
+      continue;
+    }
+    const TensorRef ref = in.tensors->get(p.info.name);
+    std::vector<float> x = ref.to_f32();
     if (p.permute_heads) {
       std::vector<float> y(x.size());
       permute_rows(reinterpret_cast<const uint8_t*>(x.data()), reinterpret_cast<uint8_t*>(y.data()), rows,

@@ -55,7 +55,13 @@ struct GgufWriteOptions {
   // Weights of value x_ij: imp_j * sqrt(sigma2_i + x_ij^2) (sigma2_i = 2 mean_j x_ij^2, as
   // llama.cpp combines its imatrix with the weights) instead of imp_j alone.
   bool importance_times_magnitude = false;
+  // Bytes already encoded for a tensor of this type (rows in HF order, e.g. GPTQ's), or nullptr to
+  // encode it here. Their size must be the tensor's; llama's Q/K row permutation is applied to them.
+  std::function<const std::vector<uint8_t>*(const GgufTensorSite&, GgmlType)> encoded;
   GgufFileType file_type = GgufFileType::MOSTLY_BF16;
+  // Plan only: check everything, fill the stats (bytes = the exact file size, types) and return
+  // without reading tensor data or touching `out`.
+  bool dry_run = false;
   bool progress = true;
 };
 

@@ -18,6 +18,7 @@
 //    per-tensor types in report["gguf"]["types"].
 #pragma once
 #include <string>
+#include <vector>
 
 #include "formats/gguf_model.h"
 #include "quant/method.h"
@@ -34,6 +35,23 @@ struct GgufPreset {
 const GgufPreset* find_gguf_preset(const std::string& name);
 // The llama.cpp fallback of `t` for rows of `row` values (t itself when it fits).
 GgmlType gguf_row_fallback(GgmlType t, int64_t row);
+
+// Size budgets (QuantizeOptions::target_size / target_bpw): every 2-D tensor gets the type of
+// its candidates (gguf_budget_candidates of its row length) that minimises the summed relative
+// output errors (measured per candidate from the calibration Hessians; docs/methods.md) under
+// the byte cap.
+std::vector<GgmlType> gguf_budget_candidates(int64_t row);
+struct MixTensor {
+  std::string name;
+  std::vector<GgmlType> types;
+  std::vector<uint64_t> bytes;  // the tensor's padded file bytes per candidate
+  std::vector<double> err;      // its error per candidate
+};
+// Index of the chosen candidate per tensor: start from each tensor's smallest candidate, then
+// repeatedly take the upgrade with the most error saved per extra byte that still fits (upgrades
+// along each tensor's lower convex hull of (bytes, error)). Σ chosen bytes <= cap; throws
+// llmc::Error when even the smallest candidates exceed cap.
+std::vector<int> choose_gguf_mix(const std::vector<MixTensor>& tensors, uint64_t cap);
 
 QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, const MethodInfo& method,
                              const QuantSpec& spec);

@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "formats/ggml_types.h"
 #include "quant/grid.h"
 #include "quant/rtn.h"
 
@@ -448,14 +449,27 @@ bool factor_cpu(const Layer& L, double damp, int retries, std::vector<float>& Uf
   return ok;
 }
 
-// Step 3b (CPU): the lazy-batch column loop of backend.h GptqSolveJob on W (modified).
+// A ggml type's grid for the column loop: at each block of `bs` columns of a row the type's
+// encoder runs on the row's running weights (weighted by imp), its scales fix the block's affine
+// grid a*c + b, the columns round onto it one by one, and the codes are packed at the block end.
+struct GgmlRounding {
+  const GgmlTypeTraits* t = nullptr;
+  uint8_t* out = nullptr;  // [out, row_bytes]
+  int64_t row_bytes = 0;
+};
+
+// Step 3b (CPU): the lazy-batch column loop of backend.h GptqSolveJob on W (modified); with
+// `gg`, on that ggml type's grid (codes into gg->out, job.codes unused).
 void columns_cpu(const backend::GptqSolveJob& job, const QuantGrid& grid,
-                 const std::vector<float>& Uf, std::vector<float>& W) {
+                 const std::vector<float>& Uf, std::vector<float>& W, const GgmlRounding* gg = nullptr) {
   const int64_t n = job.n, out = job.out, B = job.block, gs = job.group;
   const int64_t rows_per_task = 16;
   const int64_t ntasks = (out + rows_per_task - 1) / rows_per_task;
   parallel_for(0, size_t(ntasks), 1, [&](size_t t0, size_t t1) {
     std::vector<float> E(size_t(rows_per_task * B));
+    const int64_t bs = gg ? gg->t->block_size : 0;
+    std::vector<float> ga(size_t(rows_per_task * bs)), gb(ga.size());
+    std::vector<int> gc(ga.size());
     for (size_t t = t0; t < t1; ++t) {
       const int64_t r0 = int64_t(t) * rows_per_task, rc = std::min(rows_per_task, out - r0);
       for (int64_t i1 = 0; i1 < n; i1 += B) {
@@ -463,7 +477,24 @@ void columns_cpu(const backend::GptqSolveJob& job, const QuantGrid& grid,
         for (int64_t r = r0; r < r0 + rc; ++r) {
           float* wr = W.data() + r * n;
           float* er = E.data() + (r - r0) * B;
-          for (int64_t j = i1; j < i2; ++j) {
+          for (int64_t j = i1; j < i2 && gg; ++j) {
+            const int64_t jj = j % bs, k0 = (r - r0) * bs;
+            uint8_t* blk = gg->out + r * gg->row_bytes + (j / bs) * gg->t->type_size;
+            if (jj == 0) {
+              gg->t->encode(wr + j, job.imp ? job.imp + j : nullptr, bs, blk);
+              gg->t->grid(blk, ga.data() + k0, gb.data() + k0);
+            }
+            const float a = ga[size_t(k0 + jj)], b = gb[size_t(k0 + jj)];
+            int c = gg->t->code_min;
+            if (a != 0) c = std::clamp(int(std::lrintf((wr[j] - b) / a)), gg->t->code_min, gg->t->code_max);
+            gc[size_t(k0 + jj)] = c;
+            const float* u = Uf.data() + j * n;
+            const float err = (wr[j] - (a * float(c) + b)) / u[j];
+            er[j - i1] = err;
+            for (int64_t k = j + 1; k < i2; ++k) wr[k] -= err * u[k];
+            if (jj == bs - 1) gg->t->set_codes(blk, gc.data() + k0);
+          }
+          for (int64_t j = i1; j < i2 && !gg; ++j) {
             if (!job.params_given && gs > 0 && j % gs == 0) {
               const int64_t len = std::min(gs, n - j), p = r * job.param_stride + j / gs;
               int32_t z;
@@ -681,8 +712,96 @@ std::optional<GptqResult> gptq_quantize_cuda(const float* w, int64_t out, int64_
 
 }  // namespace
 
+namespace {
+
+// Each row encoded by the ggml type alone (weighted by imp when given): the fallback and the
+// report's baseline of GPTQ on a ggml grid.
+std::vector<uint8_t> ggml_rtn(const GgmlTypeTraits& t, const float* w, int64_t out, int64_t n, const float* imp) {
+  const int64_t rb = int64_t(ggml_row_bytes(t.type, uint64_t(n)));
+  std::vector<uint8_t> q(size_t(out * rb));
+  parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) t.encode(w + r * size_t(n), imp, n, q.data() + r * size_t(rb));
+  });
+  return q;
+}
+std::vector<float> ggml_decode_rows(const GgmlTypeTraits& t, const std::vector<uint8_t>& q, int64_t out, int64_t n) {
+  const int64_t rb = int64_t(ggml_row_bytes(t.type, uint64_t(n)));
+  std::vector<float> y(size_t(out * n));
+  parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) t.decode(q.data() + r * size_t(rb), n, y.data() + r * size_t(n));
+  });
+  return y;
+}
+
+// GPTQ on a ggml type's grid (opt.ggml): the CPU solver's steps with natural column order and
+// the type's blocks as groups; the result is the type's row bytes (GptqResult::ggml).
+GptqResult gptq_quantize_ggml(const float* w, int64_t out, int64_t n, const double* H, const GptqOptions& opt,
+                              const std::string& name) {
+  const GgmlTypeTraits& t = *opt.ggml;
+  LLMC_CHECK(t.grid != nullptr, "gptq: ", t.name, " is not a quantized ggml type");
+  LLMC_CHECK(n % t.block_size == 0, "gptq: ", n, " columns are not a multiple of the ", t.name, " block ",
+             t.block_size);
+  LLMC_CHECK(opt.act_order == ActOrder::None, "gptq on ggml grids keeps the natural column order");
+  LLMC_CHECK(opt.h_add.empty() && !opt.error_ref, "gptq on ggml grids: no h_add / error_ref");
+  blas_single_threaded();
+  GptqResult res;
+  GptqReport& rep = res.report;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  Layer L = prepare_layer(w, out, n, H, ActOrder::None, {}, rep);
+  rep.seconds_prepare = since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
+  const float* imp = opt.weighted_search ? L.impn.data() : nullptr;
+  bool ok = false;
+  if (!L.finite) rep.reason = "Hessian is not finite";
+  else if (!(L.mean_diag > 0)) rep.reason = "Hessian diagonal mean is not positive";
+  else {
+    QuantizedWeight unused;
+    backend::GptqSolveJob job;
+    fill_solve_job(opt, out, n, L.mean_diag, unused, job);
+    job.block = ((std::max<int64_t>(1, opt.block_size) + t.block_size - 1) / t.block_size) * t.block_size;
+    job.imp = imp;
+    std::vector<float> Uf;
+    ok = factor_cpu(L, opt.damp, opt.damp_retries, Uf, &job.damp_used);
+    if (ok) {
+      GgmlRounding gg{&t, nullptr, int64_t(ggml_row_bytes(t.type, uint64_t(n)))};
+      res.ggml.assign(size_t(out * gg.row_bytes), 0);
+      gg.out = res.ggml.data();
+      columns_cpu(job, opt.grid, Uf, L.Wp, &gg);
+      rep.damp = job.damp_used;
+    } else {
+      rep.reason = cat("Cholesky failed up to damping ", job.damp_used);
+    }
+  }
+  if (!ok) {
+    rep.fallback = true;
+    log_warn(cat(name, ": GPTQ ", rep.reason, "; falling back to the ", t.name, " encoder"));
+    res.ggml = ggml_rtn(t, L.W.data(), out, n, L.finite ? imp : nullptr);
+  }
+  rep.seconds_solve = since(t1);
+  const auto t2 = std::chrono::steady_clock::now();
+  if (!L.finite) {
+    rep.rel_error = -1;
+  } else if (opt.report_errors) {
+    const std::vector<float> dq = ggml_decode_rows(t, res.ggml, out, n);
+    std::vector<float> dr;
+    if (opt.report_rtn) dr = ggml_decode_rows(t, ggml_rtn(t, L.W.data(), out, n, imp), out, n);
+    fill_error_report(w, dq.data(), dr.empty() ? nullptr : dr.data(), out, n, H, opt.report_rows, rep);
+  }
+  rep.seconds_report = since(t2);
+  return res;
+}
+
+}  // namespace
+
 GptqResult gptq_quantize(const float* w, int64_t out, int64_t in, const double* H,
                          const GptqOptions& opt, const std::string& name) {
+  if (opt.ggml) {
+    LLMC_CHECK(out > 0 && in > 0, "gptq shape");
+    return gptq_quantize_ggml(w, out, in, H, opt, name);
+  }
   check_options(opt, out, in);
   if (use_cuda(opt, out, in)) {
     if (std::optional<GptqResult> r = gptq_quantize_cuda(w, out, in, H, opt)) return std::move(*r);

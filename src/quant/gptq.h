@@ -26,6 +26,15 @@
 //    method_gptq.cpp by permuting gate/up rows and down columns; see permute_rows below.)
 //  * fp8 grid: group 0 (one scale) or -1 (one per row), the scales given in fixed_scales; the
 //    fallback rounds with those scales.
+//  * ggml grid (`ggml` set: a quantized type of formats/ggml_types.h): natural column order, the
+//    type's blocks (32 or 256 columns) as the groups. When the solver reaches a block of a row,
+//    the type's encoder runs on the row's running (error-updated) weights of that block, weighted
+//    by diag(H) when `weighted_search` (what llama.cpp's imatrix weights), which fixes the block's
+//    scales and so its affine grid (ggml_types.h grid); each column is then rounded onto it
+//    (nearest code, clamped) with GPTQ's error feedback, and the codes are packed into the block
+//    (set_codes). The result is the rows' bytes in GptqResult::ggml; `grid`, `group`,
+//    `fixed_scales`, act order, h_add and error_ref do not apply; always the CPU solver; the
+//    fallback and the report's RTN baseline are the encoder alone with the same weights.
 //  * Report (when `report_errors`): relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with the
 //    undamped H, the same for plain RTN on the same grid (when `report_rtn`); always damping
 //    used, dead columns, fallback.
@@ -56,8 +65,11 @@ const char* act_order_name(ActOrder a);
 // device -> llmc::Error.
 enum class GptqSolver { Auto, Cpu, Cuda };
 
+struct GgmlTypeTraits;
+
 struct GptqOptions {
   QuantGrid grid;
+  const GgmlTypeTraits* ggml = nullptr;  // GPTQ on this ggml type's grid (see above)
   int64_t group = 128;      // >0 group size; -1 per channel; 0 per tensor (fp8 grid only)
   double damp = 0.01;       // fraction of mean(diag H)
   int block_size = 128;
@@ -93,6 +105,7 @@ struct GptqReport {
 
 struct GptqResult {
   QuantizedWeight qw;
+  std::vector<uint8_t> ggml;  // with GptqOptions::ggml: [out, row bytes of the type], qw empty
   GptqReport report;
 };
 

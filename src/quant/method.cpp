@@ -71,7 +71,7 @@ MethodInfo gguf_row(const char* name, const char* preset, int bits, const char* 
   m.allowed_bits = {bits};
   m.default_group = 0;
   m.layouts = {"gguf"};
-  m.opts = {opt_choice("rounding", {"hdiag", "imatrix", "rtn"})};
+  m.opts = {opt_choice("rounding", {"gptq", "hdiag", "imatrix", "rtn"})};
   m.calibration_for = [](const QuantSpec& s) { return method_opt<std::string>(s, "rounding") != "rtn"; };
   m.gguf_preset = preset;
   m.description = description;

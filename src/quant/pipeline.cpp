@@ -353,7 +353,14 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   const MethodInfo& method = find_method(opt.method);
   QuantSpec spec = resolve_spec(method, opt.overrides);
   const Layout* layout = spec.layout.empty() || method.gguf_preset ? nullptr : &find_layout(spec.layout);
-  const bool calibrate = needs_calibration(method, spec);
+  const bool budget = opt.target_size > 0 || opt.target_bpw > 0;
+  if (budget && !method.gguf_preset)
+    fail(opt.target_size > 0 ? "--target-size" : "--bpw", " chooses a GGUF type per tensor; method ", method.name,
+         " is not a GGUF method (use q8_0 ... q2_k with a *.gguf output)");
+  if (opt.target_size > 0 && opt.target_bpw > 0) fail("--target-size and --bpw are alternatives; give one");
+  if (opt.target_size < 0 || opt.target_size > 1) fail("--target-size must be in (0, 100%], got ", opt.target_size);
+  if (opt.target_bpw < 0 || opt.target_bpw > 16) fail("--bpw must be in (0, 16], got ", opt.target_bpw);
+  const bool calibrate = needs_calibration(method, spec) || budget;  // a budget measures errors on calibration data
 
   // 1. Input: mmap'ed, blocks loaded lazily. The output path is checked first.
   const CheckpointFormat fmt = opt.format.value_or(opt.output.extension() == ".parquet" ? CheckpointFormat::Parquet
@@ -635,6 +642,7 @@ json summary_json(const QuantizeResult& r) {
             {"quantized_linear_bytes", r.qlinear_bytes},
             {"quantized_linear_bf16_bytes", r.qlinear_bf16_bytes},
             {"vllm", {{"loadable", r.vllm_why_not.empty()}, {"reason", r.vllm_why_not}}}};
+  if (r.report.is_object() && r.report.contains("gguf")) j["gguf"] = r.report["gguf"];  // types, GPTQ errors
   if (r.quality.measured)
     j["quality"] = {{"tokens", r.quality.tokens},       {"ppl_base", r.quality.ppl_base},
                     {"ppl_quant", r.quality.ppl_quant}, {"ppl_ratio", r.quality.ppl_ratio},

@@ -65,6 +65,9 @@ struct QuantizeOptions {
   // Block i's tensors are encoded and written by a writer thread while block i + 1 is
   // quantized (same bytes either way); false writes them in the quantizing thread.
   bool writer_thread = true;
+  // GGUF size budgets (one at most; 0 = none): the whole file <= target_size × the bf16 model's
+  // tensor bytes, or the quantized 2-D tensors at <= target_bpw bits per weight on average.
+  double target_size = 0, target_bpw = 0;
 };
 
 struct QualityResult {
