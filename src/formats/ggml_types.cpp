@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/threads.h"
 
 namespace llmc {
 namespace {
@@ -559,6 +560,20 @@ const GgmlTypeTraits& ggml_traits(GgmlType t) {
 }
 int ggml_type_count() { return int(sizeof kTypes / sizeof kTypes[0]); }
 const GgmlTypeTraits& ggml_type_at(int i) { return kTypes[i]; }
+void ggml_encode_rows(const GgmlTypeTraits& t, const float* x, int64_t rows, int64_t cols, const float* imp,
+                      uint8_t* out) {
+  const size_t rb = size_t(ggml_row_bytes(t.type, uint64_t(cols)));
+  parallel_for(0, size_t(rows), 4, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) t.encode(x + r * size_t(cols), imp, cols, out + r * rb);
+  });
+}
+void ggml_decode_rows(const GgmlTypeTraits& t, const uint8_t* in, int64_t rows, int64_t cols, float* y) {
+  const size_t rb = size_t(ggml_row_bytes(t.type, uint64_t(cols)));
+  parallel_for(0, size_t(rows), 16, [&](size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; ++r) t.decode(in + r * rb, cols, y + r * size_t(cols));
+  });
+}
+
 uint64_t ggml_row_bytes(GgmlType t, uint64_t n) {
   const GgmlTypeTraits& tt = ggml_traits(t);
   if (n % uint64_t(tt.block_size) != 0)

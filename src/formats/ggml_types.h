@@ -66,5 +66,10 @@ int ggml_type_count();
 const GgmlTypeTraits& ggml_type_at(int i);
 // Bytes of n values (n a multiple of the block size; else throws llmc::Error).
 uint64_t ggml_row_bytes(GgmlType t, uint64_t n);
+// `rows` rows of `cols` values, each encoded alone (imp: per-column weights or null) into
+// rows x ggml_row_bytes bytes / decoded back; rows in parallel (core/threads.h).
+void ggml_encode_rows(const GgmlTypeTraits& t, const float* x, int64_t rows, int64_t cols, const float* imp,
+                      uint8_t* out);
+void ggml_decode_rows(const GgmlTypeTraits& t, const uint8_t* in, int64_t rows, int64_t cols, float* y);
 
 }  // namespace llmc

@@ -22,25 +22,26 @@ namespace {
 struct NameRow {
   const char* hf;
   const char* gguf;
+  GgufRole role;
 };
 constexpr NameRow kNames[] = {
-    {"model.embed_tokens.weight", "token_embd.weight"},
-    {"model.norm.weight", "output_norm.weight"},
-    {"lm_head.weight", "output.weight"},
-    {"model.layers.{L}.input_layernorm.weight", "blk.{L}.attn_norm.weight"},
-    {"model.layers.{L}.post_attention_layernorm.weight", "blk.{L}.ffn_norm.weight"},
-    {"model.layers.{L}.self_attn.q_proj.weight", "blk.{L}.attn_q.weight"},
-    {"model.layers.{L}.self_attn.k_proj.weight", "blk.{L}.attn_k.weight"},
-    {"model.layers.{L}.self_attn.v_proj.weight", "blk.{L}.attn_v.weight"},
-    {"model.layers.{L}.self_attn.o_proj.weight", "blk.{L}.attn_output.weight"},
-    {"model.layers.{L}.self_attn.q_proj.bias", "blk.{L}.attn_q.bias"},
-    {"model.layers.{L}.self_attn.k_proj.bias", "blk.{L}.attn_k.bias"},
-    {"model.layers.{L}.self_attn.v_proj.bias", "blk.{L}.attn_v.bias"},
-    {"model.layers.{L}.self_attn.q_norm.weight", "blk.{L}.attn_q_norm.weight"},
-    {"model.layers.{L}.self_attn.k_norm.weight", "blk.{L}.attn_k_norm.weight"},
-    {"model.layers.{L}.mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight"},
-    {"model.layers.{L}.mlp.up_proj.weight", "blk.{L}.ffn_up.weight"},
-    {"model.layers.{L}.mlp.down_proj.weight", "blk.{L}.ffn_down.weight"},
+    {"model.embed_tokens.weight", "token_embd.weight", GgufRole::Embedding},
+    {"model.norm.weight", "output_norm.weight", GgufRole::Norm},
+    {"lm_head.weight", "output.weight", GgufRole::Output},
+    {"model.layers.{L}.input_layernorm.weight", "blk.{L}.attn_norm.weight", GgufRole::Norm},
+    {"model.layers.{L}.post_attention_layernorm.weight", "blk.{L}.ffn_norm.weight", GgufRole::Norm},
+    {"model.layers.{L}.self_attn.q_proj.weight", "blk.{L}.attn_q.weight", GgufRole::AttnQ},
+    {"model.layers.{L}.self_attn.k_proj.weight", "blk.{L}.attn_k.weight", GgufRole::AttnK},
+    {"model.layers.{L}.self_attn.v_proj.weight", "blk.{L}.attn_v.weight", GgufRole::AttnV},
+    {"model.layers.{L}.self_attn.o_proj.weight", "blk.{L}.attn_output.weight", GgufRole::AttnOutput},
+    {"model.layers.{L}.self_attn.q_proj.bias", "blk.{L}.attn_q.bias", GgufRole::AttnQ},
+    {"model.layers.{L}.self_attn.k_proj.bias", "blk.{L}.attn_k.bias", GgufRole::AttnK},
+    {"model.layers.{L}.self_attn.v_proj.bias", "blk.{L}.attn_v.bias", GgufRole::AttnV},
+    {"model.layers.{L}.self_attn.q_norm.weight", "blk.{L}.attn_q_norm.weight", GgufRole::Norm},
+    {"model.layers.{L}.self_attn.k_norm.weight", "blk.{L}.attn_k_norm.weight", GgufRole::Norm},
+    {"model.layers.{L}.mlp.gate_proj.weight", "blk.{L}.ffn_gate.weight", GgufRole::FfnGate},
+    {"model.layers.{L}.mlp.up_proj.weight", "blk.{L}.ffn_up.weight", GgufRole::FfnUp},
+    {"model.layers.{L}.mlp.down_proj.weight", "blk.{L}.ffn_down.weight", GgufRole::FfnDown},
 };
 
 struct ArchRow {
@@ -84,13 +85,14 @@ int split_layer(const std::string& name, const std::string& prefix, std::string*
   return std::stoi(name.substr(i, j - i));
 }
 
-std::string map_name(const std::string& name, bool to_gguf, int* layer_out = nullptr) {
+std::string map_name(const std::string& name, bool to_gguf, int* layer_out = nullptr, GgufRole* role = nullptr) {
   std::string templ = name;
   const int layer = split_layer(name, to_gguf ? "model.layers." : "blk.", &templ);
   if (layer_out) *layer_out = layer;
   for (const NameRow& r : kNames) {
     const std::string from = to_gguf ? r.hf : r.gguf, to = to_gguf ? r.gguf : r.hf;
     if ((layer < 0 ? name : templ) != from) continue;
+    if (role) *role = r.role;
     const size_t p = to.find("{L}");
     return p == std::string::npos ? to : to.substr(0, p) + std::to_string(layer) + to.substr(p + 3);
   }
@@ -244,7 +246,7 @@ double now_s() {
 
 }  // namespace
 
-std::string gguf_tensor_name(const std::string& hf_name) { return map_name(hf_name, true); }
+std::string gguf_tensor_name(const std::string& hf_name, GgufRole* role) { return map_name(hf_name, true, nullptr, role); }
 std::string hf_tensor_name_from_gguf(const std::string& gguf_name) { return map_name(gguf_name, false); }
 
 const char* gguf_arch_for_config(const json& config, const std::string& origin) {
@@ -304,7 +306,7 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
     Plan p;
     p.info = t;
     p.site.hf_name = t.name;
-    p.site.gguf_name = map_name(t.name, true, &p.site.layer);
+    p.site.gguf_name = map_name(t.name, true, &p.site.layer, &p.site.role);
     p.site.n_layers = int(n_layers);
     p.site.shape = t.shape;
     p.site.dtype = t.dtype;
@@ -321,9 +323,8 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
            p.type->name, " block size ", p.type->block_size);
     quantized |= p.type->block_size > 1;
     if (ar.permute_qk) {
-      const std::string& g = p.site.gguf_name;
-      if (g.find(".attn_q.") != std::string::npos) p.permute_heads = n_head;
-      if (g.find(".attn_k.") != std::string::npos) p.permute_heads = n_kv;
+      if (p.site.role == GgufRole::AttnQ) p.permute_heads = n_head;
+      if (p.site.role == GgufRole::AttnK) p.permute_heads = n_kv;
       if (p.permute_heads && t.shape[0] % (2 * p.permute_heads) != 0)
         fail(origin, ": tensor '", t.name, "': ", t.shape[0], " rows do not split into ", p.permute_heads, " heads");
     }
@@ -424,7 +425,8 @@ class GgufTensors : public TensorReader {
     for (const GgufTensorInfo& t : f_->header().tensors) {
       Entry e;
       e.gguf = &t;
-      const std::string hf = map_name(t.name, false);
+      GgufRole role = GgufRole::Norm;
+      const std::string hf = map_name(t.name, false, nullptr, &role);
       if (hf.empty()) fail(f_->origin(), ": tensor '", t.name, "' is not one llmc reads (see docs/formats.md)");
       if (t.ne.size() > 2) fail(f_->origin(), ": tensor '", t.name, "' has ", t.ne.size(), " dimensions");
       e.info.name = hf;
@@ -433,8 +435,8 @@ class GgufTensors : public TensorReader {
       for (auto it = t.ne.rbegin(); it != t.ne.rend(); ++it) e.info.shape.push_back(int64_t(*it));
       e.info.nbytes = t.numel() * dtype_size(e.info.dtype);
       if (permute && t.ne.size() == 2) {
-        if (t.name.find(".attn_q.") != std::string::npos) e.permute_heads = n_head_;
-        if (t.name.find(".attn_k.") != std::string::npos) e.permute_heads = n_kv_;
+        if (role == GgufRole::AttnQ) e.permute_heads = n_head_;
+        if (role == GgufRole::AttnK) e.permute_heads = n_kv_;
         if (e.permute_heads && (e.info.shape[0] % (2 * e.permute_heads)) != 0)
           fail(f_->origin(), ": tensor '", t.name, "' rows do not split into ", e.permute_heads, " heads");
       }
@@ -469,10 +471,7 @@ class GgufTensors : public TensorReader {
     }
     const int64_t cols = int64_t(e.gguf->ne[0]), rows = int64_t(e.gguf->numel() / e.gguf->ne[0]);
     auto y = std::make_shared<std::vector<float>>(size_t(rows * cols));
-    const uint64_t rb = ggml_row_bytes(tt.type, uint64_t(cols));
-    parallel_for(0, size_t(rows), 16, [&](size_t lo, size_t hi) {
-      for (size_t k = lo; k < hi; ++k) tt.decode(src + k * rb, cols, y->data() + k * size_t(cols));
-    });
+    ggml_decode_rows(tt, src, rows, cols, y->data());
     if (e.permute_heads) {
       auto z = std::make_shared<std::vector<float>>(y->size());
       permute_rows(reinterpret_cast<const uint8_t*>(y->data()), reinterpret_cast<uint8_t*>(z->data()), rows,

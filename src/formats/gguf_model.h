@@ -34,14 +34,18 @@ namespace llmc {
 // llama.cpp's general.file_type values (enum llama_ftype) llmc writes.
 enum class GgufFileType : uint32_t {
   ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q4_1 = 3, MOSTLY_Q8_0 = 7, MOSTLY_Q5_0 = 8,
-  MOSTLY_Q5_1 = 9, MOSTLY_Q2_K = 10, MOSTLY_Q3_K_M = 12, MOSTLY_Q4_K_M = 15, MOSTLY_Q5_K_M = 17,
+  MOSTLY_Q5_1 = 9, MOSTLY_Q2_K = 10, MOSTLY_Q3_K_S = 11, MOSTLY_Q3_K_M = 12, MOSTLY_Q4_K_M = 15, MOSTLY_Q5_K_M = 17,
   MOSTLY_Q6_K = 18, MOSTLY_BF16 = 32,
 };
+
+// What a tensor is (a column of the name table), for type choosers and the Q/K permutation.
+enum class GgufRole { Embedding, Output, Norm, AttnQ, AttnK, AttnV, AttnOutput, FfnGate, FfnUp, FfnDown };
 
 // Where a tensor sits, for type choosers.
 struct GgufTensorSite {
   std::string gguf_name;  // "blk.3.attn_v.weight"
   std::string hf_name;
+  GgufRole role = GgufRole::Norm;
   int layer = -1;         // -1 outside the blocks
   int n_layers = 0;
   bool output_role = false;  // output.weight, or token_embd when the embeddings are tied
@@ -72,8 +76,8 @@ struct GgufWriteStats {
   double seconds = 0;
 };
 
-// The GGUF name of an HF tensor name, or "" when the table has no row for it.
-std::string gguf_tensor_name(const std::string& hf_name);
+// The GGUF name of an HF tensor name (and its role), or "" when the table has no row for it.
+std::string gguf_tensor_name(const std::string& hf_name, GgufRole* role = nullptr);
 // The HF name of a GGUF tensor name, or "".
 std::string hf_tensor_name_from_gguf(const std::string& gguf_name);
 // "qwen3" / "qwen2" / "llama" for a config.json's model_type; throws naming `origin` otherwise.

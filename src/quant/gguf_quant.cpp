@@ -21,11 +21,7 @@
 namespace llmc {
 namespace {
 
-bool ends_with(const std::string& s, const char* suf) {
-  const std::string t = suf;
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
-bool is(const GgufTensorSite& s, const char* part) { return ends_with(s.gguf_name, part); }
+bool is(const GgufTensorSite& s, GgufRole r) { return s.role == r; }
 // llama.cpp's use_more_bits: the first and last eighth of the blocks and every third between.
 bool more_bits(const GgufTensorSite& s) {
   const int i = s.layer, n = s.n_layers;
@@ -36,31 +32,33 @@ GgmlType q8_0(const GgufTensorSite&) { return GgmlType::Q8_0; }
 GgmlType q6_k(const GgufTensorSite&) { return GgmlType::Q6_K; }
 GgmlType q5_k_m(const GgufTensorSite& s) {
   if (s.output_role) return GgmlType::Q6_K;
-  if ((is(s, ".attn_v.weight") || is(s, ".ffn_down.weight")) && more_bits(s)) return GgmlType::Q6_K;
+  if ((is(s, GgufRole::AttnV) || is(s, GgufRole::FfnDown)) && more_bits(s)) return GgmlType::Q6_K;
   return GgmlType::Q5_K;
 }
 GgmlType q4_k_m(const GgufTensorSite& s) {
   if (s.output_role) return GgmlType::Q6_K;
-  if ((is(s, ".attn_v.weight") || is(s, ".ffn_down.weight")) && more_bits(s)) return GgmlType::Q6_K;
+  if ((is(s, GgufRole::AttnV) || is(s, GgufRole::FfnDown)) && more_bits(s)) return GgmlType::Q6_K;
   return GgmlType::Q4_K;
 }
 GgmlType q3_k_m(const GgufTensorSite& s) {
   if (s.output_role) return GgmlType::Q6_K;
-  if (is(s, ".attn_v.weight")) return s.layer < 2 ? GgmlType::Q5_K : GgmlType::Q4_K;
-  if (is(s, ".ffn_down.weight")) return s.layer < s.n_layers / 16 ? GgmlType::Q5_K : GgmlType::Q4_K;
-  if (is(s, ".attn_output.weight")) return GgmlType::Q4_K;
+  if (is(s, GgufRole::AttnV)) return s.layer < 2 ? GgmlType::Q5_K : GgmlType::Q4_K;
+  if (is(s, GgufRole::FfnDown)) return s.layer < s.n_layers / 16 ? GgmlType::Q5_K : GgmlType::Q4_K;
+  if (is(s, GgufRole::AttnOutput)) return GgmlType::Q4_K;
   return GgmlType::Q3_K;
 }
+GgmlType q3_k(const GgufTensorSite&) { return GgmlType::Q3_K; }
 GgmlType q2_k(const GgufTensorSite& s) {
   if (s.output_role) return GgmlType::Q6_K;
-  if (is(s, ".attn_v.weight") || is(s, ".ffn_down.weight") || is(s, ".attn_output.weight")) return GgmlType::Q3_K;
+  if (is(s, GgufRole::AttnV) || is(s, GgufRole::FfnDown) || is(s, GgufRole::AttnOutput)) return GgmlType::Q3_K;
   return GgmlType::Q2_K;
 }
 
 constexpr GgufPreset kPresets[] = {
     {"Q8_0", GgufFileType::MOSTLY_Q8_0, q8_0},       {"Q6_K", GgufFileType::MOSTLY_Q6_K, q6_k},
     {"Q5_K_M", GgufFileType::MOSTLY_Q5_K_M, q5_k_m}, {"Q4_K_M", GgufFileType::MOSTLY_Q4_K_M, q4_k_m},
-    {"Q3_K_M", GgufFileType::MOSTLY_Q3_K_M, q3_k_m}, {"Q2_K", GgufFileType::MOSTLY_Q2_K, q2_k},
+    {"Q3_K_M", GgufFileType::MOSTLY_Q3_K_M, q3_k_m}, {"Q3_K", GgufFileType::MOSTLY_Q3_K_S, q3_k},
+    {"Q2_K", GgufFileType::MOSTLY_Q2_K, q2_k},
 };
 
 double now_s() {
@@ -138,7 +136,7 @@ GgufTensorSite site_of(const Checkpoint& ck, const TensorInfo& t) {
   const std::string& hf = t.name;
   GgufTensorSite s;
   s.hf_name = hf;
-  s.gguf_name = gguf_tensor_name(hf);
+  s.gguf_name = gguf_tensor_name(hf, &s.role);
   s.n_layers = int(ck.config.value("num_hidden_layers", 0));
   s.shape = t.shape;
   s.dtype = t.dtype;
@@ -260,14 +258,9 @@ MixTensor measure_candidates(const GgufTensorSite& site, const std::vector<float
         for (size_t i = a; i < b; ++i) dq[i] = bf16_to_f32(f32_to_bf16(w[i]));
       });
     } else {
-      const int64_t rb = int64_t(ggml_row_bytes(t, uint64_t(in)));
-      parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
-        std::vector<uint8_t> q(static_cast<size_t>(rb));
-        for (size_t r = r0; r < r1; ++r) {
-          tt.encode(w.data() + r * size_t(in), imp, in, q.data());
-          tt.decode(q.data(), in, dq.data() + r * size_t(in));
-        }
-      });
+      std::vector<uint8_t> q(size_t(out) * ggml_row_bytes(t, uint64_t(in)));
+      ggml_encode_rows(tt, w.data(), out, in, imp, q.data());
+      ggml_decode_rows(tt, q.data(), out, in, dq.data());
     }
     m.types.push_back(t);
     m.bytes.push_back(padded_bytes(t, site.shape));

@@ -717,19 +717,13 @@ namespace {
 // Each row encoded by the ggml type alone (weighted by imp when given): the fallback and the
 // report's baseline of GPTQ on a ggml grid.
 std::vector<uint8_t> ggml_rtn(const GgmlTypeTraits& t, const float* w, int64_t out, int64_t n, const float* imp) {
-  const int64_t rb = int64_t(ggml_row_bytes(t.type, uint64_t(n)));
-  std::vector<uint8_t> q(size_t(out * rb));
-  parallel_for(0, size_t(out), 4, [&](size_t r0, size_t r1) {
-    for (size_t r = r0; r < r1; ++r) t.encode(w + r * size_t(n), imp, n, q.data() + r * size_t(rb));
-  });
+  std::vector<uint8_t> q(size_t(out) * ggml_row_bytes(t.type, uint64_t(n)));
+  ggml_encode_rows(t, w, out, n, imp, q.data());
   return q;
 }
-std::vector<float> ggml_decode_rows(const GgmlTypeTraits& t, const std::vector<uint8_t>& q, int64_t out, int64_t n) {
-  const int64_t rb = int64_t(ggml_row_bytes(t.type, uint64_t(n)));
+std::vector<float> ggml_dequantize(const GgmlTypeTraits& t, const std::vector<uint8_t>& q, int64_t out, int64_t n) {
   std::vector<float> y(size_t(out * n));
-  parallel_for(0, size_t(out), 16, [&](size_t r0, size_t r1) {
-    for (size_t r = r0; r < r1; ++r) t.decode(q.data() + r * size_t(rb), n, y.data() + r * size_t(n));
-  });
+  ggml_decode_rows(t, q.data(), out, n, y.data());
   return y;
 }
 
@@ -785,9 +779,9 @@ GptqResult gptq_quantize_ggml(const float* w, int64_t out, int64_t n, const doub
   if (!L.finite) {
     rep.rel_error = -1;
   } else if (opt.report_errors) {
-    const std::vector<float> dq = ggml_decode_rows(t, res.ggml, out, n);
+    const std::vector<float> dq = ggml_dequantize(t, res.ggml, out, n);
     std::vector<float> dr;
-    if (opt.report_rtn) dr = ggml_decode_rows(t, ggml_rtn(t, L.W.data(), out, n, imp), out, n);
+    if (opt.report_rtn) dr = ggml_dequantize(t, ggml_rtn(t, L.W.data(), out, n, imp), out, n);
     fill_error_report(w, dq.data(), dr.empty() ? nullptr : dr.data(), out, n, H, opt.report_rows, rep);
   }
   rep.seconds_report = since(t2);

@@ -73,6 +73,8 @@ MethodInfo gguf_row(const char* name, const char* preset, int bits, const char* 
   m.layouts = {"gguf"};
   m.opts = {opt_choice("rounding", {"gptq", "hdiag", "imatrix", "rtn"})};
   m.calibration_for = [](const QuantSpec& s) { return method_opt<std::string>(s, "rounding") != "rtn"; };
+  m.uses = kUsesDamp;  // GPTQ rounding's damping
+  m.uses_only_with = "rounding=gptq";
   m.gguf_preset = preset;
   m.description = description;
   m.factory = gguf_not_a_block_method;
@@ -199,6 +201,7 @@ std::vector<MethodInfo> build_table() {
       gguf_row("q5_k_m", "Q5_K_M", 5, "GGUF Q5_K_M: Q5_K, Q6_K for output and half the attn_v/ffn_down"),
       gguf_row("q4_k_m", "Q4_K_M", 4, "GGUF Q4_K_M: Q4_K, Q6_K for output and half the attn_v/ffn_down"),
       gguf_row("q3_k_m", "Q3_K_M", 3, "GGUF Q3_K_M: Q3_K, Q4_K/Q5_K attn_v, ffn_down, attn_output, Q6_K output"),
+      gguf_row("q3_k", "Q3_K", 3, "GGUF uniform Q3_K: every matrix (embeddings and output too) Q3_K"),
       gguf_row("q2_k", "Q2_K", 2, "GGUF Q2_K: Q2_K, Q3_K attn_v/ffn_down/attn_output, Q6_K output"),
   };
 }

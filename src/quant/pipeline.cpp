@@ -369,7 +369,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   if ((fmt == CheckpointFormat::GGUF) != (method.gguf_preset != nullptr))
     fail(opt.output.string(), method.gguf_preset ? cat(": method ", method.name, " writes a GGUF file (name it *.gguf)")
                                                  : cat(": method ", method.name, " cannot write GGUF (the GGUF methods "
-                                                       "are q8_0, q6_k, q5_k_m, q4_k_m, q3_k_m, q2_k)"));
+                                                       "are q8_0, q6_k, q5_k_m, q4_k_m, q3_k_m, q3_k, q2_k)"));
   if (fmt == CheckpointFormat::GGUF && opt.output.extension() != ".gguf")
     fail(opt.output.string(), ": a GGUF file must be named *.gguf");
   check_output_path(opt.output, fmt == CheckpointFormat::HF ? OutputKind::Directory : OutputKind::File,
