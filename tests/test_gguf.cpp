@@ -933,6 +933,8 @@ TEST(GgufInterop, LlamaCppAgreesWithLlmc) {
       {"qwen3-tiny", "quantize --method q8_0 --method-opt rounding=rtn --no-eval", 0.03, 0.02},
       {"qwen3-tiny", "quantize --method q4_k_m --no-eval", 0.03, 0.02},
       {"llama-tiny", "quantize --method q2_k --method-opt rounding=rtn --no-eval", 0.05, 0.03},
+      {"llama-tiny", "quantize --method q4_k_m --no-eval", 0.03, 0.02},  // GPTQ bytes, Q/K rows permuted
+      {"qwen3-tiny", "quantize --method q3_k --bpw 5 --no-eval", 0.05, 0.03},  // a size-budget mix
   };
   for (const Case& c : cases) {
     const fs::path d = test::temp_dir("gguf-llama");
