@@ -246,6 +246,19 @@ double now_s() {
 
 }  // namespace
 
+GgufTensorSite gguf_tensor_site(const json& config, const TensorInfo& t) {
+  const bool tied = config.value("tie_word_embeddings", false);
+  GgufTensorSite s;
+  s.hf_name = t.name;
+  s.gguf_name = map_name(t.name, true, &s.layer, &s.role);
+  s.n_layers = int(config.value("num_hidden_layers", 0));
+  s.shape = t.shape;
+  s.dtype = t.dtype;
+  s.output_role = s.gguf_name == "output.weight" || (tied && s.gguf_name == "token_embd.weight");
+  s.skipped = tied && t.name == "lm_head.weight";
+  return s;
+}
+
 std::string gguf_tensor_name(const std::string& hf_name, GgufRole* role) { return map_name(hf_name, true, nullptr, role); }
 std::string hf_tensor_name_from_gguf(const std::string& gguf_name) { return map_name(gguf_name, false); }
 
@@ -270,7 +283,6 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
   const int64_t n_kv = cfg_int(c, "num_key_value_heads", n_head, origin);
   if (n_head <= 0 || n_kv <= 0 || hidden <= 0) fail(origin, ": config.json head counts / hidden_size must be positive");
   const int64_t head_dim = cfg_int(c, "head_dim", hidden / n_head, origin);
-  const bool tied = c.value("tie_word_embeddings", false);
 
   std::vector<std::pair<std::string, GgufValue>> kv;
   kv.emplace_back("general.architecture", GgufValue::str(arch));
@@ -302,15 +314,10 @@ GgufWriteStats write_gguf_model(const Checkpoint& in, const std::filesystem::pat
   std::vector<Plan> plans;
   bool quantized = false;
   for (const TensorInfo& t : in.tensors->list()) {
-    if (tied && t.name == "lm_head.weight") continue;
     Plan p;
     p.info = t;
-    p.site.hf_name = t.name;
-    p.site.gguf_name = map_name(t.name, true, &p.site.layer, &p.site.role);
-    p.site.n_layers = int(n_layers);
-    p.site.shape = t.shape;
-    p.site.dtype = t.dtype;
-    p.site.output_role = p.site.gguf_name == "output.weight" || (tied && p.site.gguf_name == "token_embd.weight");
+    p.site = gguf_tensor_site(c, t);
+    if (p.site.skipped) continue;
     if (p.site.gguf_name.empty())
       fail(origin, ": tensor '", t.name, "' has no GGUF name (llmc maps the ", arch, " tensors of docs/formats.md)");
     if (t.shape.empty() || t.shape.size() > 2)

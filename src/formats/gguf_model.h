@@ -49,6 +49,7 @@ struct GgufTensorSite {
   int layer = -1;         // -1 outside the blocks
   int n_layers = 0;
   bool output_role = false;  // output.weight, or token_embd when the embeddings are tied
+  bool skipped = false;      // not written (lm_head of tied embeddings)
   Shape shape;            // HF shape [out, in]
   DType dtype = DType::BF16;  // stored dtype
 };
@@ -76,6 +77,10 @@ struct GgufWriteStats {
   double seconds = 0;
 };
 
+// The site of a checkpoint tensor as write_gguf_model sees it: GGUF name and role (name "" when
+// the table has no row), block index, n_layers and output_role from config.json. Tensors the
+// writer leaves out (lm_head when the embeddings are tied) have skipped = true.
+GgufTensorSite gguf_tensor_site(const nlohmann::json& config, const TensorInfo& t);
 // The GGUF name of an HF tensor name (and its role), or "" when the table has no row for it.
 std::string gguf_tensor_name(const std::string& hf_name, GgufRole* role = nullptr);
 // The HF name of a GGUF tensor name, or "".

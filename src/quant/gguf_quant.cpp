@@ -131,21 +131,6 @@ std::vector<float> hessian_diag(const HessianAccumulator& a) {
   return d;
 }
 
-// The site of an HF tensor as the GGUF writer will see it (for the type choice).
-GgufTensorSite site_of(const Checkpoint& ck, const TensorInfo& t) {
-  const std::string& hf = t.name;
-  GgufTensorSite s;
-  s.hf_name = hf;
-  s.gguf_name = gguf_tensor_name(hf, &s.role);
-  s.n_layers = int(ck.config.value("num_hidden_layers", 0));
-  s.shape = t.shape;
-  s.dtype = t.dtype;
-  const bool tied = ck.config.value("tie_word_embeddings", false);
-  s.output_role = s.gguf_name == "output.weight" || (tied && s.gguf_name == "token_embd.weight");
-  if (hf.rfind("model.layers.", 0) == 0) s.layer = std::stoi(hf.substr(13));
-  return s;
-}
-
 }  // namespace
 
 const GgufPreset* find_gguf_preset(const std::string& name) {
@@ -322,8 +307,7 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
     dry.choose = [](const GgufTensorSite& s) { return gguf_budget_candidates(s.shape.back())[0]; };
     least = fixed = write_gguf_model(ck, opt.output, dry).bytes;
     for (const TensorInfo& t : ck.tensors->list()) {
-      if (t.shape.size() != 2 || (ck.config.value("tie_word_embeddings", false) && t.name == "lm_head.weight"))
-        continue;
+      if (t.shape.size() != 2 || gguf_tensor_site(ck.config, t).skipped) continue;
       fixed -= padded_bytes(gguf_budget_candidates(t.shape[1])[0], t.shape);
       numel += uint64_t(t.numel());
     }
@@ -340,7 +324,7 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
   if (rounding != "rtn" || budget) {
     calibration_pass(ck, opt, spec, res, [&](const std::string& hf, const HessianAccumulator& acc) {
       const TensorRef ref = ck.tensors->get(hf);
-      const GgufTensorSite site = site_of(ck, ref.info);
+      const GgufTensorSite site = gguf_tensor_site(ck.config, ref.info);
       if (rounding == "hdiag" || rounding == "imatrix" || budget) imx[site.gguf_name] = hessian_diag(acc);
       if (budget) {
         const double ts = now_s();
@@ -355,9 +339,8 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
   if (budget) {
     // 2-D tensors without a Hessian (untied token_embd): their Frobenius error (H = I).
     for (const TensorInfo& t : ck.tensors->list()) {
-      const GgufTensorSite site = site_of(ck, t);
-      if (t.shape.size() != 2 || site.gguf_name.empty() || costs.count(site.gguf_name)) continue;
-      if (ck.config.value("tie_word_embeddings", false) && t.name == "lm_head.weight") continue;
+      const GgufTensorSite site = gguf_tensor_site(ck.config, t);
+      if (t.shape.size() != 2 || site.skipped || site.gguf_name.empty() || costs.count(site.gguf_name)) continue;
       std::vector<double> eye(size_t(t.shape[1] * t.shape[1]), 0.0);
       for (int64_t j = 0; j < t.shape[1]; ++j) eye[size_t(j * t.shape[1] + j)] = 1.0;
       costs[site.gguf_name] = measure_candidates(site, ck.tensors->get(t.name).to_f32(), eye.data(), nullptr);
@@ -392,7 +375,7 @@ QuantizeResult quantize_gguf(const QuantizeOptions& opt, const Checkpoint& ck, c
     if (rounding == "gptq")  // the chosen types rounded by GPTQ: a second calibration pass
       calibration_pass(ck, opt, spec, res, [&](const std::string& hf, const HessianAccumulator& acc) {
         const TensorRef ref = ck.tensors->get(hf);
-        gptq_tensor(ref, site_of(ck, ref.info), acc);
+        gptq_tensor(ref, gguf_tensor_site(ck.config, ref.info), acc);
       });
     if (rounding != "hdiag" && rounding != "imatrix") imx.clear();  // rtn: unweighted encoders
   }
